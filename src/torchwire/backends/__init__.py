@@ -1,0 +1,194 @@
+"""The backend registry: every way of computing a layer registers here, and :func:`select`
+is the only place in torchwire that chooses between them.
+
+A backend is a function plus a capability check and a cost estimate. ``select`` keeps the
+backends whose check accepts the problem and returns the one with the lowest estimated cost;
+a name forces that backend (an error if it cannot run the problem). The cost models are
+calibrated from ``torchwire bench`` runs; their constants live next to each backend.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Backend",
+    "BlockLayout",
+    "BlockProblem",
+    "available",
+    "block_layout",
+    "register",
+    "run_weights",
+    "select",
+]
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Group structure of a block-diagonal layer.
+
+    ``runs`` lists maximal stretches of consecutive groups with the same block shape as
+    ``(count, in_size, out_size)``; each run is computed by one batched kernel call.
+    """
+
+    in_sizes: tuple[int, ...]
+    out_sizes: tuple[int, ...]
+    shared: bool
+    runs: tuple[tuple[int, int, int], ...]
+
+    @property
+    def groups(self) -> int:
+        return len(self.in_sizes)
+
+    @property
+    def in_features(self) -> int:
+        return sum(self.in_sizes)
+
+    @property
+    def out_features(self) -> int:
+        return sum(self.out_sizes)
+
+    @property
+    def connections(self) -> int:
+        """Number of input-output connections (multiply-adds per input row)."""
+        return sum(i * o for i, o in zip(self.in_sizes, self.out_sizes, strict=True))
+
+    @property
+    def equal(self) -> bool:
+        """Whether every group has the same block shape."""
+        return len(self.runs) == 1
+
+
+def _make_block_layout(
+    in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], shared: bool
+) -> BlockLayout:
+    runs: list[tuple[int, int, int]] = []
+    for i, o in zip(in_sizes, out_sizes, strict=True):
+        if runs and runs[-1][1:] == (i, o):
+            runs[-1] = (runs[-1][0] + 1, i, o)
+        else:
+            runs.append((1, i, o))
+    return BlockLayout(in_sizes, out_sizes, shared, tuple(runs))
+
+
+_cached_block_layout = functools.lru_cache(maxsize=4096)(_make_block_layout)
+
+
+def block_layout(
+    in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], shared: bool = False
+) -> BlockLayout:
+    """The (cached) :class:`BlockLayout` of validated group sizes."""
+    if torch.compiler.is_compiling():  # dynamo traces plain Python; it warns on lru_cache
+        return _make_block_layout(in_sizes, out_sizes, shared)
+    return _cached_block_layout(in_sizes, out_sizes, shared)
+
+
+@dataclass(frozen=True)
+class BlockProblem:
+    """What a block-linear backend is asked to compute: the layout and the input's traits."""
+
+    layout: BlockLayout
+    rows: int
+    dtype: torch.dtype
+    device_type: str
+    requires_grad: bool
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way of computing an operation.
+
+    Args:
+        name: the name users pass as ``backend=``.
+        op: the operation it computes, e.g. ``"block_linear"``.
+        fn: the implementation; its signature is fixed per operation.
+        supports: returns ``None`` when the backend can compute the problem, else the reason.
+        cost: estimated relative cost of the problem (lower is faster); only compared
+            between backends of the same operation.
+    """
+
+    name: str
+    op: str
+    fn: Callable[..., torch.Tensor]
+    supports: Callable[[Any], str | None]
+    cost: Callable[[Any], float]
+
+
+def run_weights(weight: torch.Tensor, layout: BlockLayout) -> list[torch.Tensor]:
+    """Views of ``weight`` as one ``(count, out, in)`` tensor per run of ``layout``.
+
+    ``weight`` is ``(groups, out, in)`` (``(1, out, in)`` when shared) for equal groups, and
+    1-D (the blocks flattened one after another, each row-major) otherwise.
+    """
+    if weight.dim() == 3:
+        return [weight]
+    sizes = [n * i * o for n, i, o in layout.runs]
+    return [w.view(n, o, i) for w, (n, i, o) in zip(weight.split(sizes), layout.runs, strict=True)]
+
+
+_REGISTRY: dict[str, dict[str, Backend]] = {}
+
+
+def register(backend: Backend) -> Backend:
+    """Add ``backend`` to the registry (replacing one of the same op and name)."""
+    _REGISTRY.setdefault(backend.op, {})[backend.name] = backend
+    return backend
+
+
+def available(op: str, problem: Any = None) -> tuple[str, ...]:
+    """Names of the backends registered for ``op`` (that can compute ``problem``, if given).
+
+    Example:
+        >>> import torchwire
+        >>> torchwire.backends.available("block_linear")
+        ('dense', 'bmm', 'bmm_packed')
+    """
+    backends = _backends(op)
+    if problem is None:
+        return tuple(backends)
+    return tuple(name for name, b in backends.items() if b.supports(problem) is None)
+
+
+def select(op: str, problem: Any, backend: str = "auto") -> Backend:
+    """Return the backend that computes ``problem``: the named one, or the cheapest for "auto"."""
+    backends = _backends(op)
+    if backend != "auto":
+        chosen = backends.get(backend)
+        if chosen is None:
+            raise ValueError(
+                f"unknown backend {backend!r} for {op}; expected 'auto' or one of "
+                f"{sorted(backends)}"
+            )
+        reason = chosen.supports(problem)
+        if reason is not None:
+            raise ValueError(
+                f"backend {backend!r} cannot compute this {op}: {reason}; "
+                f"use backend='auto' or one of {list(available(op, problem))}"
+            )
+        return chosen
+    best: Backend | None = None
+    best_cost = float("inf")
+    for candidate in backends.values():
+        if candidate.supports(problem) is None:
+            cost = candidate.cost(problem)
+            if cost < best_cost:
+                best, best_cost = candidate, cost
+    if best is None:
+        raise RuntimeError(f"no registered backend can compute this {op}: {problem}")
+    return best
+
+
+def _backends(op: str) -> dict[str, Backend]:
+    backends = _REGISTRY.get(op)
+    if not backends:
+        raise ValueError(f"unknown operation {op!r}; expected one of {sorted(_REGISTRY)}")
+    return backends
+
+
+# Importing the implementations registers them; the order is the listing order.
+from torchwire.backends import block_dense, block_bmm  # noqa: E402, F401, I001

@@ -1,0 +1,48 @@
+"""Slow, obviously-correct float64 oracles that the tests compare torchwire against."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def block_weights(
+    weight: torch.Tensor, in_sizes: Sequence[int], out_sizes: Sequence[int]
+) -> list[torch.Tensor]:
+    """The ``(out_g, in_g)`` block of every group, read group by group from a layer's weight."""
+    if weight.dim() == 3:  # equal groups; a leading 1 is one block shared by every group
+        return [weight[g if weight.shape[0] > 1 else 0] for g in range(len(in_sizes))]
+    blocks, start = [], 0
+    for i, o in zip(in_sizes, out_sizes, strict=True):
+        blocks.append(weight[start : start + i * o].reshape(o, i))
+        start += i * o
+    assert start == weight.numel()
+    return blocks
+
+
+def block_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_sizes: Sequence[int],
+    out_sizes: Sequence[int],
+) -> torch.Tensor:
+    """``x @ block_diag(blocks).T + bias`` in float64, via ``torch.block_diag``."""
+    dense = torch.block_diag(*block_weights(weight.double(), in_sizes, out_sizes))
+    y = x.double() @ dense.T
+    return y if bias is None else y + bias.double()
+
+
+def block_linear_loop(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_sizes: Sequence[int],
+    out_sizes: Sequence[int],
+) -> torch.Tensor:
+    """A second, independent oracle: one matmul per group on the input's slices."""
+    blocks = block_weights(weight.double(), in_sizes, out_sizes)
+    parts = [p @ w.T for p, w in zip(x.double().split(list(in_sizes), -1), blocks, strict=True)]
+    y = torch.cat(parts, -1)
+    return y if bias is None else y + bias.double()

@@ -1,0 +1,259 @@
+"""BlockLinear and functional.block_linear: exactness against the oracles, storage, init,
+conversions and backend selection. Generic module behaviour is in test_module_contract."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import torchwire as tw
+from tests import reference
+
+BACKENDS = tw.backends.available("block_linear")
+
+
+@st.composite
+def layouts(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+    """Uneven layouts that repeat block shapes (runs) and alternate them."""
+    shapes = draw(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=3))
+    picks = draw(st.lists(st.sampled_from(shapes), min_size=1, max_size=7))
+    return [i for i, _ in picks], [o for _, o in picks]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    layout=layouts(),
+    backend=st.sampled_from(BACKENDS),
+    bias=st.booleans(),
+    batch=st.sampled_from([(), (0,), (3,), (2, 3)]),
+    seed=st.integers(0, 2**16),
+)
+def test_every_backend_equals_the_oracle_in_forward_and_all_gradients(
+    layout: tuple[list[int], list[int]],
+    backend: str,
+    bias: bool,
+    batch: tuple[int, ...],
+    seed: int,
+) -> None:
+    in_sizes, out_sizes = layout
+    torch.manual_seed(seed)
+    m = tw.BlockLinear(in_sizes, out_sizes, bias=bias, backend=backend, dtype=torch.float64)
+    x = torch.randn(*batch, m.in_features, dtype=torch.float64, requires_grad=True)
+    y = m(x)
+    params = [m.weight] + ([m.bias] if bias else [])
+    ref_x = x.detach().clone().requires_grad_()
+    ref_params = [p.detach().clone().requires_grad_() for p in params]
+    expected = reference.block_linear(
+        ref_x, ref_params[0], ref_params[1] if bias else None, in_sizes, out_sizes
+    )
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(
+        y, reference.block_linear_loop(x, m.weight, m.bias, in_sizes, out_sizes)
+    )
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(x.grad, ref_x.grad)
+    for p, q in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ((12, 8), {"groups": 4}),
+        ((12, 8), {"groups": 4, "shared": True}),
+        (([2, 3, 3], [4, 1, 1]), {}),
+    ],
+)
+def test_gradcheck_per_backend(
+    backend: str, args: tuple[tuple[object, ...], dict[str, object]]
+) -> None:
+    m = tw.BlockLinear(*args[0], **args[1], backend=backend, dtype=torch.float64)  # type: ignore[arg-type]
+    x = torch.randn(3, m.in_features, dtype=torch.float64, requires_grad=True)
+    w = m.weight.detach().clone().requires_grad_()
+    b = m.bias.detach().clone().requires_grad_()  # type: ignore[union-attr]
+
+    def fn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(m, {"weight": w, "bias": b}, (x,))
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+def test_shared_uses_one_block_for_every_group() -> None:
+    m = tw.BlockLinear(6, 8, groups=2, shared=True, dtype=torch.float64)
+    assert m.weight.shape == (1, 4, 3)
+    assert m.bias is not None
+    assert m.bias.shape == (8,)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    w = m.weight[0]
+    expected = torch.cat([x[:, :3] @ w.T, x[:, 3:] @ w.T], -1) + m.bias
+    torch.testing.assert_close(m(x), expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "connections"),
+    [
+        ((1024, 1024), {"groups": 16}, 16 * 64 * 64),
+        ((4, 6), {"groups": 2}, 2 * 2 * 3),
+        (([2, 2], [3, 1]), {}, 2 * 3 + 2 * 1),
+        (([64] * 8 + [32] * 16, [64] * 8 + [32] * 16), {}, 8 * 64 * 64 + 16 * 32 * 32),
+        ((8, 8), {"groups": 4, "shared": True}, 2 * 2),
+    ],
+)
+def test_parameter_count_is_exactly_the_blocks(
+    args: tuple[object, ...], kwargs: dict[str, object], connections: int
+) -> None:
+    m = tw.BlockLinear(*args, **kwargs)  # type: ignore[arg-type]
+    assert m.weight.numel() == connections
+    assert sum(p.numel() for p in m.parameters()) == connections + m.out_features
+    assert list(m.buffers()) == []
+
+
+def test_uneven_example_from_the_docs_connects_the_right_features() -> None:
+    m = tw.BlockLinear([2, 2], [3, 1])
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[0:3, 0:2] = True
+    expected[3, 2:4] = True
+    assert torch.equal(m.wiring.mask(), expected)
+    assert torch.equal(m.to_dense().weight != 0, expected)
+    assert m.wiring == tw.Wiring.block_diagonal([2, 2], [3, 1])
+
+
+def test_weight_order_is_the_wiring_edge_order() -> None:
+    m = tw.BlockLinear([2, 3], [2, 1], dtype=torch.float64)
+    dense = m.to_dense().weight
+    edges = m.wiring.edges()
+    torch.testing.assert_close(m.weight, dense[edges[:, 1], edges[:, 0]])
+
+
+def test_one_group_has_exactly_nn_linear_init() -> None:
+    torch.manual_seed(7)
+    linear = nn.Linear(40, 30)
+    torch.manual_seed(7)
+    block = tw.BlockLinear(40, 30)
+    assert block.bias is not None
+    torch.testing.assert_close(block.weight[0], linear.weight, rtol=0, atol=0)
+    torch.testing.assert_close(block.bias, linear.bias, rtol=0, atol=0)
+
+
+def test_each_group_is_initialised_with_its_own_fan_in() -> None:
+    torch.manual_seed(0)
+    in_sizes, out_sizes = [4, 100, 4], [300, 300, 300]
+    m = tw.BlockLinear(in_sizes, out_sizes)
+    assert m.bias is not None
+    blocks = reference.block_weights(m.weight.detach(), in_sizes, out_sizes)
+    biases = m.bias.detach().split(out_sizes)
+    for block, bias, fan_in in zip(blocks, biases, in_sizes, strict=True):
+        bound = 1 / math.sqrt(fan_in)
+        for values in (block, bias):
+            assert values.abs().max() <= bound
+            assert values.abs().max() > 0.9 * bound  # fills the range, not a narrower one
+            # U(-b, b) has standard deviation b / sqrt(3).
+            assert abs(values.std().item() - bound / math.sqrt(3)) < 0.15 * bound
+
+
+def test_from_linears_equals_running_them_side_by_side() -> None:
+    linears = [nn.Linear(3, 2), nn.Linear(5, 4, bias=False), nn.Linear(3, 2)]
+    m = tw.BlockLinear.from_linears(linears)
+    assert (m.in_sizes, m.out_sizes) == ((3, 5, 3), (2, 4, 2))
+    x = torch.randn(7, 11)
+    expected = torch.cat(
+        [lin(part) for lin, part in zip(linears, x.split([3, 5, 3], -1), strict=True)], -1
+    )
+    torch.testing.assert_close(m(x), expected)
+    equal = [nn.Linear(4, 4) for _ in range(3)]
+    m = tw.BlockLinear.from_linears(equal)
+    assert m.weight.shape == (3, 4, 4)
+    x = torch.randn(2, 12)
+    torch.testing.assert_close(
+        m(x), torch.cat([lin(p) for lin, p in zip(equal, x.split(4, -1), strict=True)], -1)
+    )
+
+
+def test_from_linears_rejects_other_modules_and_mixed_dtypes() -> None:
+    with pytest.raises(TypeError, match=r"sequence of nn.Linear, got \['Linear', 'Conv1d'\]"):
+        tw.BlockLinear.from_linears([nn.Linear(2, 2), nn.Conv1d(2, 2, 1)])
+    with pytest.raises(TypeError, match="non-empty"):
+        tw.BlockLinear.from_linears([])
+    with pytest.raises(ValueError, match="one dtype and device"):
+        tw.BlockLinear.from_linears([nn.Linear(2, 2), nn.Linear(2, 2).double()])
+
+
+def test_to_dense_and_from_dense_round_trip() -> None:
+    m = tw.BlockLinear([2, 3, 1], [1, 2, 2], dtype=torch.float64)
+    dense = m.to_dense()
+    assert isinstance(dense, nn.Linear)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    torch.testing.assert_close(dense(x), m(x))
+    back = tw.BlockLinear.from_dense(dense, [2, 3, 1], [1, 2, 2], strict=True)
+    torch.testing.assert_close(back.weight, m.weight, rtol=0, atol=0)
+    torch.testing.assert_close(back(x), m(x))
+
+
+def test_from_dense_keeps_only_the_blocks_and_strict_refuses_to_drop_weights() -> None:
+    linear = nn.Linear(4, 4).double()
+    m = tw.BlockLinear.from_dense(linear, [2, 2], [2, 2])
+    mask = torch.block_diag(torch.ones(2, 2), torch.ones(2, 2)).bool()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(m(x), x @ (linear.weight * mask).T + linear.bias)
+    with pytest.raises(ValueError, match=r"8 weights outside the blocks are nonzero"):
+        tw.BlockLinear.from_dense(linear, [2, 2], [2, 2], strict=True)
+    with pytest.raises(ValueError, match=r"expected a Linear\(4, 5\).*got Linear\(4, 4\)"):
+        tw.BlockLinear.from_dense(linear, [2, 2], [2, 3])
+
+
+def test_functional_block_linear_matches_the_module_and_validates() -> None:
+    m = tw.BlockLinear([2, 2], [3, 1], dtype=torch.float64)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    y = tw.functional.block_linear(x, m.weight, m.bias, in_sizes=[2, 2], out_sizes=[3, 1])
+    torch.testing.assert_close(y, m(x))
+    with pytest.raises(ValueError, match=r"1-D weight of 8 elements .* got 7"):
+        tw.functional.block_linear(x, m.weight[:7], None, in_sizes=[2, 2], out_sizes=[3, 1])
+    with pytest.raises(ValueError, match="with in_sizes and out_sizes"):
+        tw.functional.block_linear(x, m.weight)
+    with pytest.raises(ValueError, match="only with a 1-D"):
+        tw.functional.block_linear(x, torch.randn(2, 2, 2), in_sizes=[2, 2], out_sizes=[2, 2])
+    with pytest.raises(ValueError, match=r"expected bias of shape \(4,\)"):
+        tw.functional.block_linear(x, m.weight, torch.zeros(3), in_sizes=[2, 2], out_sizes=[3, 1])
+
+
+def test_backend_selection_is_explained_and_forced_names_are_checked() -> None:
+    m = tw.BlockLinear(64, 64, groups=4)
+    assert m.resolve_backend(torch.randn(8, 64)) in BACKENDS
+    for name in BACKENDS:
+        assert (
+            tw.BlockLinear(64, 64, groups=4, backend=name).resolve_backend(torch.randn(2, 64))
+            == name
+        )
+    with pytest.raises(
+        ValueError, match=r"unknown backend 'nope' for block_linear; expected 'auto' or one of"
+    ):
+        tw.BlockLinear(64, 64, groups=4, backend="nope")(torch.randn(2, 64))
+    with pytest.raises(ValueError, match="unknown operation"):
+        tw.backends.available("no_such_op")
+
+
+def test_auto_picks_a_batched_kernel_for_many_groups_and_dense_for_tiny() -> None:
+    # The cost model's two ends: it must never densify 64 groups (64x the work), and a
+    # 4-feature layer is one tiny GEMM.
+    x = torch.randn(64, 64 * 32)
+    assert tw.BlockLinear(64 * 32, 64 * 32, groups=64).resolve_backend(x) != "dense"
+    assert tw.BlockLinear([2, 2], [3, 3]).resolve_backend(torch.randn(64, 4)) == "dense"
+
+
+def test_outputs_with_no_grad_and_inference_mode() -> None:
+    m = tw.BlockLinear([3, 1], [2, 2])
+    x = torch.randn(4, 4)
+    expected = m(x).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), expected)
+    with torch.inference_mode():
+        torch.testing.assert_close(m(x), expected)
