@@ -3,6 +3,7 @@ conversions and backend selection. Generic module behaviour is in test_module_co
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -19,9 +20,10 @@ BACKENDS = tw.backends.available("block_linear")
 
 @st.composite
 def layouts(draw: st.DrawFn) -> tuple[list[int], list[int]]:
-    """Uneven layouts that repeat block shapes (runs) and alternate them."""
+    """Uneven layouts: runs of repeated block shapes, alternations, and repeated patterns."""
     shapes = draw(st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=3))
     picks = draw(st.lists(st.sampled_from(shapes), min_size=1, max_size=7))
+    picks = picks * draw(st.sampled_from([1, 1, 2, 3]))  # a pattern repeated: strided calls
     return [i for i, _ in picks], [o for _, o in picks]
 
 
@@ -85,6 +87,29 @@ def test_gradcheck_per_backend(
 
     assert torch.autograd.gradcheck(fn, (x, w, b))
     assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize(
+    ("in_sizes", "out_sizes", "period", "calls"),
+    [
+        ([48, 16] * 16, [48, 16] * 16, 2, 2),  # alternating: 32 runs, 2 pattern positions
+        ([2, 2, 3] * 4, [1, 1, 2] * 4, 3, 3),
+        ([64] * 8 + [32] * 16, [64] * 8 + [32] * 16, 24, 2),  # two runs, no repetition
+        ([4] * 6, [2] * 6, 1, 1),
+    ],
+)
+def test_layout_needs_one_call_per_run_or_per_pattern_position(
+    in_sizes: list[int], out_sizes: list[int], period: int, calls: int
+) -> None:
+    layout = tw.backends.block_layout(tuple(in_sizes), tuple(out_sizes))
+    assert (layout.period, layout.calls) == (period, calls)
+    m = tw.BlockLinear(in_sizes, out_sizes, dtype=torch.float64)
+    x = torch.randn(3, m.in_features, dtype=torch.float64)
+    for backend in BACKENDS:
+        m.backend = backend
+        torch.testing.assert_close(
+            m(x), reference.block_linear(x, m.weight, m.bias, in_sizes, out_sizes)
+        )
 
 
 def test_shared_uses_one_block_for_every_group() -> None:
@@ -257,3 +282,20 @@ def test_outputs_with_no_grad_and_inference_mode() -> None:
         torch.testing.assert_close(m(x), expected)
     with torch.inference_mode():
         torch.testing.assert_close(m(x), expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph_matches_eager_for_every_backend(backend: str) -> None:
+    torch._dynamo.reset()
+    eager = tw.BlockLinear([3, 3, 2], [2, 2, 4], backend=backend)
+    compiled = torch.compile(copy.deepcopy(eager), fullgraph=True)
+    x = torch.randn(5, 8, requires_grad=True)
+    cx = x.detach().clone().requires_grad_()
+    y, cy = eager(x), compiled(cx)
+    torch.testing.assert_close(cy, y)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    cy.backward(grad)
+    torch.testing.assert_close(cx.grad, x.grad)
+    for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad)

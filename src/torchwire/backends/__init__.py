@@ -33,13 +33,21 @@ class BlockLayout:
     """Group structure of a block-diagonal layer.
 
     ``runs`` lists maximal stretches of consecutive groups with the same block shape as
-    ``(count, in_size, out_size)``; each run is computed by one batched kernel call.
+    ``(count, in_size, out_size)``. ``period`` is the length of the shortest pattern of block
+    shapes whose repetition gives all groups (``groups`` when nothing repeats). A batched
+    kernel needs one call per run, or one per position of the pattern, whichever is fewer.
     """
 
     in_sizes: tuple[int, ...]
     out_sizes: tuple[int, ...]
     shared: bool
     runs: tuple[tuple[int, int, int], ...]
+    period: int
+
+    @property
+    def calls(self) -> int:
+        """Batched kernel calls per product: runs or pattern positions, whichever is fewer."""
+        return min(len(self.runs), self.period)
 
     @property
     def groups(self) -> int:
@@ -73,7 +81,12 @@ def _make_block_layout(
             runs[-1] = (runs[-1][0] + 1, i, o)
         else:
             runs.append((1, i, o))
-    return BlockLayout(in_sizes, out_sizes, shared, tuple(runs))
+    shapes = list(zip(in_sizes, out_sizes, strict=True))
+    groups = len(shapes)
+    period = next(
+        p for p in range(1, groups + 1) if groups % p == 0 and shapes == shapes[:p] * (groups // p)
+    )
+    return BlockLayout(in_sizes, out_sizes, shared, tuple(runs), period)
 
 
 _cached_block_layout = functools.lru_cache(maxsize=4096)(_make_block_layout)
@@ -146,7 +159,7 @@ def available(op: str, problem: Any = None) -> tuple[str, ...]:
     Example:
         >>> import torchwire
         >>> torchwire.backends.available("block_linear")
-        ('dense', 'bmm', 'bmm_packed')
+        ('dense', 'bmm', 'bmm_packed', 'bmm_t')
     """
     backends = _backends(op)
     if problem is None:

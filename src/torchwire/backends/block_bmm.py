@@ -1,15 +1,20 @@
-"""Batched-matmul block-linear backends: one ``bmm`` per run of equal-shape groups.
+"""Batched-matmul block-linear backends: one ``bmm`` per run of equally shaped groups (or
+per position of a repeating pattern of shapes).
 
-Two memory layouts, registered as two backends because each wins somewhere:
+The products are cheap; moving activations between the natural row-major layout
+``(M, G * i)`` and a layout batched GEMM accepts is what costs. Three layouts, each a
+registered backend because each wins somewhere (see ``torchwire bench``):
 
-* ``bmm``: works on strided views of the input and gradients (no copies going in); ATen
-  hands each block to BLAS with a leading dimension. Best for blocks of 32 and more.
-* ``bmm_packed``: packs activations group-major and contiguous first, which lets MKL's
-  batched GEMM take all blocks in one call. Costs two extra memory passes; best for small
-  blocks (for example 256 groups of 8), where per-block overhead dominates.
+* ``bmm`` (strided): no copies at all. The GEMMs read strided views of the input and write
+  straight into the output's group-major view; ATen hands each block to BLAS with a
+  leading dimension. Best for large blocks and large batches.
+* ``bmm_packed``: copies activations group-major ``(G, M, i)`` and contiguous, so MKL's
+  batched GEMM takes all blocks in one call. Best for mid-sized blocks at small batches.
+* ``bmm_t`` (transposed): copies activations feature-major ``(G, i, M)`` with the fast 2-D
+  transpose, so each block is a wide GEMM over the batch. Best for small blocks (8 wide).
 
-Forward and backward are written by hand (three batched products, no transposed copies of
-the weight) and are themselves differentiable, so double backward works.
+Forward and backward are written by hand (three batched products per call). When double
+backward is requested, backward uses plain differentiable ops instead of ``out=`` ones.
 """
 
 from __future__ import annotations
@@ -21,51 +26,135 @@ import torch.nn.functional as F
 
 from torchwire.backends import Backend, BlockLayout, BlockProblem, register, run_weights
 
+STRIDED, PACKED, TRANSPOSED = "strided", "packed", "transposed"
+
+
+def _feature_major(t: torch.Tensor) -> torch.Tensor:
+    """``(M, n, k)`` -> contiguous ``(n, k, M)`` through one 2-D transpose."""
+    rows, n, k = t.shape
+    return t.reshape(rows, n * k).t().contiguous().view(n, k, rows)
+
+
+def _from_feature_major(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous ``(n, k, M)`` -> contiguous ``(M, n, k)`` through one 2-D transpose."""
+    n, k, rows = t.shape
+    return t.view(n * k, rows).t().contiguous().view(rows, n, k)
+
+
+def _grouped_matmul(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mode: str
+) -> torch.Tensor:
+    """``y[:, g] = x[:, g] @ W[g]^T + b[g]`` for ``x`` ``(M, G, i)``, ``W`` ``(G, o, i)``,
+    ``b`` ``(G, o)``; returns a contiguous ``(M, G, o)``. Inputs may be strided views."""
+    if torch.compiler.is_compiling():  # dynamo takes no strided out=; inductor picks layouts
+        y = torch.bmm(x.transpose(0, 1), weight.transpose(1, 2)).transpose(0, 1)
+        return y.contiguous() if bias is None else y + bias
+    if mode == TRANSPOSED:
+        y = _from_feature_major(torch.bmm(weight, _feature_major(x)))
+        return y if bias is None else y.add_(bias)
+    rows, groups, out_size = x.shape[0], weight.shape[0], weight.shape[1]
+    y = x.new_empty(rows, groups, out_size)
+    xg = x.transpose(0, 1)
+    if mode == PACKED:
+        yg = torch.bmm(xg.contiguous(), weight.transpose(1, 2))
+        if bias is None:
+            y.copy_(yg.transpose(0, 1))
+        else:  # the copy back to row-major order adds the bias at no extra pass
+            torch.add(yg.transpose(0, 1), bias, out=y)
+    elif bias is None:  # strided: the GEMMs write straight into y
+        torch.bmm(xg, weight.transpose(1, 2), out=y.transpose(0, 1))
+    else:
+        torch.baddbmm(bias.unsqueeze(1), xg, weight.transpose(1, 2), out=y.transpose(0, 1))
+    return y
+
+
+def _grouped_matmul_backward(
+    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, mode: str, needs: tuple[bool, ...]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of :func:`_grouped_matmul` for its input and weight (those in ``needs``)."""
+    grad_x = grad_w = None
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        # Double backward (or tracing): differentiable ops only, no strided out=.
+        gg = grad.transpose(0, 1)
+        if needs[0]:
+            grad_x = torch.bmm(gg, weight).transpose(0, 1)
+        if needs[1]:
+            grad_w = torch.bmm(gg.transpose(1, 2), x.transpose(0, 1))
+        return grad_x, grad_w
+    if mode == TRANSPOSED:
+        gt = _feature_major(grad)
+        if needs[0]:
+            grad_x = _from_feature_major(torch.bmm(weight.transpose(1, 2), gt))
+        if needs[1]:
+            grad_w = torch.bmm(gt, _feature_major(x).transpose(1, 2))
+        return grad_x, grad_w
+    gg = grad.transpose(0, 1)
+    xg = x.transpose(0, 1)
+    if mode == PACKED:
+        gg = gg.contiguous()
+        if needs[1]:
+            xg = xg.contiguous()
+    if needs[0]:
+        grad_x = x.new_empty(x.shape)
+        torch.bmm(gg, weight, out=grad_x.transpose(0, 1))
+    if needs[1]:
+        grad_w = torch.bmm(gg.transpose(1, 2), xg)
+    return grad_x, grad_w
+
 
 class _GroupedMatmul(torch.autograd.Function):
-    """``y[:, g] = x[:, g] @ W[g]^T + b[g]`` for ``x`` ``(M, G * i)`` and ``W`` ``(G, o, i)``."""
+    """:func:`_grouped_matmul` with its hand-written backward."""
 
     @staticmethod
     def forward(
-        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: bool
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mode: str
     ) -> torch.Tensor:
-        rows = x.shape[0]
-        groups, out_size, in_size = weight.shape
-        xg = _group_major(x, groups, in_size, packed)
-        wt = weight.transpose(1, 2)
-        if bias is None:
-            yg = torch.bmm(xg, wt)
-        else:
-            yg = torch.baddbmm(bias.view(groups, 1, out_size), xg, wt)
-        return yg.transpose(0, 1).reshape(rows, groups * out_size)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        x, weight, bias, packed = inputs
+        # Save x, not a packed copy: a copy made here has no graph back to x, which double
+        # backward needs, and keeping both would double the saved activations.
         ctx.save_for_backward(x, weight)
-        ctx.packed = packed
+        ctx.mode = mode
         ctx.has_bias = bias is not None
+        return _grouped_matmul(x, weight, bias, mode)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        rows = x.shape[0]
-        groups, out_size, in_size = weight.shape
-        gg = _group_major(grad, groups, out_size, ctx.packed)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(gg, weight).transpose(0, 1).reshape(rows, groups * in_size)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.bmm(gg.transpose(1, 2), _group_major(x, groups, in_size, ctx.packed))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum(0)
+        grad_x, grad_w = _grouped_matmul_backward(
+            x, weight, grad, ctx.mode, ctx.needs_input_grad[:2]
+        )
+        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
 
 
-def _group_major(t: torch.Tensor, groups: int, size: int, packed: bool) -> torch.Tensor:
-    """``(M, groups * size)`` -> ``(groups, M, size)`` view, packed contiguous if asked."""
-    tg = t.reshape(t.shape[0], groups, size).transpose(0, 1)
-    return tg.contiguous() if packed else tg
+def _pieces(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Views ``(x (M, n, i), W (n, o, i), b (n, o))``, one per batched call; concatenating
+    the calls' ``(M, n, o)`` outputs along the last dimension gives the layer's output
+    (as ``(M, out)`` for runs, ``(M, repeats, pattern_out)`` for a repeating pattern)."""
+    rows = x.shape[0]
+    if weight.dim() == 3:  # equal groups
+        groups, out_size, in_size = weight.shape
+        b = None if bias is None else bias.view(groups, out_size)
+        return [(x.reshape(rows, groups, in_size), weight, b)]
+    if _periodic(weight, layout):  # one call per position of the repeating pattern
+        period = layout.period
+        repeats = layout.groups // period
+        ins, outs = layout.in_sizes[:period], layout.out_sizes[:period]
+        xs = x.reshape(rows, repeats, sum(ins)).split(ins, -1)
+        ws = weight.view(repeats, -1).split([i * o for i, o in zip(ins, outs, strict=True)], -1)
+        bs = [None] * period if bias is None else bias.view(repeats, -1).split(outs, -1)
+        return [
+            (xp, wp.view(repeats, o, i), bp)
+            for xp, wp, bp, i, o in zip(xs, ws, bs, ins, outs, strict=True)
+        ]
+    xs = x.split([n * i for n, i, _ in layout.runs], dim=-1)
+    ws = run_weights(weight, layout)
+    bs = [None] * len(ws) if bias is None else bias.split([n * o for n, _, o in layout.runs])
+    return [
+        (xr.reshape(rows, n, i), wr, None if br is None else br.view(n, o))
+        for xr, wr, br, (n, i, o) in zip(xs, ws, bs, layout.runs, strict=True)
+    ]
 
 
 def _block_linear(
@@ -73,76 +162,83 @@ def _block_linear(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     layout: BlockLayout,
-    packed: bool,
+    mode: str,
 ) -> torch.Tensor:
+    rows = input.shape[0]
     if layout.shared:  # one block for every group: a single GEMM over all groups' rows
         ((count, in_size, _out_size),) = layout.runs
-        y = F.linear(input.reshape(-1, count, in_size), weight[0]).flatten(1)
+        y = F.linear(input.reshape(rows, count, in_size), weight[0]).flatten(1)
         return y if bias is None else y + bias
-    weights = run_weights(weight, layout)
-    if len(weights) == 1:
-        out: torch.Tensor = _GroupedMatmul.apply(input, weights[0], bias, packed)
-        return out
-    xs = input.split([n * i for n, i, _ in layout.runs], dim=-1)
-    bs: list[torch.Tensor | None] = (
-        [None] * len(weights)
-        if bias is None
-        else list(bias.split([n * o for n, _, o in layout.runs]))
-    )
-    return torch.cat(
-        [_GroupedMatmul.apply(x, w, b, packed) for x, w, b in zip(xs, weights, bs, strict=True)],
-        dim=-1,
-    )
+    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
+        apply = _GroupedMatmul.apply
+    else:  # no graph to record: skip the autograd.Function overhead (~20 us a call)
+        apply = _grouped_matmul
+    outs: list[torch.Tensor] = [
+        apply(x, w, b, mode) for x, w, b in _pieces(input, weight, bias, layout)
+    ]
+    if len(outs) == 1:
+        return outs[0].view(rows, layout.out_features)
+    if _periodic(weight, layout):  # (M, repeats, o_p) per position: join within each repeat
+        return torch.cat(outs, dim=-1).view(rows, layout.out_features)
+    return torch.cat([out.flatten(1) for out in outs], dim=-1)
 
 
-def block_linear_bmm(
-    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
-) -> torch.Tensor:
-    return _block_linear(input, weight, bias, layout, packed=False)
+def _periodic(weight: torch.Tensor, layout: BlockLayout) -> bool:
+    return weight.dim() == 1 and layout.period < len(layout.runs)
 
 
-def block_linear_bmm_packed(
-    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
-) -> torch.Tensor:
-    return _block_linear(input, weight, bias, layout, packed=True)
+def _backend(name: str, mode: str) -> Backend:
+    def fn(
+        input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
+    ) -> torch.Tensor:
+        return _block_linear(input, weight, bias, layout, mode)
+
+    return Backend(name, "block_linear", fn, _supports, lambda p: _cost_for(p, mode))
 
 
 def _supports(problem: BlockProblem) -> str | None:
     return None
 
 
-# Cost model, in units of one multiply-add of a large GEMM (see block_dense). A block's
-# multiply-adds cost more the smaller its narrowest side (short BLAS loops); every block and
-# every kernel call has a fixed overhead; packing moves each activation element once more.
-# Calibrated from `torchwire bench` on a 2-core AVX-512 CPU (MKL) and on an H100.
-_SMALL = {False: 40.0, True: 24.0}
-_PER_BLOCK = {False: 20_000.0, True: 3_000.0}
+# Cost model, in units of one multiply-add of a large GEMM (block_dense uses the same units).
+# CPU: a block's multiply-adds cost more the smaller its narrowest side (short BLAS loops;
+# least in the transposed layout, where each block is a GEMM as wide as the batch); strided
+# calls pay per block; packing and transposing pay for each activation element they copy
+# (5 copies in forward+backward), more once the activations leave the cache, and packing
+# more for narrow blocks (short rows). CUDA: launch-bound at the sizes people use, so the
+# model counts launches. Fitted to `torchwire bench` runs of every backend on a 2-core
+# AVX-512 CPU (MKL) and an H100; the recorded runs are in benchmarks/results/.
+_SMALL = {STRIDED: 40.0, PACKED: 16.0, TRANSPOSED: 1.0}
+_PER_BLOCK = {STRIDED: 2_000.0, PACKED: 0.0, TRANSPOSED: 0.0}
 _PER_CALL = 20_000.0
-_PER_COPY = 11.0
+_COPY_IN_CACHE, _COPY_OUT_OF_CACHE, _CACHE_BYTES = 5.0, 20.0, 2**20
+_LAUNCH_CUDA = 1.5e8
 
 
-def _cost_for(problem: BlockProblem, packed: bool) -> float:
+def _cost_for(problem: BlockProblem, mode: str) -> float:
     layout = problem.layout
     passes = 3 if problem.requires_grad else 1
+    if problem.device_type != "cpu":
+        launches = passes * layout.calls * (2 if mode == STRIDED else 4)
+        if layout.calls > 1:
+            launches += layout.calls
+        return launches * _LAUNCH_CUDA + passes * problem.rows * layout.connections
     if layout.shared:
         return passes * (problem.rows * layout.connections + _PER_CALL)
-    total = 0.0
+    copies = 0 if mode == STRIDED else (5 if problem.requires_grad else 2)
+    activation_bytes = problem.rows * (layout.in_features + layout.out_features)
+    activation_bytes *= problem.dtype.itemsize
+    per_copy = _COPY_OUT_OF_CACHE if activation_bytes > _CACHE_BYTES else _COPY_IN_CACHE
+    total = passes * layout.calls * _PER_CALL
     for count, in_size, out_size in layout.runs:
+        narrow = min(in_size, out_size)
         macs = problem.rows * count * in_size * out_size
-        total += passes * (macs * (1 + _SMALL[packed] / min(in_size, out_size)))
-        total += passes * (_PER_CALL + count * _PER_BLOCK[packed])
-        if packed:
-            total += _PER_COPY * problem.rows * count * (in_size + out_size) * (passes - 1 or 1)
+        total += passes * (macs * (1 + _SMALL[mode] / narrow) + count * _PER_BLOCK[mode])
+        element = per_copy * (4.0 if mode == TRANSPOSED else 1 + 16 / narrow)
+        total += copies * element * problem.rows * count * (in_size + out_size) / 2
     return total
 
 
-register(Backend("bmm", "block_linear", block_linear_bmm, _supports, lambda p: _cost_for(p, False)))
-register(
-    Backend(
-        "bmm_packed",
-        "block_linear",
-        block_linear_bmm_packed,
-        _supports,
-        lambda p: _cost_for(p, True),
-    )
-)
+register(_backend("bmm", STRIDED))
+register(_backend("bmm_packed", PACKED))
+register(_backend("bmm_t", TRANSPOSED))

@@ -11,9 +11,12 @@ import torch.nn.functional as F
 
 from torchwire.backends import Backend, BlockLayout, BlockProblem, register, run_weights
 
-# Cost units: one multiply-add of a large GEMM = 1. _CALL is the fixed cost of one kernel
-# call in those units; calibrated from `torchwire bench` (see block_bmm for the others).
-_CALL = {"cpu": 20_000.0, "cuda": 200_000.0}
+# Cost units: one multiply-add of a large GEMM = 1 (see block_bmm for the whole model).
+# CPU: a call costs about 20k multiply-adds. CUDA: launch-bound at these sizes, a kernel
+# launch costs about 1.5e8 multiply-adds and assembling the dense weight (torch.block_diag)
+# about half a launch per group. Calibrated from `torchwire bench` (benchmarks/results/).
+_CALL_CPU = 20_000.0
+_LAUNCH_CUDA = 1.5e8
 
 
 def dense_weight(weight: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
@@ -38,11 +41,11 @@ def _supports(problem: BlockProblem) -> str | None:
 def _cost(problem: BlockProblem) -> float:
     layout = problem.layout
     dense = layout.in_features * layout.out_features
-    calls = 3 if problem.requires_grad else 1
-    # One GEMM over the dense weight, plus assembling (and, in backward, reading) that weight.
-    return (
-        calls * (problem.rows * dense + _CALL.get(problem.device_type, _CALL["cuda"])) + 2 * dense
-    )
+    passes = 3 if problem.requires_grad else 1  # forward GEMM; grad-input and grad-weight GEMMs
+    if problem.device_type == "cpu":
+        # The GEMMs, plus assembling (and, in backward, reading) the dense weight.
+        return passes * (problem.rows * dense + _CALL_CPU) + 2 * dense
+    return passes * (problem.rows * dense + _LAUNCH_CUDA) + layout.groups * _LAUNCH_CUDA / 2
 
 
 register(Backend("dense", "block_linear", block_linear_dense, _supports, _cost))

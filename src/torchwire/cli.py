@@ -1,0 +1,181 @@
+"""The ``torchwire`` command line.
+
+Subcommands:
+
+- ``torchwire bench``: time every way of computing a block-diagonal linear layer on this device
+  and show which one torchwire uses (see :mod:`torchwire.bench`).
+
+Bad options end with an argparse message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import torchwire
+from torchwire import bench
+
+__all__ = ["build_parser", "main"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = torch.device("meta")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} requested but CUDA is not available to this torch ({torch.__version__});"
+            " use --device cpu"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
+    return device
+
+
+def _layout(text: str) -> bench.Layout:
+    try:
+        return bench.parse_layout(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _output_path(text: str) -> Path:
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"directory {str(path.parent)!r} does not exist")
+    return path
+
+
+def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time every way of computing a block-diagonal linear layer on this device",
+        description=(
+            "Time torchwire's BlockLinear (auto and every backend forced by name) against an "
+            "nn.ModuleList of nn.Linear, a pruned (masked) dense nn.Linear and a grouped Conv1d, "
+            "all as ratios to one dense GEMM with the same multiply-adds ('limit'). Progress goes "
+            "to stderr, the tables to stdout."
+        ),
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small grid (4 layouts, batch 64, 5 rounds): under a minute on a 2-core CPU",
+    )
+    parser.add_argument(
+        "--device",
+        type=_device,
+        default=None,
+        help="cpu, cuda or cuda:N (default: cuda if available, else cpu)",
+    )
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="default: float32")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="torch.set_num_threads(N) during the run (default: 1: more is unstable when shared)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_positive_int,
+        nargs="+",
+        metavar="N",
+        help="batch sizes (default: 64 1024; with --quick: 64)",
+    )
+    parser.add_argument(
+        "--layout",
+        type=_layout,
+        nargs="+",
+        metavar="SPEC",
+        help="layouts instead of the built-in grid: 16x64 (16 groups of 64 -> 64), 8x64+16x32, "
+        "16x(48,16) (pattern repeated), 2x2->2x3 (inputs -> outputs)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=None,
+        metavar="R",
+        help="interleaved timing rounds; medians are over rounds (default: 11; with --quick: 5)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed (default: 0)")
+    parser.add_argument(
+        "--json", type=_output_path, metavar="PATH", help="write all results and samples as JSON"
+    )
+    parser.add_argument(
+        "--markdown", type=_output_path, metavar="PATH", help="write the tables as markdown"
+    )
+    parser.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    config = bench.make_config(
+        quick=args.quick,
+        device=args.device,
+        dtype=DTYPES[args.dtype],
+        threads=args.threads,
+        batches=args.batch,
+        layouts=args.layout,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+    result = bench.run(config, progress=sys.stderr)
+    print(bench.format_text(result), end="")
+    if args.json is not None:
+        args.json.write_text(json.dumps(bench.to_dict(result), indent=2) + "\n")
+    if args.markdown is not None:
+        args.markdown.write_text(bench.format_markdown(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``torchwire`` argument parser, one subparser per subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="torchwire", description="torchwire: partially connected layers for PyTorch."
+    )
+    parser.add_argument("--version", action="version", version=torchwire.__version__)
+    subparsers = parser.add_subparsers(title="commands", dest="command", required=True)
+    _add_bench(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``torchwire`` command line.
+
+    Args:
+        argv (Sequence[str], optional): the arguments after the program name.
+            Default: ``sys.argv[1:]``.
+
+    Returns:
+        int: the exit status. Bad arguments raise ``SystemExit(2)`` with a message on stderr.
+    """
+    args = build_parser().parse_args(argv)
+    status: int = args.handler(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Tests of the ``torchwire`` command line and the ``torchwire bench`` suite (no timing checks)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import torchwire
+from torchwire import bench
+from torchwire.cli import main
+
+torch.set_num_threads(1)
+
+LAYOUTS = ["2x2->2x3", "4+2"]  # equal groups (rectangular blocks) and uneven groups
+REPEATS = 2
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One small ``torchwire bench --quick`` run: its JSON, markdown, stdout and stderr."""
+    tmp = tmp_path_factory.mktemp("bench")
+    argv = ["bench", "--quick", "--device", "cpu", "--batch", "8", "--repeats", str(REPEATS)]
+    argv += ["--layout", *LAYOUTS, "--json", str(tmp / "out.json")]
+    argv += ["--markdown", str(tmp / "out.md")]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main(argv)
+    return {
+        "status": status,
+        "json": json.loads((tmp / "out.json").read_text()),
+        "markdown": (tmp / "out.md").read_text(),
+        "stdout": stdout.getvalue(),
+        "stderr": stderr.getvalue(),
+    }
+
+
+def test_run_succeeds(run: dict[str, Any]) -> None:
+    assert run["status"] == 0
+    env = run["json"]["environment"]
+    assert env["torch"] == torch.__version__
+    assert env["torchwire"] == torchwire.__version__
+    assert (env["device"], env["dtype"], env["threads"]) == ("cpu", "float32", 1)
+    assert env["quick"] is True
+    assert env["repeats"] == REPEATS
+    assert env["layouts"] == LAYOUTS
+    assert env["backends"] == list(torchwire.backends.available("block_linear"))
+    assert env["device_name"]
+    assert env["peak_bytes"]
+    assert [case["layout"] for case in run["json"]["cases"]] == LAYOUTS
+    assert [case["batch"] for case in run["json"]["cases"]] == [8, 8]
+
+
+def test_every_method_for_every_case(run: dict[str, Any]) -> None:
+    backends = run["json"]["environment"]["backends"]
+    for case in run["json"]["cases"]:
+        expected = {"torchwire", "modulelist", "masked_dense", "conv1d_groups", "limit"}
+        expected |= {f"torchwire[{name}]" for name in backends}
+        assert set(case["methods"]) | set(case["skipped"]) == expected
+        assert not set(case["methods"]) & set(case["skipped"])
+        # Only forced backends that cannot run this case, and Conv1d on uneven groups, are skipped.
+        for name, why in case["skipped"].items():
+            assert why
+            assert name.startswith("torchwire[") or name == "conv1d_groups"
+        equal = len(set(case["in_sizes"])) == 1 and len(set(case["out_sizes"])) == 1
+        assert ("conv1d_groups" in case["methods"]) == equal
+
+
+def test_medians_and_ratios_are_consistent(run: dict[str, Any]) -> None:
+    for case in run["json"]["cases"]:
+        methods = case["methods"]
+        for mode in bench.MODES:
+            limit = methods["limit"][mode]["median_ms"]
+            for name, method in methods.items():
+                timing = method[mode]
+                assert len(timing["samples_ms"]) == REPEATS
+                assert all(sample > 0 for sample in timing["samples_ms"])
+                assert timing["median_ms"] == statistics.median(timing["samples_ms"])
+                assert timing["iterations"] >= 1
+                assert math.isclose(timing["x_limit"], timing["median_ms"] / limit), name
+            assert methods["limit"][mode]["x_limit"] == 1.0
+        alternative = case["fastest_alternative"]
+        assert alternative in bench.ALTERNATIVES
+        times = {name: methods[name]["fwd_bwd"]["median_ms"] for name in methods}
+        assert times[alternative] == min(times[n] for n in bench.ALTERNATIVES if n in times)
+        speedup = times[alternative] / times["torchwire"]
+        assert math.isclose(case["speedup_vs_fastest_alternative"], speedup)
+
+
+def test_chosen_backend_is_available(run: dict[str, Any]) -> None:
+    available = torchwire.backends.available("block_linear")
+    for case in run["json"]["cases"]:
+        assert set(case["auto_backend"]) == set(bench.MODES)
+        for mode, name in case["auto_backend"].items():
+            assert name in available
+            assert f"torchwire[{name}]" in case["methods"]  # the auto choice also ran forced
+            fastest = case["fastest_backend"][mode]
+            times = {n: m[mode]["median_ms"] for n, m in case["methods"].items()}
+            assert times[f"torchwire[{fastest}]"] == min(
+                t for n, t in times.items() if n.startswith("torchwire[")
+            )
+            regret = times[f"torchwire[{name}]"] / times[f"torchwire[{fastest}]"]
+            assert math.isclose(case["auto_vs_fastest_backend"][mode], regret)
+            assert regret >= 1.0
+        assert case["methods"]["torchwire"]["backend"] == case["auto_backend"]
+
+
+def test_bytes(run: dict[str, Any]) -> None:
+    for case in run["json"]["cases"]:
+        pairs = list(zip(case["in_sizes"], case["out_sizes"], strict=True))
+        methods = case["methods"]
+        assert methods["modulelist"]["param_bytes"] == 4 * sum(i * o + o for i, o in pairs)
+        n = case["limit_out_features"]
+        assert n == round(sum(i * o for i, o in pairs) / sum(case["in_sizes"]))
+        assert methods["limit"]["param_bytes"] == 4 * (case["in_features"] * n + n)
+        dense = case["in_features"] * case["out_features"]
+        # weight_orig and weight_mask are dense
+        assert methods["masked_dense"]["param_bytes"] == 4 * (2 * dense + case["out_features"])
+        for method in methods.values():
+            assert method["param_bytes"] > 0
+            assert method["peak_bytes"] >= 4 * 8 * case["in_features"]  # at least grad of input
+
+
+def test_tables(run: dict[str, Any]) -> None:
+    env = run["json"]["environment"]
+    header = run["stdout"].splitlines()[0]
+    for word in (torch.__version__, torchwire.__version__, env["device_name"], "float32"):
+        assert word in header
+    for case in run["json"]["cases"]:
+        label = case["methods"]["torchwire"]["label"]
+        chosen = case["auto_backend"]
+        choice = (
+            chosen["fwd"] if chosen["fwd"] == chosen["fwd_bwd"] else " / ".join(chosen.values())
+        )
+        assert label == f"torchwire (auto -> {choice})"
+        for text in (run["stdout"], run["markdown"]):
+            assert f"{case['layout']}: " in text
+            assert label in text
+    assert "summary" in run["stdout"]
+    assert "| method | fwd ms | fwd x limit | fwd+bwd ms |" in run["markdown"]
+    progress = run["stderr"].splitlines()
+    assert [line.split(" ")[0] for line in progress] == ["[1/2]", "[2/2]"]
+    assert progress[0].startswith("[1/2] 2x2->2x3 batch=8: ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "required"),
+        (["frobnicate"], "invalid choice"),
+        (["bench", "--dtype", "float16"], "invalid choice"),
+        (["bench", "--threads", "0"], "expected a positive integer"),
+        (["bench", "--batch", "8", "x"], "expected a positive integer"),
+        (["bench", "--repeats", "-1"], "expected a positive integer"),
+        (["bench", "--layout", "3x"], "invalid layout"),
+        (["bench", "--layout", "2x2->3x3"], "2 input groups but 3 output groups"),
+        (["bench", "--layout", "2x0"], "invalid layout"),
+        (["bench", "--device", "tpu"], "expected cpu, cuda or cuda:N"),
+        (["bench", "--device", "meta"], "expected cpu, cuda or cuda:N"),
+        (["bench", "--json", "/nonexistent/dir/out.json"], "does not exist"),
+        (["bench", "--unknown"], "unrecognized arguments"),
+    ],
+)
+def test_bad_options_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: torchwire" in err
+    assert message in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_unavailable_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--device", "cuda"])
+    assert info.value.code == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == torchwire.__version__
+
+
+def test_console_entry_point() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    target = tomllib.loads(pyproject.read_text())["project"]["scripts"]["torchwire"]
+    module, _, name = target.partition(":")
+    assert getattr(importlib.import_module(module), name) is main
+
+
+def test_parse_layout() -> None:
+    layout = bench.parse_layout("4x128 + 8x64 + 16x32")
+    assert layout.name == "4x128+8x64+16x32"
+    assert layout.in_sizes == layout.out_sizes == (128,) * 4 + (64,) * 8 + (32,) * 16
+    alternating = bench.parse_layout("16x(48,16)")
+    assert alternating.in_sizes == (48, 16) * 16
+    assert not alternating.equal
+    tiny = bench.parse_layout("2,2->2x3")
+    assert (tiny.in_sizes, tiny.out_sizes, tiny.equal) == ((2, 2), (3, 3), True)
+    assert (tiny.multiply_adds, tiny.limit_features) == (12, 3)
+    for spec in ("", "x4", "2x", "4->", "2x(3,)", "4->4->4", "2x4->3x4"):
+        with pytest.raises(ValueError, match="invalid layout"):
+            bench.parse_layout(spec)
+
+
+def test_grids() -> None:
+    quick = bench.make_config(quick=True, device=torch.device("cpu"))
+    assert quick.batches == (64,)
+    assert [layout.name for layout in quick.layouts] == ["2x2->2x3", "16x64", "256x8", "8x64+16x32"]
+    assert quick.repeats == 5
+    full = bench.make_config(device=torch.device("cpu"))
+    assert full.batches == (64, 1024)
+    assert len(full.layouts) == 9
+    assert full.repeats > quick.repeats
+
+
+def test_peak_bytes_counts_live_tensors_created_in_step() -> None:
+    existing = torch.ones(100_000)
+
+    def step() -> None:
+        a = torch.ones(1000)  # 4000 B
+        b = a.view(10, 100)  # a view: nothing new
+        a.add_(1)  # in place: nothing new
+        c = a * 2  # 4000 B: peak 8000 B
+        existing.view(-1)[:10].mul_(1)  # views and in-place ops on older tensors: nothing
+        del a, b, c  # freed
+        torch.ones(500)  # 2000 B
+        d = torch.ones(1500)  # 6000 B
+        del d
+
+    assert bench.peak_bytes(step, torch.device("cpu")) == 8000
+
+
+def test_peak_bytes_of_linear_training_step() -> None:
+    linear = torch.nn.Linear(32, 16)
+    x = torch.randn(8, 32, requires_grad=True)
+
+    def step() -> None:
+        torch.autograd.grad(linear(x).sum(), (x, *linear.parameters()))
+
+    # The output dies once summed (neither backward saves it); the peak is the gradients of x,
+    # weight and bias, plus two scalars (the sum and its gradient).
+    expected = 4 * (8 * 32 + 16 * 32 + 16) + 2 * 4
+    assert bench.peak_bytes(step, torch.device("cpu")) == expected
