@@ -100,7 +100,7 @@ def _layout_of(
         shared = groups == 1 and in_g > 0 and width % in_g == 0 and width > in_g
         if shared:
             groups = width // in_g
-        return backends.block_layout((in_g,) * groups, (out_g,) * groups, shared)
+        return backends.equal_block_layout(groups, in_g, out_g, shared)
     if weight.dim() != 1 or in_sizes is None or out_sizes is None:
         raise ValueError(
             "block_linear expected a 3-D weight (groups, out, in) for equal groups, or a 1-D "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,15 +22,17 @@ __all__ = [
     "BlockProblem",
     "available",
     "block_layout",
+    "equal_block_layout",
     "register",
     "run_weights",
     "select",
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BlockLayout:
-    """Group structure of a block-diagonal layer.
+    """Group structure of a block-diagonal layer (interned by :func:`block_layout`, so it
+    compares and hashes by identity: cheap on every forward).
 
     ``runs`` lists maximal stretches of consecutive groups with the same block shape as
     ``(count, in_size, out_size)``. ``period`` is the length of the shortest pattern of block
@@ -43,33 +45,23 @@ class BlockLayout:
     shared: bool
     runs: tuple[tuple[int, int, int], ...]
     period: int
+    # Derived once (read on every forward):
+    groups: int = field(init=False)
+    in_features: int = field(init=False)
+    out_features: int = field(init=False)
+    connections: int = field(init=False)  # input-output connections: multiply-adds per row
+    calls: int = field(init=False)  # batched calls per product: runs or pattern positions
 
-    @property
-    def calls(self) -> int:
-        """Batched kernel calls per product: runs or pattern positions, whichever is fewer."""
-        return min(len(self.runs), self.period)
-
-    @property
-    def groups(self) -> int:
-        return len(self.in_sizes)
-
-    @property
-    def in_features(self) -> int:
-        return sum(self.in_sizes)
-
-    @property
-    def out_features(self) -> int:
-        return sum(self.out_sizes)
-
-    @property
-    def connections(self) -> int:
-        """Number of input-output connections (multiply-adds per input row)."""
-        return sum(i * o for i, o in zip(self.in_sizes, self.out_sizes, strict=True))
-
-    @property
-    def equal(self) -> bool:
-        """Whether every group has the same block shape."""
-        return len(self.runs) == 1
+    def __post_init__(self) -> None:
+        derived = {
+            "groups": len(self.in_sizes),
+            "in_features": sum(self.in_sizes),
+            "out_features": sum(self.out_sizes),
+            "connections": sum(i * o for i, o in zip(self.in_sizes, self.out_sizes, strict=True)),
+            "calls": min(len(self.runs), self.period),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
 
 def _make_block_layout(
@@ -99,6 +91,20 @@ def block_layout(
     if torch.compiler.is_compiling():  # dynamo traces plain Python; it warns on lru_cache
         return _make_block_layout(in_sizes, out_sizes, shared)
     return _cached_block_layout(in_sizes, out_sizes, shared)
+
+
+def _make_equal_layout(groups: int, in_size: int, out_size: int, shared: bool) -> BlockLayout:
+    return block_layout((in_size,) * groups, (out_size,) * groups, shared)
+
+
+_cached_equal_layout = functools.lru_cache(maxsize=4096)(_make_equal_layout)
+
+
+def equal_block_layout(groups: int, in_size: int, out_size: int, shared: bool) -> BlockLayout:
+    """:func:`block_layout` of ``groups`` equal groups, cached on the four numbers."""
+    if torch.compiler.is_compiling():
+        return _make_equal_layout(groups, in_size, out_size, shared)
+    return _cached_equal_layout(groups, in_size, out_size, shared)
 
 
 @dataclass(frozen=True)
@@ -145,11 +151,13 @@ def run_weights(weight: torch.Tensor, layout: BlockLayout) -> list[torch.Tensor]
 
 
 _REGISTRY: dict[str, dict[str, Backend]] = {}
+_CHOSEN: dict[tuple[str, Any], Backend] = {}  # select()'s memo of "auto" choices
 
 
 def register(backend: Backend) -> Backend:
     """Add ``backend`` to the registry (replacing one of the same op and name)."""
     _REGISTRY.setdefault(backend.op, {})[backend.name] = backend
+    _CHOSEN.clear()
     return backend
 
 
@@ -184,6 +192,11 @@ def select(op: str, problem: Any, backend: str = "auto") -> Backend:
                 f"use backend='auto' or one of {list(available(op, problem))}"
             )
         return chosen
+    compiling = torch.compiler.is_compiling()
+    if not compiling:  # the choice depends only on the (hashable, frozen) problem
+        memo = _CHOSEN.get((op, problem))
+        if memo is not None:
+            return memo
     best: Backend | None = None
     best_cost = float("inf")
     for candidate in backends.values():
@@ -193,6 +206,10 @@ def select(op: str, problem: Any, backend: str = "auto") -> Backend:
                 best, best_cost = candidate, cost
     if best is None:
         raise RuntimeError(f"no registered backend can compute this {op}: {problem}")
+    if not compiling:
+        if len(_CHOSEN) > 4096:
+            _CHOSEN.clear()
+        _CHOSEN[(op, problem)] = best
     return best
 
 

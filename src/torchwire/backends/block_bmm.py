@@ -203,12 +203,14 @@ def _supports(problem: BlockProblem) -> str | None:
 # Cost model, in units of one multiply-add of a large GEMM (block_dense uses the same units).
 # CPU: a block's multiply-adds cost more the smaller its narrowest side (short BLAS loops;
 # least in the transposed layout, where each block is a GEMM as wide as the batch); strided
-# calls pay per block; packing and transposing pay for each activation element they copy
-# (5 copies in forward+backward), more once the activations leave the cache, and packing
-# more for narrow blocks (short rows). CUDA: launch-bound at the sizes people use, so the
+# calls pay per block and, reading rows of only a block's width, per activation element of
+# narrow blocks; packing and transposing pay for each activation element they copy (5
+# copies in forward+backward), more once the activations leave the cache, and packing more
+# for narrow blocks (short rows). CUDA: launch-bound at the sizes people use, so the
 # model counts launches. Fitted to `torchwire bench` runs of every backend on a 2-core
 # AVX-512 CPU (MKL) and an H100; the recorded runs are in benchmarks/results/.
-_SMALL = {STRIDED: 40.0, PACKED: 16.0, TRANSPOSED: 1.0}
+_SMALL = {STRIDED: 24.0, PACKED: 16.0, TRANSPOSED: 1.0}
+_SHORT_ROWS = 16.0  # a block width at which short-row access costs as much as a copy
 _PER_BLOCK = {STRIDED: 2_000.0, PACKED: 0.0, TRANSPOSED: 0.0}
 _PER_CALL = 20_000.0
 _COPY_IN_CACHE, _COPY_OUT_OF_CACHE, _CACHE_BYTES = 5.0, 20.0, 2**20
@@ -233,9 +235,13 @@ def _cost_for(problem: BlockProblem, mode: str) -> float:
     for count, in_size, out_size in layout.runs:
         narrow = min(in_size, out_size)
         macs = problem.rows * count * in_size * out_size
+        elements = problem.rows * count * (in_size + out_size) / 2
         total += passes * (macs * (1 + _SMALL[mode] / narrow) + count * _PER_BLOCK[mode])
-        element = per_copy * (4.0 if mode == TRANSPOSED else 1 + 16 / narrow)
-        total += copies * element * problem.rows * count * (in_size + out_size) / 2
+        if mode == STRIDED:
+            total += passes * 3 * per_copy * _SHORT_ROWS / narrow * elements
+        else:
+            element = per_copy * (4.0 if mode == TRANSPOSED else 1 + _SHORT_ROWS / narrow)
+            total += copies * element * elements
     return total
 
 
