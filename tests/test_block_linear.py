@@ -78,6 +78,10 @@ def test_gradcheck_per_backend(
     backend: str, args: tuple[tuple[object, ...], dict[str, object]]
 ) -> None:
     m = tw.BlockLinear(*args[0], **args[1], backend=backend, dtype=torch.float64)  # type: ignore[arg-type]
+    if m.shared and backend in ("bmm_packed", "bmm_t"):
+        with pytest.raises(ValueError, match="a shared block runs as one GEMM"):
+            m(torch.randn(3, m.in_features, dtype=torch.float64))
+        return
     x = torch.randn(3, m.in_features, dtype=torch.float64, requires_grad=True)
     w = m.weight.detach().clone().requires_grad_()
     b = m.bias.detach().clone().requires_grad_()  # type: ignore[union-attr]
@@ -90,26 +94,35 @@ def test_gradcheck_per_backend(
 
 
 @pytest.mark.parametrize(
-    ("in_sizes", "out_sizes", "period", "calls"),
+    ("in_sizes", "out_sizes", "plan", "calls"),
     [
-        ([48, 16] * 16, [48, 16] * 16, 2, 2),  # alternating: 32 runs, 2 pattern positions
-        ([2, 2, 3] * 4, [1, 1, 2] * 4, 3, 3),
-        ([64] * 8 + [32] * 16, [64] * 8 + [32] * 16, 24, 2),  # two runs, no repetition
-        ([4] * 6, [2] * 6, 1, 1),
+        ([48, 16] * 16, [48, 16] * 16, "pattern", 2),  # alternating: 32 runs, 2 positions
+        ([2, 2, 3] * 4, [1, 1, 2] * 4, "pattern", 3),
+        ([64] * 8 + [32] * 16, [64] * 8 + [32] * 16, "runs", 2),  # two runs, no repetition
+        ([4] * 6, [2] * 6, "runs", 1),
+        ([48, 16] * 16 + [32], [48, 16] * 16 + [32], "gather", 3),  # 33 runs, 3 shapes
+        ([3, 1, 2, 1, 3, 2, 2, 3], [1, 2, 2, 2, 1, 2, 2, 1], "gather", 3),
     ],
 )
-def test_layout_needs_one_call_per_run_or_per_pattern_position(
-    in_sizes: list[int], out_sizes: list[int], period: int, calls: int
+def test_layout_needs_one_call_per_run_pattern_position_or_distinct_shape(
+    in_sizes: list[int], out_sizes: list[int], plan: str, calls: int
 ) -> None:
     layout = tw.backends.block_layout(tuple(in_sizes), tuple(out_sizes))
-    assert (layout.period, layout.calls) == (period, calls)
+    assert (layout.plan, layout.calls) == (plan, calls)
+    assert layout.calls <= len(layout.classes) + 2
     m = tw.BlockLinear(in_sizes, out_sizes, dtype=torch.float64)
-    x = torch.randn(3, m.in_features, dtype=torch.float64)
+    x = torch.randn(3, m.in_features, dtype=torch.float64, requires_grad=True)
     for backend in BACKENDS:
         m.backend = backend
-        torch.testing.assert_close(
-            m(x), reference.block_linear(x, m.weight, m.bias, in_sizes, out_sizes)
-        )
+        m.zero_grad()
+        y = m(x)
+        expected = reference.block_linear(x, m.weight, m.bias, in_sizes, out_sizes)
+        torch.testing.assert_close(y, expected)
+        grad = torch.randn_like(y)
+        got = torch.autograd.grad(y, (x, m.weight, m.bias), grad)
+        want = torch.autograd.grad(expected, (x, m.weight, m.bias), grad)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
 
 
 def test_shared_uses_one_block_for_every_group() -> None:
@@ -258,10 +271,10 @@ def test_backend_selection_is_explained_and_forced_names_are_checked() -> None:
             tw.BlockLinear(64, 64, groups=4, backend=name).resolve_backend(torch.randn(2, 64))
             == name
         )
-    with pytest.raises(
-        ValueError, match=r"unknown backend 'nope' for block_linear; expected 'auto' or one of"
-    ):
-        tw.BlockLinear(64, 64, groups=4, backend="nope")(torch.randn(2, 64))
+    with pytest.raises(ValueError, match=r"unknown backend 'nope'; expected 'auto' or one of"):
+        tw.BlockLinear(64, 64, groups=4, backend="nope")
+    with pytest.raises(ValueError, match=r"unknown backend 'nope' for block_linear"):
+        tw.functional.block_linear(torch.randn(2, 8), torch.randn(2, 4, 4), backend="nope")
     with pytest.raises(ValueError, match="unknown operation"):
         tw.backends.available("no_such_op")
 
@@ -285,17 +298,133 @@ def test_outputs_with_no_grad_and_inference_mode() -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_compile_fullgraph_matches_eager_for_every_backend(backend: str) -> None:
+@pytest.mark.parametrize(
+    "sizes", [([3, 3, 2], [2, 2, 4]), (12, 6, 3), ([2, 1] * 3 + [4], [1, 2] * 3 + [3])]
+)
+def test_compile_fullgraph_matches_eager_for_every_backend(
+    backend: str, sizes: tuple[object, ...]
+) -> None:
     torch._dynamo.reset()
-    eager = tw.BlockLinear([3, 3, 2], [2, 2, 4], backend=backend)
+    eager = tw.BlockLinear(*sizes, backend=backend)  # type: ignore[arg-type]
     compiled = torch.compile(copy.deepcopy(eager), fullgraph=True)
+    for batch in (5, 7):  # a second batch size exercises recompilation / dynamic shapes
+        eager.zero_grad()
+        compiled.zero_grad()
+        x = torch.randn(batch, eager.in_features, requires_grad=True)
+        cx = x.detach().clone().requires_grad_()
+        y, cy = eager(x), compiled(cx)
+        torch.testing.assert_close(cy, y)
+        grad = torch.randn_like(y)
+        y.backward(grad)
+        cy.backward(grad)
+        torch.testing.assert_close(cx.grad, x.grad)
+        for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
+            torch.testing.assert_close(q.grad, p.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sizes", [(12, 6, 3), ([2, 3, 3, 1], [1, 4, 4, 2])])
+@pytest.mark.parametrize("case", ["no_grad", "inference_mode", "frozen_weight", "bias_only"])
+def test_paths_without_a_full_graph_match_the_oracle(
+    backend: str, sizes: tuple[object, ...], case: str
+) -> None:
+    m = tw.BlockLinear(*sizes, backend=backend, dtype=torch.float64)  # type: ignore[arg-type]
+    assert m.bias is not None
+    x = torch.randn(4, m.in_features, dtype=torch.float64)
+    expected = reference.block_linear(x, m.weight, m.bias, m.in_sizes, m.out_sizes)
+    if case == "no_grad":
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), expected)
+    elif case == "inference_mode":
+        with torch.inference_mode():
+            torch.testing.assert_close(m(x), expected)
+    else:  # frozen weight: the input, or only the bias (BitFit), still needs gradients
+        m.weight.requires_grad_(False)
+        if case == "frozen_weight":
+            x.requires_grad_()
+        else:
+            m.bias.requires_grad_(True)
+        y = m(x)
+        torch.testing.assert_close(y, expected)
+        grad = torch.randn_like(y)
+        y.backward(grad)
+        assert m.weight.grad is None
+        torch.testing.assert_close(m.bias.grad, grad.sum(0))
+        if case == "frozen_weight":
+            dense = torch.block_diag(*reference.block_weights(m.weight, m.in_sizes, m.out_sizes))
+            torch.testing.assert_close(x.grad, grad @ dense)
+
+
+def test_width_is_checked_exactly_for_one_group_and_for_a_shared_block() -> None:
+    with pytest.raises(ValueError, match=r"expected input of shape \(\*, 4\)"):
+        tw.BlockLinear(4, 3, bias=False)(torch.randn(2, 8))
+    with pytest.raises(ValueError, match=r"expected input of shape \(\*, 8\)"):
+        tw.BlockLinear(8, 4, groups=4, shared=True)(torch.randn(2, 16))
+    with pytest.raises(ValueError, match=r"groups=3 for a weight of 2 blocks"):
+        tw.functional.block_linear(torch.randn(2, 6), torch.randn(2, 2, 2), groups=3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_computes_in_the_autocast_dtype(backend: str) -> None:
+    m = tw.BlockLinear([2, 3, 3], [4, 1, 1], backend=backend)
     x = torch.randn(5, 8, requires_grad=True)
-    cx = x.detach().clone().requires_grad_()
-    y, cy = eager(x), compiled(cx)
-    torch.testing.assert_close(cy, y)
-    grad = torch.randn_like(y)
-    y.backward(grad)
-    cy.backward(grad)
-    torch.testing.assert_close(cx.grad, x.grad)
-    for p, q in zip(eager.parameters(), compiled.parameters(), strict=True):
-        torch.testing.assert_close(q.grad, p.grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16
+    expected = reference.block_linear(x, m.weight, m.bias, m.in_sizes, m.out_sizes)
+    torch.testing.assert_close(y.double(), expected, rtol=3e-2, atol=3e-2)
+    y.float().sum().backward()
+    assert x.grad is not None
+    assert x.grad.dtype == torch.float32
+    assert m.weight.grad is not None
+    assert m.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_func_grad_and_vmap(backend: str) -> None:
+    m = tw.BlockLinear([2, 3, 3], [4, 1, 1], backend=backend, dtype=torch.float64)
+    params = dict(m.named_parameters())
+    x = torch.randn(5, 8, dtype=torch.float64)
+
+    def loss(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(m, p, (x,)).pow(2).sum()
+
+    grads = torch.func.grad(loss)(params, x)
+    expected = torch.autograd.grad(loss(params, x), list(params.values()))
+    for name, want in zip(params, expected, strict=True):
+        torch.testing.assert_close(grads[name], want)
+    per_sample = torch.func.vmap(lambda row: m(row))(x)
+    torch.testing.assert_close(per_sample, m(x))
+
+
+def test_state_dict_records_the_layout() -> None:
+    saved = tw.BlockLinear([2, 2], [3, 1]).state_dict()
+    other = tw.BlockLinear([2, 2], [1, 3])  # same parameter shapes, other groups
+    with pytest.raises(ValueError, match=r"saved from a BlockLinear with layout .*in_sizes"):
+        other.load_state_dict(saved)
+    same = tw.BlockLinear([2, 2], [3, 1])
+    same.load_state_dict(saved)
+    torch.testing.assert_close(same.weight, saved["weight"])
+
+
+def test_functional_validates_group_sizes() -> None:
+    x = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="2 input sizes and 1 output sizes"):
+        tw.functional.block_linear(x, torch.randn(8), in_sizes=[2, 2], out_sizes=[8])
+    with pytest.raises(ValueError, match="at least one input and one output"):
+        tw.functional.block_linear(x, torch.randn(8), in_sizes=[4, 0], out_sizes=[2, 2])
+    with pytest.raises(TypeError, match="expected weight to be a Tensor, got list"):
+        tw.functional.block_linear(x, [1.0, 2.0])  # type: ignore[arg-type]
+
+
+def test_construction_validates_every_argument() -> None:
+    with pytest.raises(ValueError, match=r"unknown backend 'fast'"):
+        tw.BlockLinear(4, 4, backend="fast")
+    with pytest.raises(TypeError, match="shared must be a bool, got str"):
+        tw.BlockLinear(4, 4, 2, shared="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="sequences of group sizes"):
+        tw.BlockLinear.from_dense(nn.Linear(4, 4), 4, 4)  # type: ignore[arg-type]
+    numpy = pytest.importorskip("numpy")
+    m = tw.BlockLinear(numpy.int64(8), numpy.int64(4), groups=numpy.int64(2))
+    assert (m.in_sizes, m.out_sizes) == ((4, 4), (2, 2))
+    assert "groups=2" in repr(m)

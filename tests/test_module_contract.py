@@ -37,6 +37,7 @@ class Case:
     make: Callable[..., nn.Module]
     make_inputs: Callable[[nn.Module, tuple[int, ...], torch.dtype, str], Inputs]
     oracle: Callable[..., torch.Tensor]
+    repr: str
     compile: bool = False
     bad_inputs: list[tuple[Callable[[nn.Module], Any], type[Exception], str]] = field(
         default_factory=list
@@ -78,6 +79,7 @@ CASES = [
         _block(12, 6, groups=3),
         _features_input,
         _block_oracle,
+        "BlockLinear(in_features=12, out_features=6, groups=3, bias=True)",
         compile=True,
         bad_inputs=_BLOCK_BAD_INPUTS,
         bad_construction=[
@@ -103,6 +105,7 @@ CASES = [
         _block([2, 3, 3, 1], [1, 4, 4, 2]),
         _features_input,
         _block_oracle,
+        "BlockLinear(in_features=[2, 3, 3, 1], out_features=[1, 4, 4, 2], bias=True)",
         compile=True,
         bad_inputs=_BLOCK_BAD_INPUTS,
         bad_construction=[
@@ -125,9 +128,38 @@ CASES = [
             (lambda: tw.BlockLinear([2, 2.5], [3, 1]), TypeError, r"group sizes must be ints"),
         ],
     ),
-    Case("BlockLinear-tiny", _block([2, 2], [3, 3]), _features_input, _block_oracle),
-    Case("BlockLinear-shared", _block(8, 4, groups=4, shared=True), _features_input, _block_oracle),
-    Case("BlockLinear-nobias", _block(8, 12, groups=4, bias=False), _features_input, _block_oracle),
+    Case(
+        "BlockLinear-tiny",
+        _block([2, 2], [3, 3]),
+        _features_input,
+        _block_oracle,
+        "BlockLinear(in_features=[2, 2], out_features=[3, 3], bias=True)",
+    ),
+    Case(
+        "BlockLinear-shared",
+        _block(8, 4, groups=4, shared=True),
+        _features_input,
+        _block_oracle,
+        "BlockLinear(in_features=8, out_features=4, groups=4, shared=True, bias=True)",
+    ),
+    Case(
+        "BlockLinear-nobias",
+        _block(8, 12, groups=4, bias=False),
+        _features_input,
+        _block_oracle,
+        "BlockLinear(in_features=8, out_features=12, groups=4, bias=False)",
+    ),
+    *(
+        Case(
+            f"BlockLinear-{name}",
+            _block([2, 1] * 3 + [3], [1, 2] * 3 + [2], backend=name),  # gather plan
+            _features_input,
+            _block_oracle,
+            "BlockLinear(in_features=[2, 1, 2, 1, 2, 1, 3], out_features=[1, 2, 1, 2, 1, 2, 2], "
+            f"bias=True, backend='{name}')",
+        )
+        for name in tw.backends.available("block_linear")
+    ),
 ]
 
 IDS = [c.id for c in CASES]

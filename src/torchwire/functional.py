@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +20,7 @@ def block_linear(
     in_sizes: Sequence[int] | None = None,
     out_sizes: Sequence[int] | None = None,
     *,
+    groups: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     r"""Block-diagonal linear map: :math:`y = x \, \mathrm{blockdiag}(W_1, \dots, W_G)^T + b`.
@@ -28,19 +30,24 @@ def block_linear(
 
     Args:
         input: tensor of shape :math:`(*, H_{in})`.
-        weight: the blocks. Equal groups: ``(G, out_g, in_g)``; a leading size of 1 with an
-            input of ``G * in_g`` features shares that one block across all ``G`` groups.
-            Uneven groups: 1-D, the blocks flattened row-major one after another (group
-            order), with ``in_sizes`` and ``out_sizes`` given.
+        weight: the blocks. Equal groups: ``(G, out_g, in_g)``, or ``(1, out_g, in_g)`` with
+            ``groups=G`` to share one block across ``G`` groups. Uneven groups: 1-D, the
+            blocks flattened row-major one after another (group order), with ``in_sizes``
+            and ``out_sizes`` given.
         bias: optional tensor of shape :math:`(H_{out})`.
         in_sizes: input features per group (uneven groups only).
         out_sizes: output features per group (uneven groups only).
+        groups: number of groups a ``(1, out_g, in_g)`` weight is shared by. Default: the
+            weight's leading size.
         backend: ``"auto"`` (the registry's cheapest for this problem) or a backend name
             from ``torchwire.backends.available("block_linear")``.
 
     Shape:
         - Input: :math:`(*, H_{in})` with :math:`H_{in} = \sum_g \text{in\_sizes}[g]`.
         - Output: :math:`(*, H_{out})` with :math:`H_{out} = \sum_g \text{out\_sizes}[g]`.
+
+    Under autocast, the input, weight and bias are cast to the autocast dtype, as for
+    ``torch.nn.functional.linear``.
 
     Examples::
 
@@ -52,7 +59,20 @@ def block_linear(
         >>> block_linear(x, w, in_sizes=[2, 2], out_sizes=[3, 1]).shape
         torch.Size([5, 4])
     """
-    chosen, layout = _block_plan(input, weight, bias, in_sizes, out_sizes, backend)
+    if isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
+        device_type = input.device.type
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            return block_linear(
+                input.to(dtype),
+                weight.to(dtype),
+                None if bias is None else bias.to(dtype),
+                in_sizes,
+                out_sizes,
+                groups=groups,
+                backend=backend,
+            )
+    chosen, layout = _block_plan(input, weight, bias, in_sizes, out_sizes, groups, backend)
     y = chosen.fn(input.reshape(-1, layout.in_features), weight, bias, layout)
     return y.reshape(*input.shape[:-1], layout.out_features)
 
@@ -63,17 +83,21 @@ def _block_plan(
     bias: torch.Tensor | None,
     in_sizes: Sequence[int] | None,
     out_sizes: Sequence[int] | None,
+    groups: int | None,
     backend: str,
 ) -> tuple[backends.Backend, BlockLayout]:
     """Validate a block_linear call and choose its backend (the only place that does)."""
-    layout = _layout_of(input, weight, in_sizes, out_sizes)
-    _check_input(input, weight, bias, layout)
+    layout = _layout_of(input, weight, in_sizes, out_sizes, groups)
+    _check_tensors(input, weight, bias, layout)
     problem = BlockProblem(
         layout=layout,
         rows=input.numel() // layout.in_features,
         dtype=input.dtype,
         device_type=input.device.type,
-        requires_grad=torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad),
+        requires_grad=torch.is_grad_enabled()
+        and (
+            input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        ),
     )
     return backends.select("block_linear", problem, backend), layout
 
@@ -83,31 +107,40 @@ def _layout_of(
     weight: torch.Tensor,
     in_sizes: Sequence[int] | None,
     out_sizes: Sequence[int] | None,
+    groups: int | None,
 ) -> BlockLayout:
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(
-            f"block_linear expected input to be a Tensor, got {type(input).__name__}; "
-            "a tuple here usually means a multi-output module (Split, Parallel) feeds it"
-        )
+    for name, value in (("input", input), ("weight", weight)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"block_linear expected {name} to be a Tensor, got {type(value).__name__}"
+                + (
+                    "; a tuple here usually means a multi-output module (Split, Parallel) feeds it"
+                    if name == "input" and isinstance(value, tuple)
+                    else ""
+                )
+            )
     if weight.dim() == 3:
-        groups, out_g, in_g = weight.shape
+        blocks, out_g, in_g = weight.shape
         if in_sizes is not None or out_sizes is not None:
             raise ValueError(
                 "block_linear takes in_sizes/out_sizes only with a 1-D (uneven) weight; "
                 f"got a 3-D weight of shape {tuple(weight.shape)}, whose shape gives the groups"
             )
-        width = input.shape[-1] if input.dim() else 0
-        shared = groups == 1 and in_g > 0 and width % in_g == 0 and width > in_g
-        if shared:
-            groups = width // in_g
-        return backends.equal_block_layout(groups, in_g, out_g, shared)
+        count = blocks if groups is None else _positive_int(groups, "groups")
+        if blocks not in (1, count):
+            raise ValueError(
+                f"block_linear got groups={groups} for a weight of {blocks} blocks; a 3-D "
+                "weight has one block per group, or one block shared by all (leading size 1)"
+            )
+        return backends.equal_block_layout(count, in_g, out_g, blocks == 1 and count > 1)
     if weight.dim() != 1 or in_sizes is None or out_sizes is None:
         raise ValueError(
             "block_linear expected a 3-D weight (groups, out, in) for equal groups, or a 1-D "
             f"weight with in_sizes and out_sizes for uneven groups; got weight of shape "
             f"{tuple(weight.shape)}, in_sizes={in_sizes}, out_sizes={out_sizes}"
         )
-    layout = backends.block_layout(tuple(in_sizes), tuple(out_sizes))
+    ins, outs = _group_sizes(in_sizes, out_sizes, groups)
+    layout = backends.block_layout(ins, outs)
     if weight.numel() != layout.connections:
         raise ValueError(
             f"block_linear expected a 1-D weight of {layout.connections} elements "
@@ -116,7 +149,7 @@ def _layout_of(
     return layout
 
 
-def _check_input(
+def _check_tensors(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
 ) -> None:
     if input.dim() == 0 or input.shape[-1] != layout.in_features:
@@ -124,13 +157,98 @@ def _check_input(
             f"expected input of shape (*, {layout.in_features}) (in_features), got "
             f"{tuple(input.shape)}"
         )
-    if input.dtype != weight.dtype and not torch.is_autocast_enabled(input.device.type):
+    if input.device != weight.device:
+        raise ValueError(
+            f"expected input on the weight's device {weight.device}, got {input.device}; "
+            f"move one of them, e.g. input.to({str(weight.device)!r})"
+        )
+    if input.dtype != weight.dtype:
+        hint = (
+            f"convert one of them, e.g. input.to({weight.dtype}) or module.to({input.dtype})"
+            if input.is_floating_point()
+            else f"convert the input, e.g. input.to({weight.dtype})"
+        )
         raise TypeError(
             f"expected input of dtype {weight.dtype} (the weight's dtype), got {input.dtype}; "
-            f"convert one of them, e.g. input.to({weight.dtype}) or module.to({input.dtype})"
+            + hint
         )
-    if bias is not None and bias.shape != (layout.out_features,):
+    if bias is not None:
+        if bias.shape != (layout.out_features,):
+            raise ValueError(
+                f"expected bias of shape ({layout.out_features},) (out_features), got "
+                f"{tuple(bias.shape)}"
+            )
+        if bias.dtype != weight.dtype or bias.device != weight.device:
+            raise TypeError(
+                f"expected bias of the weight's dtype and device ({weight.dtype}, "
+                f"{weight.device}), got ({bias.dtype}, {bias.device})"
+            )
+
+
+def _group_sizes(
+    in_features: int | Sequence[int], out_features: int | Sequence[int], groups: int | None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate block-layer size arguments; return the input and output size of every group.
+
+    Ints with ``groups`` give equal groups; two sequences give uneven groups.
+    """
+    if groups is not None:
+        groups = _positive_int(groups, "groups")
+    if _is_int(in_features) and _is_int(out_features):
+        size_in = operator.index(in_features)  # type: ignore[arg-type]
+        size_out = operator.index(out_features)  # type: ignore[arg-type]
+        g = 1 if groups is None else groups
+        if size_in < 1 or size_out < 1:
+            raise ValueError(
+                "in_features and out_features must be positive, got "
+                f"in_features={size_in}, out_features={size_out}"
+            )
+        if size_in % g:
+            raise ValueError(f"in_features must be divisible by groups (got {size_in} and {g})")
+        if size_out % g:
+            raise ValueError(f"out_features must be divisible by groups (got {size_out} and {g})")
+        return (size_in // g,) * g, (size_out // g,) * g
+    if _is_int(in_features) or _is_int(out_features):
+        raise TypeError(
+            "in_features and out_features must both be ints (equal groups) or both be "
+            f"sequences of ints (uneven groups); got {type(in_features).__name__} and "
+            f"{type(out_features).__name__}"
+        )
+    try:
+        in_sizes, out_sizes = tuple(in_features), tuple(out_features)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            "in_features and out_features must be ints or sequences of ints, got "
+            f"{type(in_features).__name__} and {type(out_features).__name__}"
+        ) from None
+    if not all(_is_int(s) for s in in_sizes + out_sizes):
+        raise TypeError(f"group sizes must be ints, got in_sizes={in_sizes}, out_sizes={out_sizes}")
+    if len(in_sizes) != len(out_sizes) or not in_sizes:
         raise ValueError(
-            f"expected bias of shape ({layout.out_features},) (out_features), got "
-            f"{tuple(bias.shape)}"
+            "expected one input size and one output size per group (same non-zero length), got "
+            f"{len(in_sizes)} input sizes and {len(out_sizes)} output sizes"
         )
+    if groups is not None and groups != len(in_sizes):
+        raise ValueError(f"groups={groups} but {len(in_sizes)} group sizes were given; omit groups")
+    ins = tuple(operator.index(s) for s in in_sizes)
+    outs = tuple(operator.index(s) for s in out_sizes)
+    if min(ins + outs) < 1:
+        raise ValueError(
+            "every group needs at least one input and one output; got "
+            f"in_sizes={list(ins)}, out_sizes={list(outs)}"
+        )
+    return ins, outs
+
+
+def _positive_int(value: object, name: str) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    number = operator.index(value)  # type: ignore[arg-type]
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {number}")
+    return number
+
+
+def _is_int(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), not a bool."""
+    return hasattr(value, "__index__") and not isinstance(value, bool)

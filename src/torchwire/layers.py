@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
+from torchwire import backends
 from torchwire import functional as F
 from torchwire.backends.block_dense import dense_weight
 from torchwire.wiring import Wiring
@@ -30,7 +31,7 @@ class BlockLinear(nn.Module):
         out_features: size of each output sample (``int``), or the output size of every
             group (sequence of ints, same length as ``in_features``).
         groups: number of equal groups when the sizes are ints; both sizes must be divisible
-            by it. Default: 1.
+            by it. Default: ``None`` (one group, or one per size given).
         shared: if ``True``, all groups use the same block (equal groups only), like a
             1x1 convolution applied to every group. Default: ``False``.
         bias: if ``False``, the layer will not learn an additive bias. Default: ``True``.
@@ -65,7 +66,6 @@ class BlockLinear(nn.Module):
         torch.Size([5, 4])
     """
 
-    __constants__: ClassVar[list[str]] = ["in_features", "out_features", "groups", "shared"]
     in_features: int
     out_features: int
     in_sizes: tuple[int, ...]
@@ -90,20 +90,25 @@ class BlockLinear(nn.Module):
     ) -> None:
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
-        self.in_sizes, self.out_sizes = _group_sizes(in_features, out_features, groups)
-        self._uneven_args = not isinstance(in_features, int)
+        self.in_sizes, self.out_sizes = F._group_sizes(in_features, out_features, groups)
+        self._uneven_args = not F._is_int(in_features)
         self.groups = len(self.in_sizes)
         self.in_features = sum(self.in_sizes)
         self.out_features = sum(self.out_sizes)
         equal = len(set(zip(self.in_sizes, self.out_sizes, strict=True))) == 1
+        if not isinstance(shared, bool):
+            raise TypeError(f"shared must be a bool, got {type(shared).__name__}")
         if shared and not equal:
             raise ValueError(
                 "shared=True needs equal groups (one block reused by every group); got "
                 f"in_sizes={self.in_sizes}, out_sizes={self.out_sizes}"
             )
-        self.shared = bool(shared)
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+        self.shared = shared
+        if backend != "auto" and backend not in backends.available("block_linear"):
+            raise ValueError(
+                f"unknown backend {backend!r}; expected 'auto' or one of "
+                f"{list(backends.available('block_linear'))}"
+            )
         self.backend = backend
         if equal:
             shape: tuple[int, ...] = (
@@ -142,18 +147,41 @@ class BlockLinear(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.block_linear(
-            input, self.weight, self.bias, *self._size_args(), backend=self.backend
+            input,
+            self.weight,
+            self.bias,
+            *self._size_args(),
+            groups=self.groups,
+            backend=self.backend,
         )
 
     def resolve_backend(self, input: torch.Tensor) -> str:
         """Name of the backend this layer runs for ``input`` (what ``backend="auto"`` picks)."""
-        chosen, _ = F._block_plan(input, self.weight, self.bias, *self._size_args(), self.backend)
+        chosen, _ = F._block_plan(
+            input, self.weight, self.bias, *self._size_args(), self.groups, self.backend
+        )
         return chosen.name
 
     def _size_args(self) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
         if self.weight.dim() == 3:
             return None, None
         return self.in_sizes, self.out_sizes
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The group layout, saved in ``state_dict`` so a checkpoint cannot load into a layer
+        with other groups of the same parameter shapes."""
+        return {
+            "in_sizes": list(self.in_sizes),
+            "out_sizes": list(self.out_sizes),
+            "shared": self.shared,
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        if state != self.get_extra_state():
+            raise ValueError(
+                f"this checkpoint was saved from a BlockLinear with layout {state}, but this "
+                f"layer has {self.get_extra_state()}; build the layer with the saved sizes"
+            )
 
     @property
     def wiring(self) -> Wiring:
@@ -162,9 +190,7 @@ class BlockLinear(nn.Module):
 
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` computing the same function (zeros outside the blocks)."""
-        from torchwire.backends import block_layout
-
-        layout = block_layout(self.in_sizes, self.out_sizes, self.shared)
+        layout = backends.block_layout(self.in_sizes, self.out_sizes, self.shared)
         linear = nn.Linear(
             self.in_features,
             self.out_features,
@@ -174,8 +200,7 @@ class BlockLinear(nn.Module):
         )
         with torch.no_grad():
             linear.weight.copy_(dense_weight(self.weight, layout))
-            if self.bias is not None:
-                assert linear.bias is not None
+            if self.bias is not None and linear.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
 
@@ -260,6 +285,11 @@ class BlockLinear(nn.Module):
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense expected an nn.Linear, got {type(linear).__name__}")
+        if isinstance(in_sizes, int) or isinstance(out_sizes, int):
+            raise TypeError(
+                "from_dense expected in_sizes and out_sizes as sequences of group sizes, got "
+                f"{in_sizes!r} and {out_sizes!r}; for G equal groups pass [in // G] * G"
+            )
         block = cls(
             list(in_sizes),
             list(out_sizes),
@@ -303,61 +333,3 @@ class BlockLinear(nn.Module):
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
-
-
-def _group_sizes(
-    in_features: int | Sequence[int], out_features: int | Sequence[int], groups: int | None
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Validate BlockLinear's size arguments and return the per-group sizes."""
-    if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int)):
-        raise TypeError(f"groups must be an int, got {type(groups).__name__}")
-    if _is_int(in_features) and _is_int(out_features):
-        assert isinstance(in_features, int)
-        assert isinstance(out_features, int)
-        g = 1 if groups is None else groups
-        if g < 1:
-            raise ValueError(f"groups must be a positive integer, got {g}")
-        if in_features < 1 or out_features < 1:
-            raise ValueError(
-                "in_features and out_features must be positive, got "
-                f"in_features={in_features}, out_features={out_features}"
-            )
-        if in_features % g:
-            raise ValueError(f"in_features must be divisible by groups (got {in_features} and {g})")
-        if out_features % g:
-            raise ValueError(
-                f"out_features must be divisible by groups (got {out_features} and {g})"
-            )
-        return (in_features // g,) * g, (out_features // g,) * g
-    if _is_int(in_features) or _is_int(out_features):
-        raise TypeError(
-            "in_features and out_features must both be ints (equal groups) or both be "
-            f"sequences of ints (uneven groups); got {type(in_features).__name__} and "
-            f"{type(out_features).__name__}"
-        )
-    try:
-        in_sizes, out_sizes = tuple(in_features), tuple(out_features)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            "in_features and out_features must be ints or sequences of ints, got "
-            f"{type(in_features).__name__} and {type(out_features).__name__}"
-        ) from None
-    if not all(_is_int(s) for s in in_sizes + out_sizes):
-        raise TypeError(f"group sizes must be ints, got in_sizes={in_sizes}, out_sizes={out_sizes}")
-    if len(in_sizes) != len(out_sizes) or not in_sizes:
-        raise ValueError(
-            "expected one input size and one output size per group (same non-zero length), got "
-            f"{len(in_sizes)} input sizes and {len(out_sizes)} output sizes"
-        )
-    if groups is not None and groups != len(in_sizes):
-        raise ValueError(f"groups={groups} but {len(in_sizes)} group sizes were given; omit groups")
-    if min(in_sizes + out_sizes) < 1:
-        raise ValueError(
-            "every group needs at least one input and one output; got "
-            f"in_sizes={list(in_sizes)}, out_sizes={list(out_sizes)}"
-        )
-    return tuple(int(s) for s in in_sizes), tuple(int(s) for s in out_sizes)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

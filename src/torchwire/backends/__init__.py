@@ -29,15 +29,21 @@ __all__ = [
 ]
 
 
+RUNS, PATTERN, GATHER = "runs", "pattern", "gather"
+
+
 @dataclass(frozen=True, eq=False)
 class BlockLayout:
     """Group structure of a block-diagonal layer (interned by :func:`block_layout`, so it
     compares and hashes by identity: cheap on every forward).
 
     ``runs`` lists maximal stretches of consecutive groups with the same block shape as
-    ``(count, in_size, out_size)``. ``period`` is the length of the shortest pattern of block
-    shapes whose repetition gives all groups (``groups`` when nothing repeats). A batched
-    kernel needs one call per run, or one per position of the pattern, whichever is fewer.
+    ``(count, in_size, out_size)``; ``period`` is the length of the shortest pattern of block
+    shapes whose repetition gives all groups; ``classes`` lists the distinct block shapes as
+    ``(count, in_size, out_size)`` in order of first appearance. A batched kernel computes a
+    layout with one call per run, per position of the pattern (strided views), or per
+    distinct shape after gathering each shape's groups together (two index copies): ``plan``
+    names the cheapest of the three, ``calls`` its number of calls.
     """
 
     in_sizes: tuple[int, ...]
@@ -45,40 +51,68 @@ class BlockLayout:
     shared: bool
     runs: tuple[tuple[int, int, int], ...]
     period: int
+    classes: tuple[tuple[int, int, int], ...]
+    plan: str
     # Derived once (read on every forward):
     groups: int = field(init=False)
     in_features: int = field(init=False)
     out_features: int = field(init=False)
     connections: int = field(init=False)  # input-output connections: multiply-adds per row
-    calls: int = field(init=False)  # batched calls per product: runs or pattern positions
+    calls: int = field(init=False)
 
     def __post_init__(self) -> None:
+        calls = {RUNS: len(self.runs), PATTERN: self.period, GATHER: len(self.classes)}
         derived = {
             "groups": len(self.in_sizes),
             "in_features": sum(self.in_sizes),
             "out_features": sum(self.out_sizes),
             "connections": sum(i * o for i, o in zip(self.in_sizes, self.out_sizes, strict=True)),
-            "calls": min(len(self.runs), self.period),
+            "calls": calls[self.plan],
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
+
+    def gather_order(self) -> tuple[list[int], list[int], list[int]]:
+        """Input features, weights and outputs in the order of the gather plan: the groups
+        of each distinct shape together (shapes in first-appearance order)."""
+        shapes = list(zip(self.in_sizes, self.out_sizes, strict=True))
+        in_start, w_start, out_start = [0], [0], [0]
+        for i, o in shapes:
+            in_start.append(in_start[-1] + i)
+            w_start.append(w_start[-1] + i * o)
+            out_start.append(out_start[-1] + o)
+        inputs: list[int] = []
+        weights: list[int] = []
+        outputs: list[int] = []
+        for _, i, o in self.classes:
+            for g, shape in enumerate(shapes):
+                if shape == (i, o):
+                    inputs.extend(range(in_start[g], in_start[g + 1]))
+                    weights.extend(range(w_start[g], w_start[g + 1]))
+                    outputs.extend(range(out_start[g], out_start[g + 1]))
+        return inputs, weights, outputs
 
 
 def _make_block_layout(
     in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], shared: bool
 ) -> BlockLayout:
+    shapes = list(zip(in_sizes, out_sizes, strict=True))
     runs: list[tuple[int, int, int]] = []
-    for i, o in zip(in_sizes, out_sizes, strict=True):
+    for i, o in shapes:
         if runs and runs[-1][1:] == (i, o):
             runs[-1] = (runs[-1][0] + 1, i, o)
         else:
             runs.append((1, i, o))
-    shapes = list(zip(in_sizes, out_sizes, strict=True))
     groups = len(shapes)
     period = next(
         p for p in range(1, groups + 1) if groups % p == 0 and shapes == shapes[:p] * (groups // p)
     )
-    return BlockLayout(in_sizes, out_sizes, shared, tuple(runs), period)
+    distinct = list(dict.fromkeys(shapes))
+    classes = tuple((shapes.count(shape), *shape) for shape in distinct)
+    # Gathering costs two index copies of the activations: worth it when it saves more calls.
+    options = {RUNS: len(runs), PATTERN: period, GATHER: len(classes) + 2}
+    plan = min(options, key=options.__getitem__)
+    return BlockLayout(in_sizes, out_sizes, shared, tuple(runs), period, classes, plan)
 
 
 _cached_block_layout = functools.lru_cache(maxsize=4096)(_make_block_layout)

@@ -24,7 +24,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from torchwire.backends import Backend, BlockLayout, BlockProblem, register, run_weights
+from torchwire.backends import (
+    GATHER,
+    PATTERN,
+    RUNS,
+    Backend,
+    BlockLayout,
+    BlockProblem,
+    register,
+)
 
 STRIDED, PACKED, TRANSPOSED = "strided", "packed", "transposed"
 
@@ -46,9 +54,6 @@ def _grouped_matmul(
 ) -> torch.Tensor:
     """``y[:, g] = x[:, g] @ W[g]^T + b[g]`` for ``x`` ``(M, G, i)``, ``W`` ``(G, o, i)``,
     ``b`` ``(G, o)``; returns a contiguous ``(M, G, o)``. Inputs may be strided views."""
-    if torch.compiler.is_compiling():  # dynamo takes no strided out=; inductor picks layouts
-        y = torch.bmm(x.transpose(0, 1), weight.transpose(1, 2)).transpose(0, 1)
-        return y.contiguous() if bias is None else y + bias
     if mode == TRANSPOSED:
         y = _from_feature_major(torch.bmm(weight, _feature_major(x)))
         return y if bias is None else y.add_(bias)
@@ -73,8 +78,7 @@ def _grouped_matmul_backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of :func:`_grouped_matmul` for its input and weight (those in ``needs``)."""
     grad_x = grad_w = None
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        # Double backward (or tracing): differentiable ops only, no strided out=.
+    if torch.is_grad_enabled():  # double backward: differentiable ops only, no strided out=
         gg = grad.transpose(0, 1)
         if needs[0]:
             grad_x = torch.bmm(gg, weight).transpose(0, 1)
@@ -126,35 +130,17 @@ class _GroupedMatmul(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-def _pieces(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """Views ``(x (M, n, i), W (n, o, i), b (n, o))``, one per batched call; concatenating
-    the calls' ``(M, n, o)`` outputs along the last dimension gives the layer's output
-    (as ``(M, out)`` for runs, ``(M, repeats, pattern_out)`` for a repeating pattern)."""
-    rows = x.shape[0]
-    if weight.dim() == 3:  # equal groups
-        groups, out_size, in_size = weight.shape
-        b = None if bias is None else bias.view(groups, out_size)
-        return [(x.reshape(rows, groups, in_size), weight, b)]
-    if _periodic(weight, layout):  # one call per position of the repeating pattern
-        period = layout.period
-        repeats = layout.groups // period
-        ins, outs = layout.in_sizes[:period], layout.out_sizes[:period]
-        xs = x.reshape(rows, repeats, sum(ins)).split(ins, -1)
-        ws = weight.view(repeats, -1).split([i * o for i, o in zip(ins, outs, strict=True)], -1)
-        bs = [None] * period if bias is None else bias.view(repeats, -1).split(outs, -1)
-        return [
-            (xp, wp.view(repeats, o, i), bp)
-            for xp, wp, bp, i, o in zip(xs, ws, bs, ins, outs, strict=True)
-        ]
-    xs = x.split([n * i for n, i, _ in layout.runs], dim=-1)
-    ws = run_weights(weight, layout)
-    bs = [None] * len(ws) if bias is None else bias.split([n * o for n, _, o in layout.runs])
-    return [
-        (xr.reshape(rows, n, i), wr, None if br is None else br.view(n, o))
-        for xr, wr, br, (n, i, o) in zip(xs, ws, bs, layout.runs, strict=True)
-    ]
+def _plain_grouped_matmul(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mode: str
+) -> torch.Tensor:
+    """:func:`_grouped_matmul` in plain differentiable ops, for torch.compile (dynamo takes
+    no strided ``out=``; inductor chooses layouts itself) and torch.func transforms."""
+    y = torch.bmm(x.transpose(0, 1), weight.transpose(1, 2)).transpose(0, 1)
+    return (y if bias is None else y + bias).contiguous()
+
+
+def _with_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _block_linear(
@@ -166,38 +152,113 @@ def _block_linear(
 ) -> torch.Tensor:
     rows = input.shape[0]
     if layout.shared:  # one block for every group: a single GEMM over all groups' rows
-        ((count, in_size, _out_size),) = layout.runs
-        y = F.linear(input.reshape(rows, count, in_size), weight[0]).flatten(1)
-        return y if bias is None else y + bias
-    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
+        shared = F.linear(input.reshape(rows, layout.groups, layout.in_sizes[0]), weight[0])
+        return shared.flatten(1) if bias is None else shared.flatten(1) + bias
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        apply = _plain_grouped_matmul
+    elif _with_grad(input, weight, bias):
         apply = _GroupedMatmul.apply
     else:  # no graph to record: skip the autograd.Function overhead (~20 us a call)
         apply = _grouped_matmul
-    outs: list[torch.Tensor] = [
-        apply(x, w, b, mode) for x, w, b in _pieces(input, weight, bias, layout)
+    if weight.dim() == 3:  # equal groups: one call
+        groups, out_size, in_size = weight.shape
+        b = None if bias is None else bias.view(groups, out_size)
+        y: torch.Tensor = apply(input.reshape(rows, groups, in_size), weight, b, mode)
+        return y.view(rows, layout.out_features)
+    if layout.plan == PATTERN:  # one call per position of the repeating pattern
+        return _pattern(input, weight, bias, layout, apply, mode)
+    if layout.plan == RUNS:
+        return _runs(input, weight, bias, layout.runs, apply, mode)
+    inputs, weights, outputs, positions = _gather_index(layout, input.device)
+    gathered = _runs(
+        input.index_select(1, inputs),
+        weight.index_select(0, weights),
+        None if bias is None else bias.index_select(0, outputs),
+        layout.classes,
+        apply,
+        mode,
+    )
+    return gathered.index_select(1, positions)
+
+
+def _runs(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    runs: tuple[tuple[int, int, int], ...],
+    apply: Any,
+    mode: str,
+) -> torch.Tensor:
+    """One call per ``(count, in, out)`` stretch of consecutive same-shape groups."""
+    rows = x.shape[0]
+    xs = x.split([n * i for n, i, _ in runs], dim=-1)
+    ws = weight.split([n * i * o for n, i, o in runs])
+    bs = [None] * len(runs) if bias is None else bias.split([n * o for n, _, o in runs])
+    outs = [
+        apply(xr.reshape(rows, n, i), wr.view(n, o, i), None if br is None else br.view(n, o), mode)
+        for xr, wr, br, (n, i, o) in zip(xs, ws, bs, runs, strict=True)
     ]
-    if len(outs) == 1:
-        return outs[0].view(rows, layout.out_features)
-    if _periodic(weight, layout):  # (M, repeats, o_p) per position: join within each repeat
-        return torch.cat(outs, dim=-1).view(rows, layout.out_features)
     return torch.cat([out.flatten(1) for out in outs], dim=-1)
 
 
-def _periodic(weight: torch.Tensor, layout: BlockLayout) -> bool:
-    return weight.dim() == 1 and layout.period < len(layout.runs)
+def _pattern(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    layout: BlockLayout,
+    apply: Any,
+    mode: str,
+) -> torch.Tensor:
+    """One call per position of a repeating pattern of block shapes, on strided views."""
+    rows, period = x.shape[0], layout.period
+    repeats = layout.groups // period
+    ins, outs = layout.in_sizes[:period], layout.out_sizes[:period]
+    xs = x.reshape(rows, repeats, sum(ins)).split(ins, -1)
+    ws = weight.view(repeats, -1).split([i * o for i, o in zip(ins, outs, strict=True)], -1)
+    bs = [None] * period if bias is None else bias.view(repeats, -1).split(outs, -1)
+    ys = [
+        apply(xp, wp.view(repeats, o, i), bp, mode)
+        for xp, wp, bp, i, o in zip(xs, ws, bs, ins, outs, strict=True)
+    ]
+    return torch.cat(ys, dim=-1).view(rows, layout.out_features)
+
+
+_GATHER_INDEX: dict[tuple[BlockLayout, torch.device], tuple[torch.Tensor, ...]] = {}
+
+
+def _gather_index(layout: BlockLayout, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Index tensors of the gather plan on ``device`` (cached): input features, weights and
+    outputs in shape-class order, and the output positions that restore group order."""
+    key = (layout, device)
+    index = None if torch.compiler.is_compiling() else _GATHER_INDEX.get(key)
+    if index is None:
+        inputs, weights, outputs = layout.gather_order()
+        order = torch.tensor(outputs, device=device)
+        positions = torch.empty_like(order)
+        positions[order] = torch.arange(len(outputs), device=device)
+        index = (
+            torch.tensor(inputs, device=device),
+            torch.tensor(weights, device=device),
+            order,
+            positions,
+        )
+        if not torch.compiler.is_compiling():
+            _GATHER_INDEX[key] = index
+    return index
 
 
 def _backend(name: str, mode: str) -> Backend:
+    def supports(problem: BlockProblem) -> str | None:
+        if problem.layout.shared and mode != STRIDED:
+            return "a shared block runs as one GEMM, which backend 'bmm' computes"
+        return None
+
     def fn(
         input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
     ) -> torch.Tensor:
         return _block_linear(input, weight, bias, layout, mode)
 
-    return Backend(name, "block_linear", fn, _supports, lambda p: _cost_for(p, mode))
-
-
-def _supports(problem: BlockProblem) -> str | None:
-    return None
+    return Backend(name, "block_linear", fn, supports, lambda p: _cost_for(p, mode))
 
 
 # Cost model, in units of one multiply-add of a large GEMM (block_dense uses the same units).
@@ -224,6 +285,8 @@ def _cost_for(problem: BlockProblem, mode: str) -> float:
         launches = passes * layout.calls * (2 if mode == STRIDED else 4)
         if layout.calls > 1:
             launches += layout.calls
+        if layout.plan == GATHER:
+            launches += 3 * passes
         return launches * _LAUNCH_CUDA + passes * problem.rows * layout.connections
     if layout.shared:
         return passes * (problem.rows * layout.connections + _PER_CALL)
@@ -232,7 +295,10 @@ def _cost_for(problem: BlockProblem, mode: str) -> float:
     activation_bytes *= problem.dtype.itemsize
     per_copy = _COPY_OUT_OF_CACHE if activation_bytes > _CACHE_BYTES else _COPY_IN_CACHE
     total = passes * layout.calls * _PER_CALL
-    for count, in_size, out_size in layout.runs:
+    if layout.plan == GATHER:  # index copies of inputs and outputs, there and back
+        activations = problem.rows * (layout.in_features + layout.out_features) / 2
+        total += (4 if problem.requires_grad else 2) * per_copy * activations
+    for count, in_size, out_size in layout.classes if layout.plan == GATHER else layout.runs:
         narrow = min(in_size, out_size)
         macs = problem.rows * count * in_size * out_size
         elements = problem.rows * count * (in_size + out_size) / 2
