@@ -18,6 +18,19 @@ from tests import reference
 BACKENDS = tw.backends.available("block_linear")
 
 
+def _check_against_oracle(m: tw.BlockLinear, x: torch.Tensor) -> None:
+    """Forward and the gradients of input, weight and bias equal the float64 oracle's."""
+    y = m(x)
+    expected = reference.block_linear(x, m.weight, m.bias, m.in_sizes, m.out_sizes)
+    torch.testing.assert_close(y, expected)
+    grad = torch.randn_like(y)
+    inputs = (x, m.weight, m.bias)
+    got = torch.autograd.grad(y, inputs, grad)
+    want = torch.autograd.grad(expected, inputs, grad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 @st.composite
 def layouts(draw: st.DrawFn) -> tuple[list[int], list[int]]:
     """Uneven layouts: runs of repeated block shapes, alternations, and repeated patterns."""
@@ -114,15 +127,7 @@ def test_layout_needs_one_call_per_run_pattern_position_or_distinct_shape(
     x = torch.randn(3, m.in_features, dtype=torch.float64, requires_grad=True)
     for backend in BACKENDS:
         m.backend = backend
-        m.zero_grad()
-        y = m(x)
-        expected = reference.block_linear(x, m.weight, m.bias, in_sizes, out_sizes)
-        torch.testing.assert_close(y, expected)
-        grad = torch.randn_like(y)
-        got = torch.autograd.grad(y, (x, m.weight, m.bias), grad)
-        want = torch.autograd.grad(expected, (x, m.weight, m.bias), grad)
-        for a, b in zip(got, want, strict=True):
-            torch.testing.assert_close(a, b)
+        _check_against_oracle(m, x)
 
 
 def test_shared_uses_one_block_for_every_group() -> None:
@@ -428,3 +433,10 @@ def test_construction_validates_every_argument() -> None:
     m = tw.BlockLinear(numpy.int64(8), numpy.int64(4), groups=numpy.int64(2))
     assert (m.in_sizes, m.out_sizes) == ((4, 4), (2, 2))
     assert "groups=2" in repr(m)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batches_larger_than_a_row_chunk(backend: str) -> None:
+    # 300 rows: several of the packed backend's 128-row chunks, the last one partial.
+    m = tw.BlockLinear([3, 3, 2, 2], [2, 2, 3, 3], backend=backend, dtype=torch.float64)
+    _check_against_oracle(m, torch.randn(300, 10, dtype=torch.float64, requires_grad=True))

@@ -133,8 +133,7 @@ class Wiring:
             idx.to(torch.int32),
             in_f,
             out_f,
-            _check_names(input_names, in_f, "input_names", "in_features"),
-            _check_names(output_names, out_f, "output_names", "out_features"),
+            *_check_both_names(input_names, output_names, in_f, out_f),
         )
 
     def _init(
@@ -240,8 +239,7 @@ class Wiring:
             indices.to(torch.int32),
             in_f,
             out_f,
-            _check_names(input_names, in_f, "input_names", "in_features"),
-            _check_names(output_names, out_f, "output_names", "out_features"),
+            *_check_both_names(input_names, output_names, in_f, out_f),
         )
         return self
 
@@ -302,8 +300,7 @@ class Wiring:
             flat,
             in_f,
             out_f,
-            _check_names(input_names, in_f, "input_names", "in_features"),
-            _check_names(output_names, out_f, "output_names", "out_features"),
+            *_check_both_names(input_names, output_names, in_f, out_f),
         )
 
     @classmethod
@@ -362,8 +359,7 @@ class Wiring:
             cols,
             in_f,
             out_f,
-            _check_names(input_names, in_f, "input_names", "in_features"),
-            _check_names(output_names, out_f, "output_names", "out_features"),
+            *_check_both_names(input_names, output_names, in_f, out_f),
         )
 
     @classmethod
@@ -412,8 +408,7 @@ class Wiring:
             nz[:, 1],
             in_f,
             out_f,
-            _check_names(input_names, in_f, "input_names", "in_features"),
-            _check_names(output_names, out_f, "output_names", "out_features"),
+            *_check_both_names(input_names, output_names, in_f, out_f),
         )
 
     @classmethod
@@ -475,8 +470,7 @@ class Wiring:
             flat,
             in_f,
             out_f,
-            _check_names(input_names, in_f, "input_names", "in_features"),
-            _check_names(output_names, out_f, "output_names", "out_features"),
+            *_check_both_names(input_names, output_names, in_f, out_f),
         )
 
     @classmethod
@@ -1051,6 +1045,15 @@ def _check_names(names: object, count: int, arg: str, size_name: str) -> tuple[s
             f"{arg} must have one name per feature ({size_name} = {count}), got {len(result)} names"
         )
     return result
+
+
+def _check_both_names(
+    input_names: object, output_names: object, in_features: int, out_features: int
+) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    return (
+        _check_names(input_names, in_features, "input_names", "in_features"),
+        _check_names(output_names, out_features, "output_names", "out_features"),
+    )
 
 
 def _check_known(names: Iterable[str], known: tuple[str, ...], kind: str, arg: str) -> None:

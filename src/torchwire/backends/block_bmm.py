@@ -35,6 +35,7 @@ from torchwire.backends import (
 )
 
 STRIDED, PACKED, TRANSPOSED = "strided", "packed", "transposed"
+_CHUNK_ROWS = 128  # rows packed at a time: (128, G * i) floats stay in a core's L2 cache
 
 
 def _feature_major(t: torch.Tensor) -> torch.Tensor:
@@ -59,17 +60,20 @@ def _grouped_matmul(
         return y if bias is None else y.add_(bias)
     rows, groups, out_size = x.shape[0], weight.shape[0], weight.shape[1]
     y = x.new_empty(rows, groups, out_size)
-    xg = x.transpose(0, 1)
-    if mode == PACKED:
-        yg = torch.bmm(xg.contiguous(), weight.transpose(1, 2))
-        if bias is None:
-            y.copy_(yg.transpose(0, 1))
-        else:  # the copy back to row-major order adds the bias at no extra pass
-            torch.add(yg.transpose(0, 1), bias, out=y)
+    if mode == PACKED:  # row chunks keep the packed copies in cache
+        for start in range(0, rows, _CHUNK_ROWS):
+            chunk = slice(start, start + _CHUNK_ROWS)
+            yg = torch.bmm(x[chunk].transpose(0, 1).contiguous(), weight.transpose(1, 2))
+            if bias is None:
+                y[chunk].copy_(yg.transpose(0, 1))
+            else:  # the copy back to row-major order adds the bias at no extra pass
+                torch.add(yg.transpose(0, 1), bias, out=y[chunk])
     elif bias is None:  # strided: the GEMMs write straight into y
-        torch.bmm(xg, weight.transpose(1, 2), out=y.transpose(0, 1))
+        torch.bmm(x.transpose(0, 1), weight.transpose(1, 2), out=y.transpose(0, 1))
     else:
-        torch.baddbmm(bias.unsqueeze(1), xg, weight.transpose(1, 2), out=y.transpose(0, 1))
+        torch.baddbmm(
+            bias.unsqueeze(1), x.transpose(0, 1), weight.transpose(1, 2), out=y.transpose(0, 1)
+        )
     return y
 
 
@@ -92,12 +96,18 @@ def _grouped_matmul_backward(
         if needs[1]:
             grad_w = torch.bmm(gt, _feature_major(x).transpose(1, 2))
         return grad_x, grad_w
-    gg = grad.transpose(0, 1)
-    xg = x.transpose(0, 1)
-    if mode == PACKED:
-        gg = gg.contiguous()
-        if needs[1]:
-            xg = xg.contiguous()
+    if mode == PACKED:  # row chunks keep the packed copies in cache
+        grad_x = x.new_empty(x.shape) if needs[0] else None
+        grad_w = weight.new_zeros(weight.shape) if needs[1] else None
+        for start in range(0, x.shape[0], _CHUNK_ROWS):
+            chunk = slice(start, start + _CHUNK_ROWS)
+            gg = grad[chunk].transpose(0, 1).contiguous()
+            if grad_x is not None:
+                grad_x[chunk].copy_(torch.bmm(gg, weight).transpose(0, 1))
+            if grad_w is not None:
+                grad_w.baddbmm_(gg.transpose(1, 2), x[chunk].transpose(0, 1).contiguous())
+        return grad_x, grad_w
+    gg, xg = grad.transpose(0, 1), x.transpose(0, 1)
     if needs[0]:
         grad_x = x.new_empty(x.shape)
         torch.bmm(gg, weight, out=grad_x.transpose(0, 1))
