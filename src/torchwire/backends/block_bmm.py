@@ -280,7 +280,7 @@ def _backend(name: str, mode: str) -> Backend:
 # for narrow blocks (short rows). CUDA: launch-bound at the sizes people use, so the
 # model counts launches. Fitted to `torchwire bench` runs of every backend on a 2-core
 # AVX-512 CPU (MKL) and an H100; the recorded runs are in benchmarks/results/.
-_SMALL = {STRIDED: 24.0, PACKED: 16.0, TRANSPOSED: 1.0}
+_SMALL = {STRIDED: 32.0, PACKED: 16.0, TRANSPOSED: 1.0}
 _SHORT_ROWS = 16.0  # a block width at which short-row access costs as much as a copy
 _PER_BLOCK = {STRIDED: 2_000.0, PACKED: 0.0, TRANSPOSED: 0.0}
 _PER_CALL = 20_000.0
@@ -314,7 +314,7 @@ def _cost_for(problem: BlockProblem, mode: str) -> float:
         elements = problem.rows * count * (in_size + out_size) / 2
         total += passes * (macs * (1 + _SMALL[mode] / narrow) + count * _PER_BLOCK[mode])
         if mode == STRIDED:
-            total += passes * 3 * per_copy * _SHORT_ROWS / narrow * elements
+            total += passes * 4 * per_copy * _SHORT_ROWS / narrow * elements
         else:
             element = per_copy * (4.0 if mode == TRANSPOSED else 1 + _SHORT_ROWS / narrow)
             total += copies * element * elements
