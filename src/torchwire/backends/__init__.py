@@ -24,7 +24,6 @@ __all__ = [
     "block_layout",
     "equal_block_layout",
     "register",
-    "run_weights",
     "select",
 ]
 
@@ -170,18 +169,6 @@ class Backend:
     fn: Callable[..., torch.Tensor]
     supports: Callable[[Any], str | None]
     cost: Callable[[Any], float]
-
-
-def run_weights(weight: torch.Tensor, layout: BlockLayout) -> list[torch.Tensor]:
-    """Views of ``weight`` as one ``(count, out, in)`` tensor per run of ``layout``.
-
-    ``weight`` is ``(groups, out, in)`` (``(1, out, in)`` when shared) for equal groups, and
-    1-D (the blocks flattened one after another, each row-major) otherwise.
-    """
-    if weight.dim() == 3:
-        return [weight]
-    sizes = [n * i * o for n, i, o in layout.runs]
-    return [w.view(n, o, i) for w, (n, i, o) in zip(weight.split(sizes), layout.runs, strict=True)]
 
 
 _REGISTRY: dict[str, dict[str, Backend]] = {}

@@ -1,7 +1,8 @@
-"""Dense block-linear backend: assemble the block-diagonal weight, then one GEMM.
+"""Dense block-linear backend: scatter the blocks into a dense weight, then one GEMM.
 
 The obviously-correct reference, and the fastest choice when the dense product is tiny
-(for example 2 groups of 2 inputs), where one kernel call beats any batching.
+(for example 2 groups of 2 inputs) or, on a GPU, when kernel launches cost more than the
+extra multiply-adds: assembling the weight is one scatter, whatever the number of groups.
 """
 
 from __future__ import annotations
@@ -9,23 +10,47 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torchwire.backends import Backend, BlockLayout, BlockProblem, register, run_weights
+from torchwire.backends import Backend, BlockLayout, BlockProblem, register
 
 # Cost units: one multiply-add of a large GEMM = 1 (see block_bmm for the whole model).
 # CPU: a call costs about 20k multiply-adds. CUDA: launch-bound at these sizes, a kernel
-# launch costs about 1.5e8 multiply-adds and assembling the dense weight (torch.block_diag)
-# about half a launch per group. Calibrated from `torchwire bench` (benchmarks/results/).
+# launch costs about 1.5e8 multiply-adds. Calibrated from `torchwire bench`
+# (benchmarks/results/).
 _CALL_CPU = 20_000.0
 _LAUNCH_CUDA = 1.5e8
 
 
 def dense_weight(weight: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     """The ``(out_features, in_features)`` block-diagonal matrix of a block weight."""
-    blocks: list[torch.Tensor] = []
-    for w, (count, _, _) in zip(run_weights(weight, layout), layout.runs, strict=True):
-        blocks.extend(w.expand(count, -1, -1).unbind(0))
-    dense: torch.Tensor = torch.block_diag(*blocks)
-    return dense
+    values = weight.expand(layout.groups, -1, -1) if layout.shared else weight
+    flat = weight.new_zeros(layout.out_features * layout.in_features)
+    flat = flat.index_put((_positions(layout, weight.device),), values.reshape(-1))
+    return flat.view(layout.out_features, layout.in_features)
+
+
+_POSITIONS: dict[tuple[BlockLayout, torch.device], torch.Tensor] = {}
+
+
+def _positions(layout: BlockLayout, device: torch.device) -> torch.Tensor:
+    """Row-major positions in the dense matrix of every block entry, in weight order (cached).
+
+    Static-shape arange arithmetic per run of equal groups, so torch.compile traces it too.
+    """
+    key = (layout, device)
+    positions = None if torch.compiler.is_compiling() else _POSITIONS.get(key)
+    if positions is None:
+        parts, row0, col0 = [], 0, 0
+        for count, in_size, out_size in layout.runs:
+            k = torch.arange(count * out_size * in_size, device=device)
+            group, entry = k // (out_size * in_size), k % (out_size * in_size)
+            row = row0 + group * out_size + entry // in_size
+            col = col0 + group * in_size + entry % in_size
+            parts.append(row * layout.in_features + col)
+            row0, col0 = row0 + count * out_size, col0 + count * in_size
+        positions = torch.cat(parts)
+        if not torch.compiler.is_compiling():
+            _POSITIONS[key] = positions
+    return positions
 
 
 def block_linear_dense(
@@ -45,7 +70,7 @@ def _cost(problem: BlockProblem) -> float:
     if problem.device_type == "cpu":
         # The GEMMs, plus assembling (and, in backward, reading) the dense weight.
         return passes * (problem.rows * dense + _CALL_CPU) + 2 * dense
-    return passes * (problem.rows * dense + _LAUNCH_CUDA) + layout.groups * _LAUNCH_CUDA / 2
+    return passes * (problem.rows * dense + _LAUNCH_CUDA) + 2 * _LAUNCH_CUDA
 
 
 register(Backend("dense", "block_linear", block_linear_dense, _supports, _cost))
