@@ -171,6 +171,12 @@ class Backend:
     cost: Callable[[Any], float]
 
 
+# Cost-model units, shared by every backend: one multiply-add of a large GEMM costs 1. On
+# CUDA the layers people build are launch-bound: one kernel launch (with its share of Python
+# dispatch) costs about as much as 1e9 multiply-adds (refit on an H100, float32 and
+# bfloat16, from `torchwire bench`; benchmarks/results/).
+LAUNCH_CUDA = 1e9
+
 _REGISTRY: dict[str, dict[str, Backend]] = {}
 _CHOSEN: dict[tuple[str, Any], Backend] = {}  # select()'s memo of "auto" choices
 

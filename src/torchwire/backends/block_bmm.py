@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from torchwire.backends import (
     GATHER,
+    LAUNCH_CUDA,
     PATTERN,
     RUNS,
     Backend,
@@ -285,7 +286,6 @@ _SHORT_ROWS = 16.0  # a block width at which short-row access costs as much as a
 _PER_BLOCK = {STRIDED: 2_000.0, PACKED: 0.0, TRANSPOSED: 0.0}
 _PER_CALL = 20_000.0
 _COPY_IN_CACHE, _COPY_OUT_OF_CACHE, _CACHE_BYTES = 5.0, 20.0, 2**20
-_LAUNCH_CUDA = 1.5e8
 
 
 def _cost_for(problem: BlockProblem, mode: str) -> float:
@@ -297,7 +297,7 @@ def _cost_for(problem: BlockProblem, mode: str) -> float:
             launches += layout.calls
         if layout.plan == GATHER:
             launches += 3 * passes
-        return launches * _LAUNCH_CUDA + passes * problem.rows * layout.connections
+        return launches * LAUNCH_CUDA + passes * problem.rows * layout.connections
     if layout.shared:
         return passes * (problem.rows * layout.connections + _PER_CALL)
     copies = 0 if mode == STRIDED else (5 if problem.requires_grad else 2)

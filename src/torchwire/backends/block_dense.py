@@ -10,14 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torchwire.backends import Backend, BlockLayout, BlockProblem, register
+from torchwire.backends import LAUNCH_CUDA, Backend, BlockLayout, BlockProblem, register
 
 # Cost units: one multiply-add of a large GEMM = 1 (see block_bmm for the whole model).
-# CPU: a call costs about 20k multiply-adds. CUDA: launch-bound at these sizes, a kernel
-# launch costs about 1.5e8 multiply-adds. Calibrated from `torchwire bench`
-# (benchmarks/results/).
+# CPU: a call costs about 20k multiply-adds. CUDA: see LAUNCH_CUDA.
 _CALL_CPU = 20_000.0
-_LAUNCH_CUDA = 1.5e8
 
 
 def dense_weight(weight: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
@@ -70,7 +67,7 @@ def _cost(problem: BlockProblem) -> float:
     if problem.device_type == "cpu":
         # The GEMMs, plus assembling (and, in backward, reading) the dense weight.
         return passes * (problem.rows * dense + _CALL_CPU) + 2 * dense
-    return passes * (problem.rows * dense + _LAUNCH_CUDA) + 2 * _LAUNCH_CUDA
+    return passes * (problem.rows * dense + LAUNCH_CUDA) + 2 * LAUNCH_CUDA
 
 
 register(Backend("dense", "block_linear", block_linear_dense, _supports, _cost))
