@@ -71,6 +71,12 @@ class BlockLayout:
         for name, value in derived.items():
             object.__setattr__(self, name, value)
 
+    def gathered(self) -> BlockLayout:
+        """The layout of the groups in gather-plan order: one run per distinct shape."""
+        ins = tuple(i for count, i, _ in self.classes for _ in range(count))
+        outs = tuple(o for count, _, o in self.classes for _ in range(count))
+        return block_layout(ins, outs)
+
     def gather_order(self) -> tuple[list[int], list[int], list[int]]:
         """Input features, weights and outputs in the order of the gather plan: the groups
         of each distinct shape together (shapes in first-appearance order)."""

@@ -28,7 +28,6 @@ from torchwire.backends import (
     GATHER,
     LAUNCH_CUDA,
     PATTERN,
-    RUNS,
     Backend,
     BlockLayout,
     BlockProblem,
@@ -52,17 +51,16 @@ def _from_feature_major(t: torch.Tensor) -> torch.Tensor:
 
 
 def _grouped_matmul(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mode: str
-) -> torch.Tensor:
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor, mode: str
+) -> None:
     """``y[:, g] = x[:, g] @ W[g]^T + b[g]`` for ``x`` ``(M, G, i)``, ``W`` ``(G, o, i)``,
-    ``b`` ``(G, o)``; returns a contiguous ``(M, G, o)``. Inputs may be strided views."""
+    ``b`` ``(G, o)``, written into ``y`` ``(M, G, o)``. All may be strided views."""
     if mode == TRANSPOSED:
-        y = _from_feature_major(torch.bmm(weight, _feature_major(x)))
-        return y if bias is None else y.add_(bias)
-    rows, groups, out_size = x.shape[0], weight.shape[0], weight.shape[1]
-    y = x.new_empty(rows, groups, out_size)
-    if mode == PACKED:  # row chunks keep the packed copies in cache
-        for start in range(0, rows, _CHUNK_ROWS):
+        y.copy_(_from_feature_major(torch.bmm(weight, _feature_major(x))))
+        if bias is not None:
+            y.add_(bias)
+    elif mode == PACKED:  # row chunks keep the packed copies in cache
+        for start in range(0, x.shape[0], _CHUNK_ROWS):
             chunk = slice(start, start + _CHUNK_ROWS)
             yg = torch.bmm(x[chunk].transpose(0, 1).contiguous(), weight.transpose(1, 2))
             if bias is None:
@@ -75,31 +73,25 @@ def _grouped_matmul(
         torch.baddbmm(
             bias.unsqueeze(1), x.transpose(0, 1), weight.transpose(1, 2), out=y.transpose(0, 1)
         )
-    return y
 
 
 def _grouped_matmul_backward(
-    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, mode: str, needs: tuple[bool, ...]
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of :func:`_grouped_matmul` for its input and weight (those in ``needs``)."""
-    grad_x = grad_w = None
-    if torch.is_grad_enabled():  # double backward: differentiable ops only, no strided out=
-        gg = grad.transpose(0, 1)
-        if needs[0]:
-            grad_x = torch.bmm(gg, weight).transpose(0, 1)
-        if needs[1]:
-            grad_w = torch.bmm(gg.transpose(1, 2), x.transpose(0, 1))
-        return grad_x, grad_w
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    grad_x: torch.Tensor | None,
+    grad_w: torch.Tensor | None,
+    mode: str,
+) -> None:
+    """Gradients of :func:`_grouped_matmul` for its input and weight, written into
+    ``grad_x`` ``(M, G, i)`` and ``grad_w`` ``(G, o, i)`` (zero-filled; either may be None)."""
     if mode == TRANSPOSED:
         gt = _feature_major(grad)
-        if needs[0]:
-            grad_x = _from_feature_major(torch.bmm(weight.transpose(1, 2), gt))
-        if needs[1]:
-            grad_w = torch.bmm(gt, _feature_major(x).transpose(1, 2))
-        return grad_x, grad_w
-    if mode == PACKED:  # row chunks keep the packed copies in cache
-        grad_x = x.new_empty(x.shape) if needs[0] else None
-        grad_w = weight.new_zeros(weight.shape) if needs[1] else None
+        if grad_x is not None:
+            grad_x.copy_(_from_feature_major(torch.bmm(weight.transpose(1, 2), gt)))
+        if grad_w is not None:
+            grad_w.copy_(torch.bmm(gt, _feature_major(x).transpose(1, 2)))
+    elif mode == PACKED:  # row chunks keep the packed copies in cache
         for start in range(0, x.shape[0], _CHUNK_ROWS):
             chunk = slice(start, start + _CHUNK_ROWS)
             gg = grad[chunk].transpose(0, 1).contiguous()
@@ -107,47 +99,134 @@ def _grouped_matmul_backward(
                 grad_x[chunk].copy_(torch.bmm(gg, weight).transpose(0, 1))
             if grad_w is not None:
                 grad_w.baddbmm_(gg.transpose(1, 2), x[chunk].transpose(0, 1).contiguous())
-        return grad_x, grad_w
-    gg, xg = grad.transpose(0, 1), x.transpose(0, 1)
-    if needs[0]:
-        grad_x = x.new_empty(x.shape)
-        torch.bmm(gg, weight, out=grad_x.transpose(0, 1))
-    if needs[1]:
-        grad_w = torch.bmm(gg.transpose(1, 2), xg)
-    return grad_x, grad_w
+    else:  # strided
+        gg = grad.transpose(0, 1)
+        if grad_x is not None:
+            torch.bmm(gg, weight, out=grad_x.transpose(0, 1))
+        if grad_w is not None:
+            grad_w.copy_(torch.bmm(gg.transpose(1, 2), x.transpose(0, 1)))
 
 
-class _GroupedMatmul(torch.autograd.Function):
-    """:func:`_grouped_matmul` with its hand-written backward."""
+def _pieces(layout: BlockLayout, t: torch.Tensor, role: str) -> list[torch.Tensor]:
+    """Views of ``t`` for each batched call of ``layout``.
+
+    ``role`` says what ``t`` is: ``"in"`` ``(M, in_features)`` or ``"out"``
+    ``(M, out_features)`` activations (views ``(M, n, size)``), ``"weight"`` (views
+    ``(n, o, i)``) or ``"bias"`` (views ``(n, o)``). Calls are one per run of equally
+    shaped groups, or one per position of a repeating pattern (strided views).
+    """
+    if role == "weight" and t.dim() == 3:  # equal groups: one call
+        return [t]
+    if layout.plan == PATTERN:
+        period = layout.period
+        repeats = layout.groups // period
+        ins, outs = layout.in_sizes[:period], layout.out_sizes[:period]
+        if role in ("in", "out"):
+            sizes = ins if role == "in" else outs
+            parts = t.reshape(t.shape[0], repeats, sum(sizes)).split(sizes, -1)
+            return list(parts)
+        if role == "bias":
+            return list(t.view(repeats, -1).split(outs, -1))
+        blocks = t.view(repeats, -1).split([i * o for i, o in zip(ins, outs, strict=True)], -1)
+        return [w.view(repeats, o, i) for w, i, o in zip(blocks, ins, outs, strict=True)]
+    runs = layout.runs
+    if role in ("in", "out"):
+        widths = [(n, i if role == "in" else o) for n, i, o in runs]
+        return [
+            part.reshape(t.shape[0], n, size)
+            for part, (n, size) in zip(t.split([n * k for n, k in widths], -1), widths, strict=True)
+        ]
+    if role == "bias":
+        return [
+            b.view(n, o)
+            for b, (n, _, o) in zip(t.split([n * o for n, _, o in runs]), runs, strict=True)
+        ]
+    blocks = t.split([n * i * o for n, i, o in runs])
+    return [w.view(n, o, i) for w, (n, i, o) in zip(blocks, runs, strict=True)]
+
+
+def _forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout, mode: str
+) -> torch.Tensor:
+    """The layer's output, each batched call writing into its part of one output tensor."""
+    y = x.new_empty(x.shape[0], layout.out_features)
+    xs, ws, ys = (
+        _pieces(layout, x, "in"),
+        _pieces(layout, weight, "weight"),
+        _pieces(layout, y, "out"),
+    )
+    bs = [None] * len(xs) if bias is None else _pieces(layout, bias, "bias")
+    for xp, wp, bp, yp in zip(xs, ws, bs, ys, strict=True):
+        _grouped_matmul(xp, wp, bp, yp, mode)
+    return y
+
+
+def _plain(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
+) -> torch.Tensor:
+    """:func:`_forward` in plain differentiable ops: for torch.compile (dynamo takes no
+    strided ``out=``; inductor chooses layouts itself), torch.func and double backward."""
+    xs, ws = _pieces(layout, x, "in"), _pieces(layout, weight, "weight")
+    bs = [None] * len(xs) if bias is None else _pieces(layout, bias, "bias")
+    ys = []
+    for xp, wp, bp in zip(xs, ws, bs, strict=True):
+        yp = torch.bmm(xp.transpose(0, 1), wp.transpose(1, 2)).transpose(0, 1)
+        ys.append(yp if bp is None else yp + bp)
+    if layout.plan == PATTERN and weight.dim() == 1:  # (M, repeats, o_p): join per repeat
+        return torch.cat(ys, dim=-1).reshape(x.shape[0], layout.out_features)
+    return torch.cat([yp.reshape(x.shape[0], -1) for yp in ys], dim=-1)
+
+
+class _BlockMatmul(torch.autograd.Function):
+    """:func:`_forward` with a hand-written backward that also writes into whole tensors."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mode: str
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        layout: BlockLayout,
+        mode: str,
     ) -> torch.Tensor:
         # Save x, not a packed copy: a copy made here has no graph back to x, which double
         # backward needs, and keeping both would double the saved activations.
         ctx.save_for_backward(x, weight)
-        ctx.mode = mode
-        ctx.has_bias = bias is not None
-        return _grouped_matmul(x, weight, bias, mode)
+        ctx.layout, ctx.mode, ctx.has_bias = layout, mode, bias is not None
+        return _forward(x, weight, bias, layout, mode)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        grad_x, grad_w = _grouped_matmul_backward(
-            x, weight, grad, ctx.mode, ctx.needs_input_grad[:2]
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        layout = ctx.layout
+        grad_b = grad.sum(0) if ctx.has_bias and need_b else None
+        if torch.is_grad_enabled():  # double backward: recompute in differentiable ops
+            wanted = [t for t, need in ((x, need_x), (weight, need_w)) if need]
+            found = iter(
+                torch.autograd.grad(
+                    _plain(x, weight, None, layout), wanted, grad, create_graph=True
+                )
+            )
+            return (
+                next(found) if need_x else None,
+                next(found) if need_w else None,
+                grad_b,
+                None,
+                None,
+            )
+        grad_x = x.new_empty(x.shape) if need_x else None
+        grad_w = weight.new_zeros(weight.shape) if need_w else None
+        xs, ws, gs = (
+            _pieces(layout, x, "in"),
+            _pieces(layout, weight, "weight"),
+            _pieces(layout, grad, "out"),
         )
-        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None
-
-
-def _plain_grouped_matmul(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mode: str
-) -> torch.Tensor:
-    """:func:`_grouped_matmul` in plain differentiable ops, for torch.compile (dynamo takes
-    no strided ``out=``; inductor chooses layouts itself) and torch.func transforms."""
-    y = torch.bmm(x.transpose(0, 1), weight.transpose(1, 2)).transpose(0, 1)
-    return (y if bias is None else y + bias).contiguous()
+        gxs = [None] * len(xs) if grad_x is None else _pieces(layout, grad_x, "in")
+        gws = [None] * len(xs) if grad_w is None else _pieces(layout, grad_w, "weight")
+        for xp, wp, gp, gxp, gwp in zip(xs, ws, gs, gxs, gws, strict=True):
+            _grouped_matmul_backward(xp, wp, gp, gxp, gwp, ctx.mode)
+        return grad_x, grad_w, grad_b, None, None
 
 
 def _with_grad(*tensors: torch.Tensor | None) -> bool:
@@ -165,73 +244,22 @@ def _block_linear(
     if layout.shared:  # one block for every group: a single GEMM over all groups' rows
         shared = F.linear(input.reshape(rows, layout.groups, layout.in_sizes[0]), weight[0])
         return shared.flatten(1) if bias is None else shared.flatten(1) + bias
+    if layout.plan == GATHER:  # groups of each shape together, computed as runs, put back
+        inputs, weights, outputs, positions = _gather_index(layout, input.device)
+        gathered = _block_linear(
+            input.index_select(1, inputs),
+            weight.index_select(0, weights),
+            None if bias is None else bias.index_select(0, outputs),
+            layout.gathered(),
+            mode,
+        )
+        return gathered.index_select(1, positions)
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        apply = _plain_grouped_matmul
-    elif _with_grad(input, weight, bias):
-        apply = _GroupedMatmul.apply
-    else:  # no graph to record: skip the autograd.Function overhead (~20 us a call)
-        apply = _grouped_matmul
-    if weight.dim() == 3:  # equal groups: one call
-        groups, out_size, in_size = weight.shape
-        b = None if bias is None else bias.view(groups, out_size)
-        y: torch.Tensor = apply(input.reshape(rows, groups, in_size), weight, b, mode)
-        return y.view(rows, layout.out_features)
-    if layout.plan == PATTERN:  # one call per position of the repeating pattern
-        return _pattern(input, weight, bias, layout, apply, mode)
-    if layout.plan == RUNS:
-        return _runs(input, weight, bias, layout.runs, apply, mode)
-    inputs, weights, outputs, positions = _gather_index(layout, input.device)
-    gathered = _runs(
-        input.index_select(1, inputs),
-        weight.index_select(0, weights),
-        None if bias is None else bias.index_select(0, outputs),
-        layout.classes,
-        apply,
-        mode,
-    )
-    return gathered.index_select(1, positions)
-
-
-def _runs(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    runs: tuple[tuple[int, int, int], ...],
-    apply: Any,
-    mode: str,
-) -> torch.Tensor:
-    """One call per ``(count, in, out)`` stretch of consecutive same-shape groups."""
-    rows = x.shape[0]
-    xs = x.split([n * i for n, i, _ in runs], dim=-1)
-    ws = weight.split([n * i * o for n, i, o in runs])
-    bs = [None] * len(runs) if bias is None else bias.split([n * o for n, _, o in runs])
-    outs = [
-        apply(xr.reshape(rows, n, i), wr.view(n, o, i), None if br is None else br.view(n, o), mode)
-        for xr, wr, br, (n, i, o) in zip(xs, ws, bs, runs, strict=True)
-    ]
-    return torch.cat([out.flatten(1) for out in outs], dim=-1)
-
-
-def _pattern(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    layout: BlockLayout,
-    apply: Any,
-    mode: str,
-) -> torch.Tensor:
-    """One call per position of a repeating pattern of block shapes, on strided views."""
-    rows, period = x.shape[0], layout.period
-    repeats = layout.groups // period
-    ins, outs = layout.in_sizes[:period], layout.out_sizes[:period]
-    xs = x.reshape(rows, repeats, sum(ins)).split(ins, -1)
-    ws = weight.view(repeats, -1).split([i * o for i, o in zip(ins, outs, strict=True)], -1)
-    bs = [None] * period if bias is None else bias.view(repeats, -1).split(outs, -1)
-    ys = [
-        apply(xp, wp.view(repeats, o, i), bp, mode)
-        for xp, wp, bp, i, o in zip(xs, ws, bs, ins, outs, strict=True)
-    ]
-    return torch.cat(ys, dim=-1).view(rows, layout.out_features)
+        return _plain(input, weight, bias, layout)
+    if _with_grad(input, weight, bias):
+        y: torch.Tensor = _BlockMatmul.apply(input, weight, bias, layout, mode)
+        return y
+    return _forward(input, weight, bias, layout, mode)  # no graph: skip the Function overhead
 
 
 _GATHER_INDEX: dict[tuple[BlockLayout, torch.device], tuple[torch.Tensor, ...]] = {}
