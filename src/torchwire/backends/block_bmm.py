@@ -79,18 +79,19 @@ def _grouped_matmul_backward(
     x: torch.Tensor,
     weight: torch.Tensor,
     grad: torch.Tensor,
+    mode: str,
     grad_x: torch.Tensor | None,
     grad_w: torch.Tensor | None,
-    mode: str,
 ) -> None:
     """Gradients of :func:`_grouped_matmul` for its input and weight, written into
-    ``grad_x`` ``(M, G, i)`` and ``grad_w`` ``(G, o, i)`` (zero-filled; either may be None)."""
+    ``grad_x`` ``(M, G, i)`` and ``grad_w`` ``(G, o, i)`` (either may be None; ``grad_w``
+    must be zero-filled for the packed mode, which accumulates over row chunks)."""
     if mode == TRANSPOSED:
         gt = _feature_major(grad)
         if grad_x is not None:
             grad_x.copy_(_from_feature_major(torch.bmm(weight.transpose(1, 2), gt)))
         if grad_w is not None:
-            grad_w.copy_(torch.bmm(gt, _feature_major(x).transpose(1, 2)))
+            torch.bmm(gt, _feature_major(x).transpose(1, 2), out=grad_w)
     elif mode == PACKED:  # row chunks keep the packed copies in cache
         for start in range(0, x.shape[0], _CHUNK_ROWS):
             chunk = slice(start, start + _CHUNK_ROWS)
@@ -99,12 +100,12 @@ def _grouped_matmul_backward(
                 grad_x[chunk].copy_(torch.bmm(gg, weight).transpose(0, 1))
             if grad_w is not None:
                 grad_w.baddbmm_(gg.transpose(1, 2), x[chunk].transpose(0, 1).contiguous())
-    else:  # strided
+    else:  # strided: the GEMMs write straight into the gradients
         gg = grad.transpose(0, 1)
         if grad_x is not None:
             torch.bmm(gg, weight, out=grad_x.transpose(0, 1))
         if grad_w is not None:
-            grad_w.copy_(torch.bmm(gg.transpose(1, 2), x.transpose(0, 1)))
+            torch.bmm(gg.transpose(1, 2), x.transpose(0, 1), out=grad_w)
 
 
 def _pieces(layout: BlockLayout, t: torch.Tensor, role: str) -> list[torch.Tensor]:
@@ -216,7 +217,9 @@ class _BlockMatmul(torch.autograd.Function):
                 None,
             )
         grad_x = x.new_empty(x.shape) if need_x else None
-        grad_w = weight.new_zeros(weight.shape) if need_w else None
+        grad_w = None
+        if need_w:  # only the packed mode accumulates (over row chunks)
+            grad_w = (weight.new_zeros if ctx.mode == PACKED else weight.new_empty)(weight.shape)
         xs, ws, gs = (
             _pieces(layout, x, "in"),
             _pieces(layout, weight, "weight"),
@@ -225,7 +228,7 @@ class _BlockMatmul(torch.autograd.Function):
         gxs = [None] * len(xs) if grad_x is None else _pieces(layout, grad_x, "in")
         gws = [None] * len(xs) if grad_w is None else _pieces(layout, grad_w, "weight")
         for xp, wp, gp, gxp, gwp in zip(xs, ws, gs, gxs, gws, strict=True):
-            _grouped_matmul_backward(xp, wp, gp, gxp, gwp, ctx.mode)
+            _grouped_matmul_backward(xp, wp, gp, ctx.mode, gxp, gwp)
         return grad_x, grad_w, grad_b, None, None
 
 
