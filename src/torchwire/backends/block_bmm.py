@@ -116,33 +116,44 @@ def _pieces(layout: BlockLayout, t: torch.Tensor, role: str) -> list[torch.Tenso
     ``(n, o, i)``) or ``"bias"`` (views ``(n, o)``). Calls are one per run of equally
     shaped groups, or one per position of a repeating pattern (strided views).
     """
-    if role == "weight" and t.dim() == 3:  # equal groups: one call
-        return [t]
+    if len(layout.runs) == 1:  # equal groups: one call, plain views
+        count, in_size, out_size = layout.runs[0]
+        if role == "weight":
+            return [t.view(count, out_size, in_size)]
+        if role == "bias":
+            return [t.view(count, out_size)]
+        return [t.reshape(t.shape[0], count, in_size if role == "in" else out_size)]
     if layout.plan == PATTERN:
         period = layout.period
         repeats = layout.groups // period
         ins, outs = layout.in_sizes[:period], layout.out_sizes[:period]
         if role in ("in", "out"):
             sizes = ins if role == "in" else outs
-            parts = t.reshape(t.shape[0], repeats, sum(sizes)).split(sizes, -1)
+            parts = t.reshape(t.shape[0], repeats, sum(sizes)).split_with_sizes(sizes, -1)
             return list(parts)
         if role == "bias":
-            return list(t.view(repeats, -1).split(outs, -1))
-        blocks = t.view(repeats, -1).split([i * o for i, o in zip(ins, outs, strict=True)], -1)
+            return list(t.view(repeats, -1).split_with_sizes(outs, -1))
+        blocks = t.view(repeats, -1).split_with_sizes(
+            [i * o for i, o in zip(ins, outs, strict=True)], -1
+        )
         return [w.view(repeats, o, i) for w, i, o in zip(blocks, ins, outs, strict=True)]
     runs = layout.runs
     if role in ("in", "out"):
         widths = [(n, i if role == "in" else o) for n, i, o in runs]
         return [
             part.reshape(t.shape[0], n, size)
-            for part, (n, size) in zip(t.split([n * k for n, k in widths], -1), widths, strict=True)
+            for part, (n, size) in zip(
+                t.split_with_sizes([n * k for n, k in widths], -1), widths, strict=True
+            )
         ]
     if role == "bias":
         return [
             b.view(n, o)
-            for b, (n, _, o) in zip(t.split([n * o for n, _, o in runs]), runs, strict=True)
+            for b, (n, _, o) in zip(
+                t.split_with_sizes([n * o for n, _, o in runs]), runs, strict=True
+            )
         ]
-    blocks = t.split([n * i * o for n, i, o in runs])
+    blocks = t.split_with_sizes([n * i * o for n, i, o in runs])
     return [w.view(n, o, i) for w, (n, i, o) in zip(blocks, runs, strict=True)]
 
 
