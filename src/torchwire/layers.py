@@ -22,8 +22,9 @@ class BlockLinear(nn.Module):
 
     The input features are split into ``G`` consecutive groups and each group is connected
     only to its own consecutive group of output features. Only the ``G`` blocks are stored
-    and computed, with one batched kernel call per run of equally shaped groups; groups may
-    have different sizes.
+    and computed; groups may have different sizes. A few batched kernel calls compute them:
+    one per run of equally shaped groups, per position of a repeating pattern of shapes, or
+    per distinct shape after gathering, whichever needs fewest.
 
     Args:
         in_features: size of each input sample (``int``, with ``groups``), or the input size
