@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -22,6 +22,7 @@ __all__ = [
     "BlockProblem",
     "available",
     "block_layout",
+    "cached_for_device",
     "equal_block_layout",
     "register",
     "select",
@@ -175,6 +176,24 @@ class Backend:
     fn: Callable[..., torch.Tensor]
     supports: Callable[[Any], str | None]
     cost: Callable[[Any], float]
+
+
+T = TypeVar("T")
+_DEVICE_CACHE: dict[tuple[str, BlockLayout, torch.device], Any] = {}
+
+
+def cached_for_device(
+    name: str, layout: BlockLayout, device: torch.device, build: Callable[[], T]
+) -> T:
+    """``build()`` (index tensors of ``layout`` on ``device``), cached per name, layout and
+    device; rebuilt uncached while torch.compile traces, so they become graph constants."""
+    if torch.compiler.is_compiling():
+        return build()
+    key = (name, layout, device)
+    value = _DEVICE_CACHE.get(key)
+    if value is None:
+        value = _DEVICE_CACHE[key] = build()
+    return value
 
 
 # Cost-model units, shared by every backend: one multiply-add of a large GEMM costs 1. On

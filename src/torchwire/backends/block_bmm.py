@@ -31,6 +31,7 @@ from torchwire.backends import (
     Backend,
     BlockLayout,
     BlockProblem,
+    cached_for_device,
     register,
 )
 
@@ -184,7 +185,7 @@ def _plain(
     for xp, wp, bp in zip(xs, ws, bs, strict=True):
         yp = torch.bmm(xp.transpose(0, 1), wp.transpose(1, 2)).transpose(0, 1)
         ys.append(yp if bp is None else yp + bp)
-    if layout.plan == PATTERN and weight.dim() == 1:  # (M, repeats, o_p): join per repeat
+    if layout.plan == PATTERN:  # (M, repeats, o_p) per position: join within each repeat
         return torch.cat(ys, dim=-1).reshape(x.shape[0], layout.out_features)
     return torch.cat([yp.reshape(x.shape[0], -1) for yp in ys], dim=-1)
 
@@ -276,28 +277,23 @@ def _block_linear(
     return _forward(input, weight, bias, layout, mode)  # no graph: skip the Function overhead
 
 
-_GATHER_INDEX: dict[tuple[BlockLayout, torch.device], tuple[torch.Tensor, ...]] = {}
-
-
 def _gather_index(layout: BlockLayout, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Index tensors of the gather plan on ``device`` (cached): input features, weights and
-    outputs in shape-class order, and the output positions that restore group order."""
-    key = (layout, device)
-    index = None if torch.compiler.is_compiling() else _GATHER_INDEX.get(key)
-    if index is None:
+    """Index tensors of the gather plan on ``device``: input features, weights and outputs
+    in shape-class order, and the output positions that restore group order."""
+
+    def build() -> tuple[torch.Tensor, ...]:
         inputs, weights, outputs = layout.gather_order()
         order = torch.tensor(outputs, device=device)
         positions = torch.empty_like(order)
         positions[order] = torch.arange(len(outputs), device=device)
-        index = (
+        return (
             torch.tensor(inputs, device=device),
             torch.tensor(weights, device=device),
             order,
             positions,
         )
-        if not torch.compiler.is_compiling():
-            _GATHER_INDEX[key] = index
-    return index
+
+    return cached_for_device("gather_index", layout, device, build)
 
 
 def _backend(name: str, mode: str) -> Backend:
@@ -343,13 +339,12 @@ def _cost_for(problem: BlockProblem, mode: str) -> float:
     if layout.shared:
         return passes * (problem.rows * layout.connections + _PER_CALL)
     copies = 0 if mode == STRIDED else (5 if problem.requires_grad else 2)
-    activation_bytes = problem.rows * (layout.in_features + layout.out_features)
-    activation_bytes *= problem.dtype.itemsize
-    per_copy = _COPY_OUT_OF_CACHE if activation_bytes > _CACHE_BYTES else _COPY_IN_CACHE
+    activations = problem.rows * (layout.in_features + layout.out_features)
+    in_cache = activations * problem.dtype.itemsize <= _CACHE_BYTES
+    per_copy = _COPY_IN_CACHE if in_cache else _COPY_OUT_OF_CACHE
     total = passes * layout.calls * _PER_CALL
     if layout.plan == GATHER:  # index copies of inputs and outputs, there and back
-        activations = problem.rows * (layout.in_features + layout.out_features) / 2
-        total += (4 if problem.requires_grad else 2) * per_copy * activations
+        total += (4 if problem.requires_grad else 2) * per_copy * activations / 2
     for count, in_size, out_size in layout.classes if layout.plan == GATHER else layout.runs:
         narrow = min(in_size, out_size)
         macs = problem.rows * count * in_size * out_size

@@ -10,7 +10,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torchwire.backends import LAUNCH_CUDA, Backend, BlockLayout, BlockProblem, register
+from torchwire.backends import (
+    LAUNCH_CUDA,
+    Backend,
+    BlockLayout,
+    BlockProblem,
+    cached_for_device,
+    register,
+)
 
 # Cost units: one multiply-add of a large GEMM = 1 (see block_bmm for the whole model).
 # CPU: a call costs about 20k multiply-adds. CUDA: see LAUNCH_CUDA.
@@ -25,17 +32,13 @@ def dense_weight(weight: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     return flat.view(layout.out_features, layout.in_features)
 
 
-_POSITIONS: dict[tuple[BlockLayout, torch.device], torch.Tensor] = {}
-
-
 def _positions(layout: BlockLayout, device: torch.device) -> torch.Tensor:
-    """Row-major positions in the dense matrix of every block entry, in weight order (cached).
+    """Row-major positions in the dense matrix of every block entry, in weight order.
 
     Static-shape arange arithmetic per run of equal groups, so torch.compile traces it too.
     """
-    key = (layout, device)
-    positions = None if torch.compiler.is_compiling() else _POSITIONS.get(key)
-    if positions is None:
+
+    def build() -> torch.Tensor:
         parts, row0, col0 = [], 0, 0
         for count, in_size, out_size in layout.runs:
             k = torch.arange(count * out_size * in_size, device=device)
@@ -44,10 +47,9 @@ def _positions(layout: BlockLayout, device: torch.device) -> torch.Tensor:
             col = col0 + group * in_size + entry % in_size
             parts.append(row * layout.in_features + col)
             row0, col0 = row0 + count * out_size, col0 + count * in_size
-        positions = torch.cat(parts)
-        if not torch.compiler.is_compiling():
-            _POSITIONS[key] = positions
-    return positions
+        return torch.cat(parts)
+
+    return cached_for_device("dense_positions", layout, device, build)
 
 
 def block_linear_dense(
