@@ -9,6 +9,7 @@ import torch
 
 from torchwire import backends
 from torchwire.backends import BlockLayout, BlockProblem
+from torchwire.wiring import _check_size
 
 __all__ = ["block_linear"]
 
@@ -72,8 +73,9 @@ def block_linear(
                 groups=groups,
                 backend=backend,
             )
-    chosen, layout = _block_plan(input, weight, bias, in_sizes, out_sizes, groups, backend)
-    y = chosen.fn(input.reshape(-1, layout.in_features), weight, bias, layout)
+    chosen, problem = _block_plan(input, weight, bias, in_sizes, out_sizes, groups, backend)
+    layout = problem.layout
+    y = chosen.fn(input.reshape(-1, layout.in_features), weight, bias, problem)
     return y.reshape(*input.shape[:-1], layout.out_features)
 
 
@@ -85,7 +87,7 @@ def _block_plan(
     out_sizes: Sequence[int] | None,
     groups: int | None,
     backend: str,
-) -> tuple[backends.Backend, BlockLayout]:
+) -> tuple[backends.Backend, BlockProblem]:
     """Validate a block_linear call and choose its backend (the only place that does)."""
     layout = _layout_of(input, weight, in_sizes, out_sizes, groups)
     _check_tensors(input, weight, bias, layout)
@@ -99,7 +101,7 @@ def _block_plan(
             input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
         ),
     )
-    return backends.select("block_linear", problem, backend), layout
+    return backends.select("block_linear", problem, backend), problem
 
 
 def _layout_of(
@@ -126,7 +128,7 @@ def _layout_of(
                 "block_linear takes in_sizes/out_sizes only with a 1-D (uneven) weight; "
                 f"got a 3-D weight of shape {tuple(weight.shape)}, whose shape gives the groups"
             )
-        count = blocks if groups is None else _positive_int(groups, "groups")
+        count = blocks if groups is None else _check_size(groups, "groups")
         if blocks not in (1, count):
             raise ValueError(
                 f"block_linear got groups={groups} for a weight of {blocks} blocks; a 3-D "
@@ -193,7 +195,7 @@ def _group_sizes(
     Ints with ``groups`` give equal groups; two sequences give uneven groups.
     """
     if groups is not None:
-        groups = _positive_int(groups, "groups")
+        groups = _check_size(groups, "groups")
     if _is_int(in_features) and _is_int(out_features):
         size_in = operator.index(in_features)  # type: ignore[arg-type]
         size_out = operator.index(out_features)  # type: ignore[arg-type]
@@ -238,15 +240,6 @@ def _group_sizes(
             f"in_sizes={list(ins)}, out_sizes={list(outs)}"
         )
     return ins, outs
-
-
-def _positive_int(value: object, name: str) -> int:
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    number = operator.index(value)  # type: ignore[arg-type]
-    if number < 1:
-        raise ValueError(f"{name} must be a positive integer, got {number}")
-    return number
 
 
 def _is_int(value: object) -> bool:

@@ -165,7 +165,8 @@ class Backend:
     Args:
         name: the name users pass as ``backend=``.
         op: the operation it computes, e.g. ``"block_linear"``.
-        fn: the implementation; its signature is fixed per operation.
+        fn: the implementation; its signature is fixed per operation (block_linear:
+            ``fn(input_2d, weight, bias, problem)``).
         supports: returns ``None`` when the backend can compute the problem, else the reason.
         cost: estimated relative cost of the problem (lower is faster); only compared
             between backends of the same operation.

@@ -244,16 +244,13 @@ class _BlockMatmul(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-def _with_grad(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _block_linear(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     layout: BlockLayout,
     mode: str,
+    needs_grad: bool,
 ) -> torch.Tensor:
     rows = input.shape[0]
     if layout.shared:  # one block for every group: a single GEMM over all groups' rows
@@ -267,11 +264,12 @@ def _block_linear(
             None if bias is None else bias.index_select(0, outputs),
             layout.gathered(),
             mode,
+            needs_grad,
         )
         return gathered.index_select(1, positions)
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return _plain(input, weight, bias, layout)
-    if _with_grad(input, weight, bias):
+    if needs_grad:
         y: torch.Tensor = _BlockMatmul.apply(input, weight, bias, layout, mode)
         return y
     return _forward(input, weight, bias, layout, mode)  # no graph: skip the Function overhead
@@ -303,9 +301,9 @@ def _backend(name: str, mode: str) -> Backend:
         return None
 
     def fn(
-        input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
+        input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, problem: BlockProblem
     ) -> torch.Tensor:
-        return _block_linear(input, weight, bias, layout, mode)
+        return _block_linear(input, weight, bias, problem.layout, mode, problem.requires_grad)
 
     return Backend(name, "block_linear", fn, supports, lambda p: _cost_for(p, mode))
 

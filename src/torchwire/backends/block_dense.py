@@ -53,9 +53,9 @@ def _positions(layout: BlockLayout, device: torch.device) -> torch.Tensor:
 
 
 def block_linear_dense(
-    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, problem: BlockProblem
 ) -> torch.Tensor:
-    return F.linear(input, dense_weight(weight, layout), bias)
+    return F.linear(input, dense_weight(weight, problem.layout), bias)
 
 
 def _supports(problem: BlockProblem) -> str | None:
