@@ -46,3 +46,26 @@ def block_linear_loop(
     parts = [p @ w.T for p, w in zip(x.double().split(list(in_sizes), -1), blocks, strict=True)]
     y = torch.cat(parts, -1)
     return y if bias is None else y + bias.double()
+
+
+def sparse_weight(
+    weight: torch.Tensor, edges: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    """The dense float64 ``(out, in)`` matrix with ``weight[k]`` at ``edges[k] = (input,
+    output)`` and zeros elsewhere (differentiable in ``weight``)."""
+    inputs, outputs = edges.to(weight.device).long().unbind(1)
+    assert len(set(zip(inputs.tolist(), outputs.tolist(), strict=True))) == len(weight)
+    dense = torch.zeros(shape, dtype=torch.float64, device=weight.device)
+    return dense.index_put((outputs, inputs), weight.double())
+
+
+def sparse_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    edges: torch.Tensor,
+    shape: tuple[int, int],
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``x @ W.T + bias`` in float64 with ``W`` from :func:`sparse_weight` (masked dense)."""
+    y = x.double() @ sparse_weight(weight, edges, shape).T
+    return y if bias is None else y + bias.double()

@@ -162,6 +162,78 @@ CASES = [
     ),
 ]
 
+
+def _sparse_oracle(m: tw.SparseLinear, x: torch.Tensor) -> torch.Tensor:
+    return reference.sparse_linear(x, m.weight, m.wiring.edges(), m.wiring.shape, m.bias)
+
+
+def _sparse(wiring: tw.Wiring, **kwargs: Any) -> Callable[..., nn.Module]:
+    return lambda **factory: tw.SparseLinear(wiring, **kwargs, **factory)
+
+
+_RANDOM = tw.Wiring.random(12, 6, density=0.4, seed=0)
+_GAPS = tw.Wiring.from_edges([[0, 0], [3, 0], [1, 2], [3, 2], [4, 3]], 6, 4)  # idle in/outputs
+_NAMED = tw.Wiring.from_mapping({"p1": ["g1", "g2"], "p2": ["g2", "g3", "g4"]})
+_SPARSE_BAD_INPUTS = [
+    *_BLOCK_BAD_INPUTS[:2],
+    (
+        lambda m: m((torch.randn(3, m.in_features),)),
+        TypeError,
+        r"sparse_linear expected input to be a Tensor, got tuple",
+    ),
+    _BLOCK_BAD_INPUTS[3],
+]
+
+CASES += [
+    Case(
+        "SparseLinear-random",
+        _sparse(_RANDOM),
+        _features_input,
+        _sparse_oracle,
+        "SparseLinear(in_features=12, out_features=6, nnz=29, bias=True)",
+        compile=True,
+        bad_inputs=_SPARSE_BAD_INPUTS,
+        bad_construction=[
+            (lambda: tw.SparseLinear(torch.ones(3, 4)), TypeError, r"expected a torchwire.Wiring"),
+            (lambda: tw.SparseLinear(_RANDOM, backend="cuda"), ValueError, r"unknown backend"),
+        ],
+    ),
+    Case(
+        "SparseLinear-idle-features",
+        _sparse(_GAPS),
+        _features_input,
+        _sparse_oracle,
+        "SparseLinear(in_features=6, out_features=4, nnz=5, bias=True)",
+        compile=True,
+    ),
+    Case(
+        "SparseLinear-named-nobias",
+        _sparse(_NAMED, bias=False),
+        _features_input,
+        _sparse_oracle,
+        "SparseLinear(in_features=4, out_features=2, nnz=5, bias=False)",
+    ),
+    *(
+        Case(
+            f"SparseLinear-{name}",
+            _sparse(_RANDOM, backend=name),
+            _features_input,
+            _sparse_oracle,
+            f"SparseLinear(in_features=12, out_features=6, nnz=29, bias=True, backend='{name}')",
+            compile=True,
+        )
+        for name in ("dense", "csr")
+    ),
+    Case(
+        "SparseLinear-block",
+        _sparse(tw.Wiring.block_diagonal([2, 3, 3], [1, 4, 4]), backend="block"),
+        _features_input,
+        _sparse_oracle,
+        "SparseLinear(in_features=8, out_features=9, nnz=26, bias=True, backend='block')",
+        compile=True,
+    ),
+]
+
 IDS = [c.id for c in CASES]
 
 

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import torch
 
 from torchwire import backends
-from torchwire.backends import BlockLayout, BlockProblem
-from torchwire.wiring import _check_size
+from torchwire.backends import BlockLayout, BlockProblem, SparseIndex, SparseProblem
+from torchwire.wiring import Wiring, _check_size
 
-__all__ = ["block_linear"]
+__all__ = ["block_linear", "sparse_linear"]
 
 
 def block_linear(
@@ -90,18 +90,34 @@ def _block_plan(
 ) -> tuple[backends.Backend, BlockProblem]:
     """Validate a block_linear call and choose its backend (the only place that does)."""
     layout = _layout_of(input, weight, in_sizes, out_sizes, groups)
-    _check_tensors(input, weight, bias, layout)
+    _check_tensors(input, weight, bias, layout.in_features, layout.out_features)
     problem = BlockProblem(
         layout=layout,
         rows=input.numel() // layout.in_features,
         dtype=input.dtype,
         device_type=input.device.type,
-        requires_grad=torch.is_grad_enabled()
-        and (
-            input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-        ),
+        requires_grad=_requires_grad(input, weight, bias),
     )
     return backends.select("block_linear", problem, backend), problem
+
+
+def _requires_grad(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (
+        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+
+
+def _check_is_tensor(input: object, weight: object, op: str) -> None:
+    for name, value in (("input", input), ("weight", weight)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{op} expected {name} to be a Tensor, got {type(value).__name__}"
+                + (
+                    "; a tuple here usually means a multi-output module (Split, Parallel) feeds it"
+                    if name == "input" and isinstance(value, tuple)
+                    else ""
+                )
+            )
 
 
 def _layout_of(
@@ -111,16 +127,7 @@ def _layout_of(
     out_sizes: Sequence[int] | None,
     groups: int | None,
 ) -> BlockLayout:
-    for name, value in (("input", input), ("weight", weight)):
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(
-                f"block_linear expected {name} to be a Tensor, got {type(value).__name__}"
-                + (
-                    "; a tuple here usually means a multi-output module (Split, Parallel) feeds it"
-                    if name == "input" and isinstance(value, tuple)
-                    else ""
-                )
-            )
+    _check_is_tensor(input, weight, "block_linear")
     if weight.dim() == 3:
         blocks, out_g, in_g = weight.shape
         if in_sizes is not None or out_sizes is not None:
@@ -152,12 +159,15 @@ def _layout_of(
 
 
 def _check_tensors(
-    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    out_features: int,
 ) -> None:
-    if input.dim() == 0 or input.shape[-1] != layout.in_features:
+    if input.dim() == 0 or input.shape[-1] != in_features:
         raise ValueError(
-            f"expected input of shape (*, {layout.in_features}) (in_features), got "
-            f"{tuple(input.shape)}"
+            f"expected input of shape (*, {in_features}) (in_features), got {tuple(input.shape)}"
         )
     if input.device != weight.device:
         raise ValueError(
@@ -175,10 +185,9 @@ def _check_tensors(
             + hint
         )
     if bias is not None:
-        if bias.shape != (layout.out_features,):
+        if bias.shape != (out_features,):
             raise ValueError(
-                f"expected bias of shape ({layout.out_features},) (out_features), got "
-                f"{tuple(bias.shape)}"
+                f"expected bias of shape ({out_features},) (out_features), got {tuple(bias.shape)}"
             )
         if bias.dtype != weight.dtype or bias.device != weight.device:
             raise TypeError(
@@ -245,3 +254,103 @@ def _group_sizes(
 def _is_int(value: object) -> bool:
     """Whether ``value`` is an integer (Python or numpy), not a bool."""
     return hasattr(value, "__index__") and not isinstance(value, bool)
+
+
+def sparse_linear(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    wiring: Wiring | SparseIndex,
+    bias: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    r"""Linear map through the connections of a wiring: :math:`y_o = \sum_{i \to o} w_{io}
+    x_i + b_o`.
+
+    Only the connections exist: ``weight[k]`` is the value of connection ``k`` in the
+    wiring's canonical order (``wiring.edges()[k]``: by output, then input).
+
+    Args:
+        input: tensor of shape :math:`(*, H_{in})`.
+        weight: 1-D tensor of ``wiring.nnz`` connection values.
+        wiring: the connectivity, a :class:`~torchwire.Wiring`, or its index tensors on the
+            input's device (:func:`torchwire.backends.sparse_index`; a
+            :class:`~torchwire.SparseLinear` passes its buffers). A ``Wiring``'s index
+            tensors are built once per device and cached.
+        bias: optional tensor of shape :math:`(H_{out})`.
+        backend: ``"auto"`` (the registry's cheapest for this problem) or a backend name
+            from ``torchwire.backends.available("sparse_linear")``.
+
+    Shape:
+        - Input: :math:`(*, H_{in})` with :math:`H_{in} = \text{wiring.in\_features}`.
+        - Output: :math:`(*, H_{out})` with :math:`H_{out} = \text{wiring.out\_features}`.
+
+    Under autocast, the input, weight and bias are cast to the autocast dtype, as for
+    ``torch.nn.functional.linear``.
+
+    Examples::
+
+        >>> w = torchwire.Wiring.from_edges([[0, 0], [2, 0], [1, 1]], 3, 2)
+        >>> x = torch.tensor([[1.0, 2.0, 3.0]])
+        >>> sparse_linear(x, torch.tensor([10.0, 1.0, 5.0]), w)  # y0 = 10 x0 + x2, y1 = 5 x1
+        tensor([[13., 10.]])
+    """
+    if isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
+        device_type = input.device.type
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            return sparse_linear(
+                input.to(dtype),
+                weight.to(dtype),
+                wiring,
+                None if bias is None else bias.to(dtype),
+                backend,
+            )
+    chosen, problem, index = _sparse_plan(input, weight, wiring, bias, backend)
+    y = chosen.fn(input.reshape(-1, index.in_features), weight, bias, index, problem)
+    return y.reshape(*input.shape[:-1], index.out_features)
+
+
+def _sparse_plan(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    wiring: Wiring | SparseIndex,
+    bias: torch.Tensor | None,
+    backend: str,
+) -> tuple[backends.Backend, SparseProblem, SparseIndex]:
+    """Validate a sparse_linear call and choose its backend (the only place that does)."""
+    _check_is_tensor(input, weight, "sparse_linear")
+    if isinstance(wiring, Wiring):
+        if torch.compiler.is_compiling():
+            raise TypeError(
+                "under torch.compile, sparse_linear needs the wiring's index tensors: pass "
+                "torchwire.backends.sparse_index(wiring, device) built outside the compiled "
+                "function, or use torchwire.SparseLinear (which keeps them as buffers)"
+            )
+        device = weight.device
+        index = backends.cached_for_device(
+            "sparse_index", wiring, device, lambda: backends.sparse_index(wiring, device)
+        )
+    elif isinstance(wiring, SparseIndex):
+        index = wiring
+    else:
+        raise TypeError(
+            "sparse_linear expected wiring to be a torchwire.Wiring (or its SparseIndex), got "
+            f"{type(wiring).__name__}"
+        )
+    if weight.dim() != 1 or weight.shape[0] != index.nnz:
+        raise ValueError(
+            f"sparse_linear expected a 1-D weight of {index.nnz} values (one per connection, "
+            f"in wiring.edges() order), got shape {tuple(weight.shape)}"
+        )
+    _check_tensors(input, weight, bias, index.in_features, index.out_features)
+    problem = SparseProblem(
+        in_features=index.in_features,
+        out_features=index.out_features,
+        nnz=index.nnz,
+        blocks=index.blocks,
+        rows=input.numel() // index.in_features,
+        dtype=input.dtype,
+        device_type=input.device.type,
+        requires_grad=_requires_grad(input, weight, bias),
+    )
+    return backends.select("sparse_linear", problem, backend), problem, index

@@ -11,10 +11,12 @@ from torch import nn
 
 from torchwire import backends
 from torchwire import functional as F
+from torchwire.backends import SparseIndex
+from torchwire.backends import sparse_dense as _sparse_dense
 from torchwire.backends.block_dense import dense_weight
 from torchwire.wiring import Wiring
 
-__all__ = ["BlockLinear"]
+__all__ = ["BlockLinear", "SparseLinear"]
 
 
 class BlockLinear(nn.Module):
@@ -321,6 +323,49 @@ class BlockLinear(nn.Module):
                 block.bias.copy_(linear.bias)
         return block
 
+    @classmethod
+    def from_sparse(cls, sparse: SparseLinear, *, backend: str = "auto") -> BlockLinear:
+        """The same layer as a BlockLinear, when ``sparse``'s wiring is block diagonal.
+
+        Equal groups give a 3-D weight, uneven ones a 1-D weight; the values are the same
+        (both layers store connections in ``wiring.edges()`` order).
+
+        Example::
+
+            >>> s = torchwire.SparseLinear(torchwire.Wiring.block_diagonal([2, 2], [3, 1]))
+            >>> b = torchwire.BlockLinear.from_sparse(s)
+            >>> b
+            BlockLinear(in_features=[2, 2], out_features=[3, 1], bias=True)
+            >>> x = torch.randn(5, 4)
+            >>> torch.allclose(b(x), s(x))
+            True
+        """
+        if not isinstance(sparse, SparseLinear):
+            raise TypeError(f"from_sparse expected a SparseLinear, got {type(sparse).__name__}")
+        sizes = sparse.wiring.block_sizes
+        if sizes is None:
+            raise ValueError(
+                "from_sparse needs a block-diagonal wiring (consecutive input groups, each "
+                f"connected to all of its own consecutive outputs and nothing else); got "
+                f"{sparse.wiring!r}; keep it a SparseLinear"
+            )
+        in_sizes, out_sizes = sizes
+        equal = len(set(zip(in_sizes, out_sizes, strict=True))) == 1
+        block = cls(
+            sum(in_sizes) if equal else list(in_sizes),
+            sum(out_sizes) if equal else list(out_sizes),
+            len(in_sizes) if equal else None,
+            bias=sparse.bias is not None,
+            backend=backend,
+            device=sparse.weight.device,
+            dtype=sparse.weight.dtype,
+        )
+        with torch.no_grad():
+            block.weight.copy_(sparse.weight.view_as(block.weight))
+            if block.bias is not None and sparse.bias is not None:
+                block.bias.copy_(sparse.bias)
+        return block
+
     def extra_repr(self) -> str:
         if self._uneven_args:
             s = f"in_features={list(self.in_sizes)}, out_features={list(self.out_sizes)}"
@@ -334,3 +379,394 @@ class BlockLinear(nn.Module):
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
+
+
+class SparseLinear(nn.Module):
+    r"""Linear layer with any connectivity: :math:`y_o = \sum_{i \to o} w_{io} x_i + b_o`.
+
+    Only the connections of ``wiring`` exist: one value each, in the wiring's canonical order
+    (``weight[k]`` belongs to ``wiring.edges()[k]``: by output, then input). There is no dense
+    weight, so optimizers (momentum, weight decay, Adam's moments) never touch an absent
+    connection and can never make one nonzero. The computation is chosen per input by
+    :func:`torchwire.backends.select`: a dense GEMM at high density, sparse kernels (CSR
+    forward and grad-input, sampled grad-weight) at low density, BlockLinear's kernels when the
+    wiring is block diagonal.
+
+    Args:
+        wiring: the connectivity, a :class:`~torchwire.Wiring` (from a mask, an edge list,
+            a named mapping, ...). Its input and output names are kept.
+        bias: if ``False``, the layer will not learn an additive bias. Default: ``True``.
+        backend: ``"auto"`` or a name from ``torchwire.backends.available("sparse_linear")``.
+            Default: ``"auto"``.
+
+    Shape:
+        - Input: :math:`(*, H_{in})` where :math:`*` means any number of dimensions
+          (including none) and :math:`H_{in} = \text{in\_features}`.
+        - Output: :math:`(*, H_{out})` where :math:`H_{out} = \text{out\_features}`.
+
+    Attributes:
+        weight: the learnable connection values, shape :math:`(\text{nnz})`. The value of a
+            connection into output :math:`o` is initialised from
+            :math:`\mathcal{U}(-\sqrt{k_o}, \sqrt{k_o})` with :math:`k_o = 1/\text{fan\_in}(o)`,
+            so a fully connected wiring gives ``nn.Linear``'s distribution.
+        bias: the learnable bias of shape :math:`(\text{out\_features})`, initialised from
+            the same distribution as its output's weights (zero for an output without inputs).
+        indptr, indices, t_indptr, t_indices, perm: the connections as persistent integer
+            buffers (int32 where sizes allow; see :class:`torchwire.backends.SparseIndex`),
+            saved in ``state_dict`` and moved by ``.to()``. Parameters and buffers take
+            16 bytes per connection in float32, plus :math:`O(H_{in} + H_{out})`.
+
+    Examples::
+
+        >>> wiring = torchwire.Wiring.random(1000, 100, density=0.01, seed=0)
+        >>> m = torchwire.SparseLinear(wiring)
+        >>> m
+        SparseLinear(in_features=1000, out_features=100, nnz=1000, bias=True)
+        >>> m(torch.randn(8, 1000)).shape
+        torch.Size([8, 100])
+        >>> pathways = torchwire.Wiring.from_mapping({"p1": ["g1", "g2"], "p2": ["g3"]})
+        >>> torchwire.SparseLinear(pathways, bias=False).connections()[0][:2]
+        ('g1', 'p1')
+    """
+
+    in_features: int
+    out_features: int
+    backend: str
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    t_indptr: torch.Tensor
+    t_indices: torch.Tensor
+    perm: torch.Tensor
+
+    def __init__(
+        self,
+        wiring: Wiring,
+        bias: bool = True,
+        *,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
+        super().__init__()
+        if not isinstance(wiring, Wiring):
+            raise TypeError(
+                f"SparseLinear expected a torchwire.Wiring, got {type(wiring).__name__}; build "
+                "one with Wiring.from_mask(mask), Wiring.from_edges(pairs, in, out) or "
+                "Wiring.from_mapping({output: [inputs]})"
+            )
+        if backend != "auto" and backend not in backends.available("sparse_linear"):
+            raise ValueError(
+                f"unknown backend {backend!r}; expected 'auto' or one of "
+                f"{list(backends.available('sparse_linear'))}"
+            )
+        self.backend = backend
+        self.in_features = wiring.in_features
+        self.out_features = wiring.out_features
+        index = backends.sparse_index(wiring)
+        for name, tensor in zip(SparseIndex._fields, index.tensors, strict=False):
+            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+            self.register_buffer(name, buffer.copy_(tensor) if not buffer.is_meta else buffer)
+        self._wiring = wiring
+        self._blocks = index.blocks
+        self.weight = nn.Parameter(torch.empty(wiring.nnz, **factory_kwargs))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_features, **factory_kwargs))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise each output like ``nn.Linear(fan_in, 1)``: weights and bias from
+        U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias of an output without inputs is zero.
+
+        Also restores the index buffers from the wiring (after ``to_empty``, for example).
+        """
+        index = backends.sparse_index(self._wiring)
+        with torch.no_grad():
+            for name, tensor in zip(SparseIndex._fields, index.tensors, strict=False):
+                getattr(self, name).copy_(tensor)
+            fan_in = self._wiring.fan_in()
+            if bool((fan_in == fan_in[0]).all()) and int(fan_in[0]) > 0:
+                bound = 1.0 / math.sqrt(int(fan_in[0]))  # as nn.Linear draws it, bit for bit
+                self.weight.uniform_(-bound, bound)
+                if self.bias is not None:
+                    self.bias.uniform_(-bound, bound)
+                return
+            # Built on the CPU explicitly: a `with torch.device("meta")` context would
+            # otherwise make these meta tensors.
+            cpu = torch.device("cpu")
+            bounds = fan_in.to(cpu, torch.float64).clamp(min=1).rsqrt()
+            per_weight = bounds.repeat_interleave(fan_in.to(cpu), output_size=self._wiring.nnz)
+            self.weight.uniform_(-1.0, 1.0).mul_(per_weight.to(self.weight))
+            if self.bias is not None:
+                self.bias.uniform_(-1.0, 1.0).mul_((bounds * (fan_in > 0)).to(self.bias))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.sparse_linear(input, self.weight, self._index(), self.bias, self.backend)
+
+    def resolve_backend(self, input: torch.Tensor) -> str:
+        """Name of the backend this layer runs for ``input`` (what ``backend="auto"`` picks)."""
+        chosen, _, _ = F._sparse_plan(input, self.weight, self._index(), self.bias, self.backend)
+        return chosen.name
+
+    def _index(self) -> SparseIndex:
+        return SparseIndex(
+            self.indptr,
+            self.indices,
+            self.t_indptr,
+            self.t_indices,
+            self.perm,
+            self.in_features,
+            self.out_features,
+            self._blocks,
+        )
+
+    @property
+    def wiring(self) -> Wiring:
+        """The connectivity (immutable), with its input and output names."""
+        return self._wiring
+
+    @property
+    def nnz(self) -> int:
+        """Number of connections."""
+        return self._wiring.nnz
+
+    def connections(self) -> list[tuple[str | int, str | int, float]]:
+        """Every connection as ``(input, output, weight)``, in ``wiring.edges()`` order.
+
+        Inputs and outputs are given by name where the wiring has names, else by index.
+
+        Example::
+
+            >>> w = torchwire.Wiring.from_mapping({"pathway": ["gene_a", "gene_b"]})
+            >>> m = torchwire.SparseLinear(w)
+            >>> [(i, o) for i, o, _ in m.connections()]
+            [('gene_a', 'pathway'), ('gene_b', 'pathway')]
+        """
+        edges = self._wiring.edges().tolist()
+        values = self.weight.detach().cpu().tolist()
+        ins = self._wiring.input_names
+        outs = self._wiring.output_names
+        return [
+            (
+                i if ins is None else ins[i],
+                o if outs is None else outs[o],
+                value,
+            )
+            for (i, o), value in zip(edges, values, strict=True)
+        ]
+
+    def to_dense(self) -> nn.Linear:
+        """An ``nn.Linear`` computing the same function (zeros where no connection exists)."""
+        linear = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(_sparse_dense.dense_weight(self.weight, self._index()))
+            if self.bias is not None and linear.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    @classmethod
+    def from_dense(
+        cls,
+        linear: nn.Linear,
+        mask: Any = None,
+        threshold: float | None = None,
+        *,
+        backend: str = "auto",
+    ) -> SparseLinear:
+        """Keep some connections of ``linear``: those ``mask`` names, those with
+        ``|w| > threshold``, or (neither given) its nonzero weights; the bias is kept.
+
+        Args:
+            linear: the dense layer.
+            mask: optional ``(out_features, in_features)`` bool (or 0/1) tensor or array.
+            threshold: optional magnitude; weights with ``|w| > threshold`` are kept.
+
+        Example::
+
+            >>> dense = nn.Linear(4, 3)
+            >>> m = torchwire.SparseLinear.from_dense(dense, mask=torch.eye(3, 4, dtype=bool))
+            >>> m.nnz
+            3
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_dense expected an nn.Linear, got {type(linear).__name__}")
+        if mask is not None and threshold is not None:
+            raise ValueError("from_dense takes a mask or a threshold, not both")
+        weight = linear.weight.detach()
+        if mask is not None:
+            mask = torch.as_tensor(mask)
+            if tuple(mask.shape) != tuple(weight.shape):
+                raise ValueError(
+                    f"from_dense expected a mask of the weight's shape {tuple(weight.shape)} "
+                    f"(out_features, in_features), got {tuple(mask.shape)}"
+                )
+            wiring = Wiring.from_mask(mask)
+        elif threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+                raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+            wiring = Wiring.from_mask(weight.abs().cpu() > threshold)
+        else:
+            wiring = Wiring.from_mask(weight.cpu() != 0)
+        return cls._with_values(wiring, weight, linear.bias, backend)
+
+    @classmethod
+    def from_pruned(cls, module: nn.Linear, *, backend: str = "auto") -> SparseLinear:
+        """A compact layer equal to an ``nn.Linear`` pruned with ``torch.nn.utils.prune``.
+
+        Reads ``weight_orig`` and ``weight_mask``: the connections are the mask's nonzeros,
+        their values ``weight_orig * weight_mask`` there, so outputs are the pruned module's.
+        The pruned module (its dense copies) is left unchanged.
+
+        Example::
+
+            >>> from torch.nn.utils import prune
+            >>> linear = prune.l1_unstructured(nn.Linear(64, 32), "weight", amount=0.9)
+            >>> m = torchwire.SparseLinear.from_pruned(linear)
+            >>> m.nnz
+            205
+            >>> x = torch.randn(4, 64)
+            >>> torch.allclose(m(x), linear(x), atol=1e-6)
+            True
+        """
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"from_pruned expected an nn.Linear, got {type(module).__name__}")
+        mask = getattr(module, "weight_mask", None)
+        weight_orig = getattr(module, "weight_orig", None)
+        if not isinstance(mask, torch.Tensor) or not isinstance(weight_orig, torch.Tensor):
+            raise ValueError(
+                "from_pruned expected a module pruned with torch.nn.utils.prune (it has "
+                "weight_orig and weight_mask); for a plain nn.Linear use "
+                "SparseLinear.from_dense(linear, mask=..., threshold=...)"
+            )
+        wiring = Wiring.from_mask(mask.detach().cpu() != 0)
+        weight = weight_orig.detach() * mask.detach()
+        return cls._with_values(wiring, weight, module.bias, backend)
+
+    @classmethod
+    def from_block(cls, block: BlockLinear, *, backend: str = "auto") -> SparseLinear:
+        """The same layer as a SparseLinear (a shared block is copied to every group).
+
+        Example::
+
+            >>> b = torchwire.BlockLinear(4, 6, groups=2)
+            >>> s = torchwire.SparseLinear.from_block(b)
+            >>> s.nnz, s.resolve_backend(torch.randn(3, 4))
+            (12, 'block')
+        """
+        if not isinstance(block, BlockLinear):
+            raise TypeError(f"from_block expected a BlockLinear, got {type(block).__name__}")
+        layer = cls(
+            block.wiring,
+            bias=block.bias is not None,
+            backend=backend,
+            device=block.weight.device,
+            dtype=block.weight.dtype,
+        )
+        weight = block.weight.detach()
+        if block.shared:
+            weight = weight.expand(block.groups, -1, -1)
+        with torch.no_grad():
+            layer.weight.copy_(weight.reshape(-1))
+            if block.bias is not None and layer.bias is not None:
+                layer.bias.copy_(block.bias)
+        return layer
+
+    @classmethod
+    def _with_values(
+        cls,
+        wiring: Wiring,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        backend: str,
+    ) -> SparseLinear:
+        """A layer of ``wiring`` whose values are read from the dense ``weight``."""
+        layer = cls(
+            wiring,
+            bias=bias is not None,
+            backend=backend,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        edges = wiring.edges().to(weight.device)
+        with torch.no_grad():
+            layer.weight.copy_(weight[edges[:, 1], edges[:, 0]])
+            if bias is not None and layer.bias is not None:
+                layer.bias.copy_(bias.detach())
+        return layer
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Sizes and names, saved in ``state_dict`` beside the index buffers."""
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "input_names": _names_list(self._wiring.input_names),
+            "output_names": _names_list(self._wiring.output_names),
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        sizes = (state.get("in_features"), state.get("out_features"))
+        if sizes != (self.in_features, self.out_features):
+            raise ValueError(
+                f"this checkpoint was saved from a SparseLinear of (in_features, out_features) "
+                f"= {sizes}, but this layer has {(self.in_features, self.out_features)}; build "
+                "the layer with the saved wiring"
+            )
+        self._loaded_names = (state.get("input_names"), state.get("output_names"))
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        errors: list[str] = args[-1]
+        count = len(errors)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        if len(errors) == count:  # adopt the loaded connections (e.g. rewired by training)
+            self._adopt_loaded_structure()
+
+    def _adopt_loaded_structure(self) -> None:
+        names = getattr(self, "_loaded_names", None)
+        if names is None:
+            names = (self._wiring.input_names, self._wiring.output_names)
+        self.__dict__.pop("_loaded_names", None)
+        if self.indptr.is_meta:
+            return
+        try:
+            wiring = Wiring(
+                self.indptr.cpu(),
+                self.indices.cpu(),
+                self.in_features,
+                self.out_features,
+                input_names=names[0],
+                output_names=names[1],
+            )
+        except ValueError as error:
+            raise ValueError(
+                f"the checkpoint's connections are not a valid wiring: {error}"
+            ) from None
+        if wiring != self._wiring:
+            self._wiring = wiring
+            self._blocks = backends.sparse_index(wiring).blocks
+        index = backends.sparse_index(wiring)
+        with torch.no_grad():  # recompute the transposed structure rather than trust it
+            for name, tensor in zip(SparseIndex._fields, index.tensors, strict=False):
+                getattr(self, name).copy_(tensor)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"nnz={self.nnz}, bias={self.bias is not None}"
+        )
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+
+def _names_list(names: tuple[str, ...] | None) -> list[str] | None:
+    return None if names is None else list(names)

@@ -18,6 +18,8 @@ from torch import Tensor
 __all__ = ["Wiring"]
 
 _FORMAT = "torchwire.wiring/1"
+# Every tensor a Wiring makes lives on the CPU, even inside `with torch.device(...)`.
+_CPU = torch.device("cpu")
 _MAX_FEATURES = 2**31  # input indices are stored as int32
 # Wiring.random uses one full permutation when in * out is at most this (or at most 4 * nnz).
 _RANDPERM_LIMIT = 1 << 20
@@ -166,7 +168,7 @@ class Wiring:
     ) -> Wiring:
         """Build from connections already in canonical order, without validation."""
         counts = torch.bincount(rows, minlength=out_features)
-        indptr = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+        indptr = torch.cat([torch.zeros(1, dtype=torch.int64, device=_CPU), counts.cumsum(0)])
         self = cls.__new__(cls)
         self._init(
             indptr, cols.to(torch.int32), in_features, out_features, input_names, output_names
@@ -225,14 +227,14 @@ class Wiring:
             )
         in_f = _check_size(sum(a), "in_features = sum(in_sizes)")
         out_f = _check_size(sum(b), "out_features = sum(out_sizes)")
-        in_size, out_size = torch.tensor(a), torch.tensor(b)
-        row_group = torch.repeat_interleave(torch.arange(len(a)), out_size)
+        in_size, out_size = torch.tensor(a, device=_CPU), torch.tensor(b, device=_CPU)
+        row_group = torch.repeat_interleave(torch.arange(len(a), device=_CPU), out_size)
         fan = in_size[row_group]
-        indptr = torch.cat([torch.zeros(1, dtype=torch.int64), fan.cumsum(0)])
+        indptr = torch.cat([torch.zeros(1, dtype=torch.int64, device=_CPU), fan.cumsum(0)])
         nnz = int(indptr[-1])
         rows = _row_ids(indptr, out_f, nnz)
         in_start = (in_size.cumsum(0) - in_size)[row_group]
-        indices = in_start[rows] + torch.arange(nnz) - indptr[rows]
+        indices = in_start[rows] + torch.arange(nnz, device=_CPU) - indptr[rows]
         self = cls.__new__(cls)
         self._init(
             indptr,
@@ -346,14 +348,14 @@ class Wiring:
                 f"width must be at most in_features = {in_f} (each output connects to width "
                 f"consecutive inputs), got width = {w}"
             )
-        num = torch.arange(out_f) * (in_f - w)
+        num = torch.arange(out_f, device=_CPU) * (in_f - w)
         den = max(out_f - 1, 1)
         quotient = torch.div(num, den, rounding_mode="floor")
         twice_rest = 2 * (num - quotient * den)
         round_up = (twice_rest > den) | ((twice_rest == den) & (quotient % 2 == 1))
         start = quotient + round_up.long()
-        rows = torch.arange(out_f).repeat_interleave(w)
-        cols = start.repeat_interleave(w) + torch.arange(w).repeat(out_f)
+        rows = torch.arange(out_f, device=_CPU).repeat_interleave(w)
+        cols = start.repeat_interleave(w) + torch.arange(w, device=_CPU).repeat(out_f)
         return cls._trusted(
             rows,
             cols,
@@ -386,7 +388,7 @@ class Wiring:
             >>> torch.equal(w.mask(), mask.bool())
             True
         """
-        m = torch.as_tensor(mask).to("cpu")
+        m = torch.as_tensor(mask, device=_CPU)
         if m.ndim != 2 or m.numel() == 0:
             raise ValueError(
                 "mask must be a non-empty 2-D tensor of shape (out_features, in_features), "
@@ -438,9 +440,9 @@ class Wiring:
         """
         in_f = _check_size(in_features, "in_features")
         out_f = _check_size(out_features, "out_features")
-        e = torch.as_tensor(edges).to("cpu")
+        e = torch.as_tensor(edges, device=_CPU)
         if e.numel() == 0:
-            e = torch.zeros(0, 2, dtype=torch.int64)
+            e = torch.zeros(0, 2, dtype=torch.int64, device=_CPU)
         if e.dtype == torch.bool or e.dtype.is_floating_point or e.dtype.is_complex:
             raise TypeError(
                 f"edges must hold integer (input, output) indices, got dtype {e.dtype}; "
@@ -548,10 +550,14 @@ class Wiring:
         out_index = {name: o for o, name in enumerate(out_names)}
         in_index = {name: i for i, name in enumerate(in_names)}
         rows = torch.tensor(
-            [out_index[key] for key, names in lists.items() for _ in names], dtype=torch.int64
+            [out_index[key] for key, names in lists.items() for _ in names],
+            dtype=torch.int64,
+            device=_CPU,
         )
         cols = torch.tensor(
-            [in_index[name] for names in lists.values() for name in names], dtype=torch.int64
+            [in_index[name] for names in lists.values() for name in names],
+            dtype=torch.int64,
+            device=_CPU,
         )
         flat = (rows * len(in_names) + cols).sort().values
         return cls._from_flat(flat, len(in_names), len(out_names), in_names, out_names)
@@ -665,7 +671,7 @@ class Wiring:
 
     def mask(self) -> Tensor:
         """Dense bool ``(out_features, in_features)`` mask, true where a connection exists."""
-        mask = torch.zeros(self._out, self._in, dtype=torch.bool)
+        mask = torch.zeros(self._out, self._in, dtype=torch.bool, device=_CPU)
         mask[self._rows(), self._indices.long()] = True
         return mask
 
@@ -731,8 +737,10 @@ class Wiring:
         follows = first[1:] == stop[:-1]
         if not bool((same | follows).all()) or int(first[0]) != 0 or int(stop[-1]) != self._in:
             return None
-        starts = torch.cat([torch.zeros(1, dtype=torch.int64), torch.nonzero(~same)[:, 0] + 1])
-        out_sizes = torch.cat([starts[1:], torch.tensor([self._out])]) - starts
+        starts = torch.cat(
+            [torch.zeros(1, dtype=torch.int64, device=_CPU), torch.nonzero(~same)[:, 0] + 1]
+        )
+        out_sizes = torch.cat([starts[1:], torch.tensor([self._out], device=_CPU)]) - starts
         in_sizes = fan[starts]
         return tuple(in_sizes.tolist()), tuple(out_sizes.tolist())
 
@@ -780,9 +788,9 @@ class Wiring:
         else:
             out = other._rows().repeat_interleave(counts, output_size=products)
             first = self._indptr[other._indices.long()]
-            offset = torch.arange(products) - (counts.cumsum(0) - counts).repeat_interleave(
-                counts, output_size=products
-            )
+            offset = torch.arange(products, device=_CPU) - (
+                counts.cumsum(0) - counts
+            ).repeat_interleave(counts, output_size=products)
             pos = first.repeat_interleave(counts, output_size=products) + offset
             flat = torch.unique(out * a + self._indices[pos].long())
         return type(self)._from_flat(flat, a, c, self._input_names, other._output_names)
@@ -940,7 +948,7 @@ def _restore(
 
 def _row_ids(indptr: Tensor, out_features: int, nnz: int) -> Tensor:
     """The output index of each connection."""
-    return torch.arange(out_features).repeat_interleave(indptr.diff(), output_size=nnz)
+    return torch.arange(out_features, device=_CPU).repeat_interleave(indptr.diff(), output_size=nnz)
 
 
 def _check_size(value: object, name: str) -> int:
@@ -1001,20 +1009,20 @@ def _check_seed(value: object) -> int:
 def _sample_flat(total: int, count: int, generator: torch.Generator) -> Tensor:
     """``count`` distinct ids uniformly from ``range(total)``, sorted, in ``O(count)`` memory."""
     if total <= max(_RANDPERM_LIMIT, 4 * count):
-        return torch.randperm(total, generator=generator)[:count].sort().values
-    found = torch.zeros(0, dtype=torch.int64)
+        return torch.randperm(total, generator=generator, device=_CPU)[:count].sort().values
+    found = torch.zeros(0, dtype=torch.int64, device=_CPU)
     while found.numel() < count:
         draws = torch.randint(total, (2 * (count - found.numel()) + 16,), generator=generator)
         found = torch.unique(torch.cat([found, draws]))
     # The distinct draws are a uniformly random set; keep a uniformly random subset of it.
-    keep = torch.randperm(found.numel(), generator=generator)[:count]
+    keep = torch.randperm(found.numel(), generator=generator, device=_CPU)[:count]
     return found[keep].sort().values
 
 
 def _as_index_tensor(value: object, name: str) -> Tensor:
-    t = torch.as_tensor(value)
+    t = torch.as_tensor(value, device=_CPU)
     if t.numel() == 0:
-        return torch.zeros(t.shape, dtype=torch.int64)
+        return torch.zeros(t.shape, dtype=torch.int64, device=_CPU)
     if t.dtype == torch.bool or t.dtype.is_floating_point or t.dtype.is_complex:
         raise TypeError(
             f"{name} must hold integers, got dtype {t.dtype}; "
@@ -1076,5 +1084,5 @@ def _short(names: tuple[str, ...]) -> str:
 def _checksum(t: Tensor) -> int:
     """A cheap deterministic fingerprint of an integer tensor, for hashing."""
     p = 2_147_483_647
-    weights = torch.arange(1, t.numel() + 1, dtype=torch.int64) % p
+    weights = torch.arange(1, t.numel() + 1, dtype=torch.int64, device=_CPU) % p
     return int((((t.long() % p) * weights) % p).sum())

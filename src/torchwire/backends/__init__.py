@@ -12,20 +12,26 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import torch
+
+if TYPE_CHECKING:
+    from torchwire.wiring import Wiring
 
 __all__ = [
     "Backend",
     "BlockLayout",
     "BlockProblem",
+    "SparseIndex",
+    "SparseProblem",
     "available",
     "block_layout",
     "cached_for_device",
     "equal_block_layout",
     "register",
     "select",
+    "sparse_index",
 ]
 
 
@@ -158,6 +164,80 @@ class BlockProblem:
     requires_grad: bool
 
 
+class SparseIndex(NamedTuple):
+    """A wiring's connections as index tensors on the compute device (what sparse backends
+    read; :class:`torchwire.SparseLinear` keeps them as buffers).
+
+    ``indptr``/``indices`` are the CSR structure by output (canonical order, the order of the
+    weight values); ``t_indptr``/``t_indices`` the CSR structure of the transpose (by input),
+    and ``perm`` the canonical position of each of its connections, so ``weight[perm]`` are
+    the transpose's values. All five share one integer dtype (int32 where sizes allow).
+    ``blocks`` is the :class:`BlockLayout` when the wiring is block diagonal, else ``None``.
+    """
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    t_indptr: torch.Tensor
+    t_indices: torch.Tensor
+    perm: torch.Tensor
+    in_features: int
+    out_features: int
+    blocks: BlockLayout | None
+
+    @property
+    def nnz(self) -> int:
+        return self.indices.shape[0]
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The five index tensors, in field order."""
+        return (self.indptr, self.indices, self.t_indptr, self.t_indices, self.perm)
+
+
+def sparse_index(wiring: Wiring, device: torch.device | str | None = None) -> SparseIndex:
+    """The :class:`SparseIndex` of ``wiring`` on ``device`` (default: CPU), built on the CPU."""
+    cpu = torch.device("cpu")
+    rows = torch.arange(wiring.out_features, device=cpu).repeat_interleave(
+        wiring.fan_in(), output_size=wiring.nnz
+    )
+    cols = wiring.indices.long()
+    perm = torch.argsort(cols, stable=True)  # by input, then output
+    t_indptr = torch.cat(
+        [cols.new_zeros(1), torch.bincount(cols, minlength=wiring.in_features).cumsum(0)]
+    )
+    # CSR kernels need one index dtype; int32 halves the memory where every value fits.
+    dtype = torch.int32 if wiring.nnz < 2**31 else torch.int64
+    indptr, indices, t_indptr, t_indices, perm = (
+        t.to(device=device, dtype=dtype) for t in (wiring.indptr, cols, t_indptr, rows[perm], perm)
+    )
+    blocks = wiring.block_sizes
+    return SparseIndex(
+        indptr,
+        indices,
+        t_indptr,
+        t_indices,
+        perm,
+        wiring.in_features,
+        wiring.out_features,
+        None if blocks is None else block_layout(*blocks),
+    )
+
+
+@dataclass(frozen=True)
+class SparseProblem:
+    """What a sparse-linear backend is asked to compute: sizes, block structure (a
+    :class:`BlockLayout` or ``None``) and the input's traits."""
+
+    in_features: int
+    out_features: int
+    nnz: int
+    blocks: BlockLayout | None
+    rows: int
+    dtype: torch.dtype
+    device_type: str
+    requires_grad: bool
+
+
 @dataclass(frozen=True)
 class Backend:
     """One way of computing an operation.
@@ -180,14 +260,13 @@ class Backend:
 
 
 T = TypeVar("T")
-_DEVICE_CACHE: dict[tuple[str, BlockLayout, torch.device], Any] = {}
+_DEVICE_CACHE: dict[tuple[str, Any, torch.device], Any] = {}
 
 
-def cached_for_device(
-    name: str, layout: BlockLayout, device: torch.device, build: Callable[[], T]
-) -> T:
-    """``build()`` (index tensors of ``layout`` on ``device``), cached per name, layout and
-    device; rebuilt uncached while torch.compile traces, so they become graph constants."""
+def cached_for_device(name: str, layout: Any, device: torch.device, build: Callable[[], T]) -> T:
+    """``build()`` (index tensors of ``layout``, a hashable structure, on ``device``), cached
+    per name, layout and device; rebuilt uncached while torch.compile traces, so they become
+    graph constants."""
     if torch.compiler.is_compiling():
         return build()
     key = (name, layout, device)
@@ -274,4 +353,10 @@ def _backends(op: str) -> dict[str, Backend]:
 
 
 # Importing the implementations registers them; the order is the listing order.
-from torchwire.backends import block_dense, block_bmm  # noqa: E402, F401, I001
+from torchwire.backends import (  # noqa: E402, F401, I001
+    block_dense,
+    block_bmm,
+    sparse_dense,
+    sparse_csr,
+    sparse_block,
+)

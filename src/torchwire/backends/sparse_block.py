@@ -1,0 +1,53 @@
+"""Block sparse-linear backend: a block-diagonal wiring computed by the block-linear kernels.
+
+A wiring whose connections form consecutive dense blocks (``Wiring.block_sizes``) is a
+:class:`torchwire.BlockLinear` in disguise, and its canonical weight order is exactly
+BlockLinear's flat block order, so the weight passes through unchanged. The block backend
+itself is chosen by :func:`torchwire.backends.select` for ``"block_linear"``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from torchwire.backends import (
+    Backend,
+    BlockProblem,
+    SparseIndex,
+    SparseProblem,
+    register,
+    select,
+)
+
+
+def _block_problem(problem: SparseProblem) -> BlockProblem:
+    if problem.blocks is None:
+        raise ValueError(f"backend 'block' needs a block-diagonal wiring: {_supports(problem)}")
+    return BlockProblem(
+        problem.blocks, problem.rows, problem.dtype, problem.device_type, problem.requires_grad
+    )
+
+
+def sparse_linear_block(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    index: SparseIndex,
+    problem: SparseProblem,
+) -> torch.Tensor:
+    block_problem = _block_problem(problem)
+    return select("block_linear", block_problem).fn(input, weight, bias, block_problem)
+
+
+def _supports(problem: SparseProblem) -> str | None:
+    if problem.blocks is None:
+        return "the wiring is not block diagonal (Wiring.block_sizes is None)"
+    return None
+
+
+def _cost(problem: SparseProblem) -> float:
+    block_problem = _block_problem(problem)
+    return select("block_linear", block_problem).cost(block_problem)
+
+
+register(Backend("block", "sparse_linear", sparse_linear_block, _supports, _cost))
