@@ -21,15 +21,19 @@ from torchwire.cli import main
 torch.set_num_threads(1)
 
 LAYOUTS = ["2x2->2x3", "4+2"]  # equal groups (rectangular blocks) and uneven groups
+FEATURES = 32
+DENSITIES = [1.0, 0.1]  # fully connected (one block: the block backend runs) and sparse
 REPEATS = 2
+# Per section (its key in the JSON): the backend op, the reference of ratios, the alternatives.
+SECTIONS = {
+    "cases": ("block_linear", "limit", bench.ALTERNATIVES),
+    "sparse": ("sparse_linear", "masked_weight", bench.SPARSE_ALTERNATIVES),
+}
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One small ``torchwire bench --quick`` run: its JSON, markdown, stdout and stderr."""
-    tmp = tmp_path_factory.mktemp("bench")
-    argv = ["bench", "--quick", "--device", "cpu", "--batch", "8", "--repeats", str(REPEATS)]
-    argv += ["--layout", *LAYOUTS, "--json", str(tmp / "out.json")]
+def bench_main(argv: list[str], tmp: Path) -> dict[str, Any]:
+    """Run ``torchwire bench ARGV --json --markdown``: its JSON, markdown, stdout and stderr."""
+    argv = ["bench", "--device", "cpu", *argv, "--json", str(tmp / "out.json")]
     argv += ["--markdown", str(tmp / "out.md")]
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -43,6 +47,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One small ``torchwire bench --quick`` run of both sections."""
+    argv = ["--quick", "--batch", "8", "--repeats", str(REPEATS), "--layout", *LAYOUTS]
+    argv += ["--features", str(FEATURES), "--density", *map(str, DENSITIES)]
+    return bench_main(argv, tmp_path_factory.mktemp("bench"))
+
+
 def test_run_succeeds(run: dict[str, Any]) -> None:
     assert run["status"] == 0
     env = run["json"]["environment"]
@@ -51,12 +63,21 @@ def test_run_succeeds(run: dict[str, Any]) -> None:
     assert (env["device"], env["dtype"], env["threads"]) == ("cpu", "float32", 1)
     assert env["quick"] is True
     assert env["repeats"] == REPEATS
+    assert env["sections"] == ["block", "sparse"]
     assert env["layouts"] == LAYOUTS
     assert env["backends"] == list(torchwire.backends.available("block_linear"))
+    assert env["sparse"]["features"] == [FEATURES]
+    assert env["sparse"]["densities"] == DENSITIES
+    assert env["sparse"]["backends"] == list(torchwire.backends.available("sparse_linear"))
     assert env["device_name"]
     assert env["peak_bytes"]
     assert [case["layout"] for case in run["json"]["cases"]] == LAYOUTS
     assert [case["batch"] for case in run["json"]["cases"]] == [8, 8]
+    sparse = run["json"]["sparse"]
+    assert [(case["features"], case["density"], case["batch"]) for case in sparse] == [
+        (FEATURES, density, 8) for density in DENSITIES
+    ]
+    assert [case["nnz"] for case in sparse] == [round(d * FEATURES**2) for d in DENSITIES]
 
 
 def test_every_method_for_every_case(run: dict[str, Any]) -> None:
@@ -74,30 +95,62 @@ def test_every_method_for_every_case(run: dict[str, Any]) -> None:
         assert ("conv1d_groups" in case["methods"]) == equal
 
 
-def test_medians_and_ratios_are_consistent(run: dict[str, Any]) -> None:
-    for case in run["json"]["cases"]:
+def test_every_method_for_every_sparse_case(run: dict[str, Any]) -> None:
+    backends = run["json"]["environment"]["sparse"]["backends"]
+    for case in run["json"]["sparse"]:
+        expected = {"torchwire", *bench.SPARSE_ALTERNATIVES}
+        expected |= {f"torchwire[{name}]" for name in backends}
+        assert set(case["methods"]) | set(case["skipped"]) == expected
+        assert not set(case["methods"]) & set(case["skipped"])
+        # Only forced backends that cannot compute the wiring are skipped: here 'block', on
+        # wirings that are not block diagonal.
+        wiring = torchwire.Wiring.random(FEATURES, FEATURES, density=case["density"], seed=0)
+        expected_skipped = set() if wiring.is_block_diagonal else {"torchwire[block]"}
+        assert set(case["skipped"]) == expected_skipped
+        for why in case["skipped"].values():
+            assert "cannot compute" in why
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_medians_and_ratios_are_consistent(run: dict[str, Any], section: str) -> None:
+    _, reference, alternatives = SECTIONS[section]
+    for case in run["json"][section]:
+        assert case["reference"] == reference
         methods = case["methods"]
         for mode in bench.MODES:
-            limit = methods["limit"][mode]["median_ms"]
+            base = methods[reference][mode]["median_ms"]
             for name, method in methods.items():
                 timing = method[mode]
                 assert len(timing["samples_ms"]) == REPEATS
                 assert all(sample > 0 for sample in timing["samples_ms"])
                 assert timing["median_ms"] == statistics.median(timing["samples_ms"])
                 assert timing["iterations"] >= 1
-                assert math.isclose(timing["x_limit"], timing["median_ms"] / limit), name
-            assert methods["limit"][mode]["x_limit"] == 1.0
+                ratio = timing[f"x_{reference}"]
+                assert math.isclose(ratio, timing["median_ms"] / base), name
+            assert methods[reference][mode][f"x_{reference}"] == 1.0
         alternative = case["fastest_alternative"]
-        assert alternative in bench.ALTERNATIVES
+        assert alternative in alternatives
         times = {name: methods[name]["fwd_bwd"]["median_ms"] for name in methods}
-        assert times[alternative] == min(times[n] for n in bench.ALTERNATIVES if n in times)
+        assert times[alternative] == min(times[n] for n in alternatives if n in times)
         speedup = times[alternative] / times["torchwire"]
         assert math.isclose(case["speedup_vs_fastest_alternative"], speedup)
 
 
-def test_chosen_backend_is_available(run: dict[str, Any]) -> None:
-    available = torchwire.backends.available("block_linear")
-    for case in run["json"]["cases"]:
+def test_sparse_speedup_vs_masked_weight(run: dict[str, Any]) -> None:
+    for case in run["json"]["sparse"]:
+        methods = case["methods"]
+        for mode in bench.MODES:
+            speedup = (
+                methods["masked_weight"][mode]["median_ms"]
+                / methods["torchwire"][mode]["median_ms"]
+            )
+            assert math.isclose(case["speedup_vs_masked_weight"][mode], speedup)
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_chosen_backend_is_available(run: dict[str, Any], section: str) -> None:
+    available = torchwire.backends.available(SECTIONS[section][0])
+    for case in run["json"][section]:
         assert set(case["auto_backend"]) == set(bench.MODES)
         for mode, name in case["auto_backend"].items():
             assert name in available
@@ -129,6 +182,24 @@ def test_bytes(run: dict[str, Any]) -> None:
             assert method["peak_bytes"] >= 4 * 8 * case["in_features"]  # at least grad of input
 
 
+def test_sparse_bytes(run: dict[str, Any]) -> None:
+    n = FEATURES
+    for case in run["json"]["sparse"]:
+        methods, nnz = case["methods"], case["nnz"]
+        # A dense weight and a dense float mask (a buffer, or prune's weight_mask), and a bias.
+        assert methods["masked_weight"]["param_bytes"] == 4 * (2 * n * n + n)
+        assert methods["prune_mask"]["param_bytes"] == 4 * (2 * n * n + n)
+        # Values, int64 CSR indices, bias.
+        assert methods["torch_sparse"]["param_bytes"] == 4 * nnz + 8 * (nnz + n + 1) + 4 * n
+        # SparseLinear: at most 16 bytes per connection plus O(in + out) (issue 3).
+        for name, method in methods.items():
+            if name.startswith("torchwire"):
+                assert method["param_bytes"] <= 16 * nnz + 4 * 3 * (n + 1)
+        for method in methods.values():
+            assert method["bytes_per_connection"] == method["param_bytes"] / nnz
+            assert method["peak_bytes"] >= 4 * 8 * n  # at least the gradient of the input
+
+
 def test_tables(run: dict[str, Any]) -> None:
     env = run["json"]["environment"]
     header = run["stdout"].splitlines()[0]
@@ -144,11 +215,54 @@ def test_tables(run: dict[str, Any]) -> None:
         for text in (run["stdout"], run["markdown"]):
             assert f"{case['layout']}: " in text
             assert label in text
-    assert "summary" in run["stdout"]
+    for case in run["json"]["sparse"]:
+        label = case["methods"]["torchwire"]["label"]
+        assert label.startswith("torchwire (auto -> ")
+        title = f"sparse {FEATURES} -> {FEATURES}, density {case['density'] * 100:g}% ("
+        for text in (run["stdout"], run["markdown"]):
+            assert title in text
+            assert label in text
+    assert "summary (fwd+bwd):" in run["stdout"]
+    assert "sparse summary (" in run["stdout"]
     assert "| method | fwd ms | fwd x limit | fwd+bwd ms |" in run["markdown"]
+    assert "| method | fwd ms | fwd x masked_weight | fwd+bwd ms |" in run["markdown"]
+    assert "## Sparse summary (" in run["markdown"]
     progress = run["stderr"].splitlines()
-    assert [line.split(" ")[0] for line in progress] == ["[1/2]", "[2/2]"]
-    assert progress[0].startswith("[1/2] 2x2->2x3 batch=8: ")
+    assert [line.split(" ")[0] for line in progress] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert progress[0].startswith("[1/4] 2x2->2x3 batch=8: ")
+    assert progress[2].startswith(f"[3/4] sparse {FEATURES} 100% batch=8: torchwire (auto -> ")
+
+
+def test_sparse_summary_reports_auto_choice(run: dict[str, Any]) -> None:
+    lines = run["stdout"].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("sparse summary ("))
+    header, _, *rows = lines[start + 1 :]
+    assert header.split()[:6] == ["features", "density", "batch", "auto", "backend", "fastest"]
+    assert len(rows) == len(DENSITIES)
+    for row, case in zip(rows, run["json"]["sparse"], strict=True):
+        features, density, batch, auto, fastest, _, _, speedup, _ = row.split()
+        assert (features, density, batch) == (str(FEATURES), f"{case['density'] * 100:g}%", "8")
+        assert auto == case["auto_backend"]["fwd_bwd"]
+        assert fastest == case["fastest_backend"]["fwd_bwd"]
+        assert speedup == f"{case['speedup_vs_masked_weight']['fwd_bwd']:.2f}x"
+
+
+@pytest.mark.parametrize(
+    ("section", "argv"),
+    [
+        ("block", ["--layout", "2,2"]),
+        ("sparse", ["--features", "16", "--density", "0.25"]),
+    ],
+)
+def test_one_section(section: str, argv: list[str], tmp_path: Path) -> None:
+    out = bench_main(["--section", section, "--batch", "4", "--repeats", "1", *argv], tmp_path)
+    assert out["status"] == 0
+    data = out["json"]
+    assert data["environment"]["sections"] == [section]
+    assert (len(data["cases"]), len(data["sparse"])) == ((1, 0) if section == "block" else (0, 1))
+    assert ("sparse summary" in out["stdout"]) == (section == "sparse")
+    assert ("x limit" in out["stdout"]) == (section == "block")
+    assert len(out["stderr"].splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -163,6 +277,15 @@ def test_tables(run: dict[str, Any]) -> None:
         (["bench", "--layout", "3x"], "invalid layout"),
         (["bench", "--layout", "2x2->3x3"], "2 input groups but 3 output groups"),
         (["bench", "--layout", "2x0"], "invalid layout"),
+        (["bench", "--section", "dense"], "invalid choice"),
+        (["bench", "--features", "0"], "expected a positive integer"),
+        (["bench", "--density", "0"], "expected a density in (0, 1]"),
+        (["bench", "--density", "1.5"], "expected a density in (0, 1]"),
+        (["bench", "--density", "0.1", "5%"], "expected a density in (0, 1]"),
+        (["bench", "--density", "nan"], "expected a density in (0, 1]"),
+        (["bench", "--section", "sparse", "--layout", "16x64"], "--layout sets the block"),
+        (["bench", "--section", "block", "--features", "64"], "--features sets the sparse"),
+        (["bench", "--section", "block", "--density", "0.1"], "--density sets the sparse"),
         (["bench", "--device", "tpu"], "expected cpu, cuda or cuda:N"),
         (["bench", "--device", "meta"], "expected cpu, cuda or cuda:N"),
         (["bench", "--json", "/nonexistent/dir/out.json"], "does not exist"),
@@ -220,13 +343,21 @@ def test_parse_layout() -> None:
 
 def test_grids() -> None:
     quick = bench.make_config(quick=True, device=torch.device("cpu"))
+    assert quick.sections == ("block", "sparse")
     assert quick.batches == (64,)
     assert [layout.name for layout in quick.layouts] == ["2x2->2x3", "16x64", "256x8", "8x64+16x32"]
+    assert (quick.features, quick.densities) == ((1024,), (0.05, 0.01))
     assert quick.repeats == 5
     full = bench.make_config(device=torch.device("cpu"))
+    assert full.sections == ("block", "sparse")
     assert full.batches == (64, 1024)
     assert len(full.layouts) == 9
+    assert full.features == (1024, 4096)
+    assert full.densities == (0.5, 0.2, 0.1, 0.05, 0.01, 0.001)
     assert full.repeats > quick.repeats
+    assert bench.make_config(sections=["sparse"]).sections == ("sparse",)
+    with pytest.raises(ValueError, match="unknown sections"):
+        bench.make_config(sections=["dense"])
 
 
 def test_peak_bytes_counts_live_tensors_created_in_step() -> None:
@@ -244,6 +375,17 @@ def test_peak_bytes_counts_live_tensors_created_in_step() -> None:
         del d
 
     assert bench.peak_bytes(step, torch.device("cpu")) == 8000
+
+
+def test_peak_bytes_counts_sparse_tensors_by_their_parts() -> None:
+    indices, values = torch.tensor([[0, 1, 2], [1, 2, 0]]), torch.ones(3)
+
+    def step() -> None:
+        # Built on existing indices and values: nothing new.
+        weight = torch.sparse_coo_tensor(indices, values, (3, 3), check_invariants=False)
+        weight * 2  # new int64 indices (48 B) and values (12 B)
+
+    assert bench.peak_bytes(step, torch.device("cpu")) == 60
 
 
 def test_peak_bytes_of_linear_training_step() -> None:

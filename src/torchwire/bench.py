@@ -1,11 +1,11 @@
 r"""The benchmark suite behind ``torchwire bench``.
 
-A *case* is a block-diagonal layout (group :math:`i` maps ``in_sizes[i]`` inputs to
-``out_sizes[i]`` outputs) and a batch size. For every case the suite builds every way of computing
-:math:`y = x W^T + b` with a block-diagonal :math:`W`, times them side by side and reports each
-time as a ratio to ``limit``: one dense GEMM with the same multiply-adds.
+The suite has two sections; each times every way of computing :math:`y = x W^T + b` for its
+cases and reports each time as a ratio to the case's *reference* method.
 
-Methods:
+**block**: a case is a block-diagonal layout (group :math:`i` maps ``in_sizes[i]`` inputs to
+``out_sizes[i]`` outputs) and a batch size; the reference is ``limit``, one dense GEMM with the
+same multiply-adds. Methods:
 
 - ``torchwire``: :class:`torchwire.BlockLinear` with ``backend="auto"``, and
   ``torchwire[NAME]`` for every registered ``block_linear`` backend forced by name.
@@ -14,6 +14,16 @@ Methods:
 - ``masked_dense``: a dense ``nn.Linear`` masked with ``torch.nn.utils.prune.custom_from_mask``.
 - ``conv1d_groups``: ``nn.Conv1d(kernel_size=1, groups=G)`` (equal groups only).
 - ``limit``: ``nn.Linear(in_features, n)`` with ``n = round(sum(in_i * out_i) / in_features)``.
+
+**sparse**: a case is a random wiring ``Wiring.random(n, n, density=d, seed=seed)`` and a batch
+size; the reference is ``masked_weight``, the dense weight times a mask that users write. Methods:
+
+- ``torchwire``: :class:`torchwire.SparseLinear` with ``backend="auto"``, and
+  ``torchwire[NAME]`` for every registered ``sparse_linear`` backend that can compute the case.
+- ``masked_weight``: ``F.linear(x, weight * mask, bias)`` with a dense weight and a dense mask
+  buffer.
+- ``prune_mask``: a dense ``nn.Linear`` masked with ``torch.nn.utils.prune.custom_from_mask``.
+- ``torch_sparse``: a values parameter and CSR indices, ``torch.sparse.mm`` with autograd.
 
 Timing: all methods of a case are built and warmed up first, then timed in interleaved rounds
 (every method once per round, in a rotating order); each timing runs a method ``k`` times with
@@ -28,15 +38,17 @@ import platform
 import re
 import statistics
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from itertools import chain
-from typing import Any, TextIO, cast
+from typing import Any, ClassVar, TextIO, TypeVar, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import prune
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -48,16 +60,23 @@ from torchwire.backends import available
 __all__ = [
     "ALTERNATIVES",
     "FULL_BATCHES",
+    "FULL_DENSITIES",
+    "FULL_FEATURES",
     "FULL_LAYOUTS",
     "MODES",
     "PEAK_BYTES_MEANING",
     "QUICK_BATCHES",
+    "QUICK_DENSITIES",
+    "QUICK_FEATURES",
     "QUICK_LAYOUTS",
+    "SECTIONS",
+    "SPARSE_ALTERNATIVES",
     "BenchConfig",
     "BenchResult",
     "CaseResult",
     "Layout",
     "MethodResult",
+    "SparseCaseResult",
     "Timing",
     "default_device",
     "format_markdown",
@@ -69,10 +88,14 @@ __all__ = [
     "to_dict",
 ]
 
+SECTIONS = ("block", "sparse")
+"""The sections of the suite: block-diagonal layers and layers with any (random) connectivity."""
 MODES = ("fwd", "fwd_bwd")
 """Timed modes: forward under ``torch.no_grad()``; forward, then backward of a dense gradient."""
 ALTERNATIVES = ("modulelist", "masked_dense", "conv1d_groups")
-"""The methods users write today instead of torchwire."""
+"""The methods users write today instead of torchwire's block-diagonal layers."""
+SPARSE_ALTERNATIVES = ("masked_weight", "prune_mask", "torch_sparse")
+"""The methods users write today instead of torchwire's sparse layers."""
 
 _TERM = re.compile(r"(?:(\d+)x)?(?:(\d+)|\((\d+(?:,\d+)*)\))")
 _SEPARATOR = re.compile(r"[+,](?![^(]*\))")  # a + or , outside parentheses
@@ -181,6 +204,12 @@ FULL_LAYOUTS = tuple(
     )
 )
 QUICK_LAYOUTS = tuple(parse_layout(spec) for spec in ("2x2->2x3", "16x64", "256x8", "8x64+16x32"))
+FULL_FEATURES = (1024, 4096)
+"""Sizes ``n`` of the sparse section's ``n -> n`` layers."""
+QUICK_FEATURES = (1024,)
+FULL_DENSITIES = (0.5, 0.2, 0.1, 0.05, 0.01, 0.001)
+"""Densities of the sparse section's wirings (fractions of the ``n * n`` connections)."""
+QUICK_DENSITIES = (0.05, 0.01)
 FULL_BATCHES = (64, 1024)
 QUICK_BATCHES = (64,)
 
@@ -197,8 +226,11 @@ class BenchConfig:
     device: torch.device = field(default_factory=default_device)
     dtype: torch.dtype = torch.float32
     threads: int = 1
+    sections: tuple[str, ...] = SECTIONS
     batches: tuple[int, ...] = FULL_BATCHES
     layouts: tuple[Layout, ...] = FULL_LAYOUTS
+    features: tuple[int, ...] = FULL_FEATURES
+    densities: tuple[float, ...] = FULL_DENSITIES
     repeats: int = 11
     seed: int = 0
     min_time: float = 2e-3
@@ -211,18 +243,29 @@ def make_config(
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     threads: int = 1,
+    sections: Sequence[str] | None = None,
     batches: Sequence[int] | None = None,
     layouts: Sequence[Layout] | None = None,
+    features: Sequence[int] | None = None,
+    densities: Sequence[float] | None = None,
     repeats: int | None = None,
     seed: int = 0,
 ) -> BenchConfig:
-    """Build a :class:`BenchConfig`; ``None`` picks the full or the ``quick`` default."""
+    """Build a :class:`BenchConfig`; ``None`` picks the full or the ``quick`` default
+    (``sections``: all of :data:`SECTIONS`)."""
+    sections = tuple(sections or SECTIONS)
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown sections {unknown}; expected some of {list(SECTIONS)}")
     return BenchConfig(
         device=default_device() if device is None else device,
         dtype=dtype,
         threads=threads,
+        sections=sections,
         batches=tuple(batches or (QUICK_BATCHES if quick else FULL_BATCHES)),
         layouts=tuple(layouts or (QUICK_LAYOUTS if quick else FULL_LAYOUTS)),
+        features=tuple(features or (QUICK_FEATURES if quick else FULL_FEATURES)),
+        densities=tuple(densities or (QUICK_DENSITIES if quick else FULL_DENSITIES)),
         repeats=repeats or (5 if quick else 11),
         seed=seed,
         quick=quick,
@@ -252,10 +295,15 @@ class MethodResult:
 
 
 @dataclass
-class CaseResult:
-    """Everything measured for one layout and batch size."""
+class _Measured:
+    """What every case measures: per-method results, by name, and the backends auto chose.
 
-    layout: Layout
+    Ratios divide by the median time of :attr:`reference`, a method of the same case.
+    """
+
+    reference: ClassVar[str]
+    alternatives: ClassVar[tuple[str, ...]]
+
     batch: int
     auto_backend: dict[str, str]
     methods: dict[str, MethodResult]
@@ -266,8 +314,12 @@ class CaseResult:
         return self.methods[name].timings[mode].median
 
     def ratio(self, name: str, mode: str) -> float:
-        """Median time of method ``name`` divided by the median time of ``limit``."""
-        return self.median(name, mode) / self.median("limit", mode)
+        """Median time of method ``name`` divided by the median time of :attr:`reference`."""
+        return self.median(name, mode) / self.median(self.reference, mode)
+
+    def speedup_over(self, name: str, mode: str) -> float:
+        """Median time of method ``name`` divided by that of ``torchwire`` (auto)."""
+        return self.median(name, mode) / self.median("torchwire", mode)
 
     def fastest(self, names: Sequence[str], mode: str) -> str | None:
         present = [name for name in names if name in self.methods]
@@ -285,16 +337,14 @@ class CaseResult:
 
     @property
     def alternative(self) -> str | None:
-        """The fastest of :data:`ALTERNATIVES` in fwd+bwd."""
-        return self.fastest(ALTERNATIVES, "fwd_bwd")
+        """The fastest of :attr:`alternatives` in fwd+bwd."""
+        return self.fastest(self.alternatives, "fwd_bwd")
 
     @property
     def speedup(self) -> float | None:
         """fwd+bwd time of :attr:`alternative` divided by that of ``torchwire``."""
         name = self.alternative
-        if name is None:
-            return None
-        return self.median(name, "fwd_bwd") / self.median("torchwire", "fwd_bwd")
+        return None if name is None else self.speedup_over(name, "fwd_bwd")
 
     def label(self, name: str) -> str:
         if name != "torchwire":
@@ -314,16 +364,53 @@ class CaseResult:
         return self.median(chosen, mode) / self.median(f"torchwire[{fastest}]", mode)
 
 
+@dataclass
+class CaseResult(_Measured):
+    """Everything measured for one block-diagonal layout and batch size (reference: ``limit``)."""
+
+    reference: ClassVar[str] = "limit"
+    alternatives: ClassVar[tuple[str, ...]] = ALTERNATIVES
+
+    layout: Layout
+
+
+@dataclass
+class SparseCaseResult(_Measured):
+    """Everything measured for one random ``features -> features`` wiring and batch size
+    (reference: ``masked_weight``)."""
+
+    reference: ClassVar[str] = "masked_weight"
+    alternatives: ClassVar[tuple[str, ...]] = SPARSE_ALTERNATIVES
+
+    features: int
+    density: float
+    nnz: int
+
+    @property
+    def name(self) -> str:
+        """``"FEATURES DENSITY%"``, e.g. ``"1024 5%"``."""
+        return f"{self.features} {_percent(self.density)}"
+
+    def bytes_per_connection(self, name: str) -> float:
+        """Parameter + buffer bytes of method ``name`` divided by the number of connections."""
+        return self.methods[name].param_bytes / self.nnz
+
+
 def _backend_of(name: str) -> str:
     return name.removeprefix("torchwire[").removesuffix("]")
 
 
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
 @dataclass
 class BenchResult:
-    """The environment and the results of all cases of a run."""
+    """The environment and the results of all cases of a run, by section."""
 
     environment: dict[str, Any]
     cases: list[CaseResult]
+    sparse: list[SparseCaseResult] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,15 +443,20 @@ class _PointwiseConv1d(nn.Module):
         return out.squeeze(-1)
 
 
+def _pruned(mask: Tensor, **factory_kwargs: Any) -> nn.Linear:
+    """A dense ``nn.Linear`` masked with ``prune.custom_from_mask``; ``mask`` is like its weight."""
+    linear = nn.Linear(mask.shape[1], mask.shape[0], **factory_kwargs)
+    prune.custom_from_mask(linear, "weight", mask.to(linear.weight.device))
+    return linear
+
+
 def _masked_dense(layout: Layout, **factory_kwargs: Any) -> nn.Linear:
-    linear = nn.Linear(layout.in_features, layout.out_features, **factory_kwargs)
     device = factory_kwargs.get("device")
     groups = torch.arange(layout.groups, device=device)
     in_group = groups.repeat_interleave(torch.tensor(layout.in_sizes, device=device))
     out_group = groups.repeat_interleave(torch.tensor(layout.out_sizes, device=device))
     mask = out_group[:, None] == in_group[None, :]  # (out_features, in_features), like weight
-    prune.custom_from_mask(linear, "weight", mask)
-    return linear
+    return _pruned(mask, **factory_kwargs)
 
 
 def _block_linear(layout: Layout, backend: str, **factory_kwargs: Any) -> torchwire.BlockLinear:
@@ -375,16 +467,78 @@ def _block_linear(layout: Layout, backend: str, **factory_kwargs: Any) -> torchw
     return torchwire.BlockLinear(*sizes, backend=backend, **factory_kwargs)
 
 
-def _builders(layout: Layout, backends: Sequence[str]) -> dict[str, Callable[..., nn.Module]]:
-    builders: dict[str, Callable[..., nn.Module]] = {
-        "torchwire": partial(_block_linear, layout, "auto")
-    }
-    builders.update({f"torchwire[{b}]": partial(_block_linear, layout, b) for b in backends})
+class _MaskedWeightLinear(nn.Linear):
+    """The dense weight times a mask that users write: ``F.linear(x, weight * mask, bias)``."""
+
+    mask: Tensor
+
+    def __init__(self, mask: Tensor, **factory_kwargs: Any) -> None:
+        super().__init__(mask.shape[1], mask.shape[0], **factory_kwargs)
+        self.register_buffer("mask", mask.to(self.weight))
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.linear(input, self.weight * self.mask, self.bias)
+
+
+class _TorchSparseLinear(nn.Module):
+    """Connection values as a parameter; per call, a sparse CSR tensor of them and
+    ``torch.sparse.mm``, differentiated by autograd."""
+
+    crow_indices: Tensor
+    col_indices: Tensor
+
+    def __init__(self, wiring: torchwire.Wiring, **factory_kwargs: Any) -> None:
+        super().__init__()
+        layer = torchwire.SparseLinear(wiring, **factory_kwargs)  # for its initial values
+        self.weight, self.bias = layer.weight, cast(nn.Parameter, layer.bias)
+        self.shape = wiring.shape
+        device = factory_kwargs.get("device")
+        # CSR by output: the canonical order of the values. int64, like Tensor.to_sparse_csr().
+        self.register_buffer("crow_indices", wiring.indptr.to(device))
+        self.register_buffer("col_indices", wiring.indices.to(device, torch.int64))
+        with warnings.catch_warnings():
+            # torch warns once per process that sparse CSR support is in beta: here, silenced.
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self._sparse_weight()
+
+    def _sparse_weight(self) -> Tensor:
+        # check_invariants=False explicitly, as users do to silence torch's warning about it.
+        return torch.sparse_csr_tensor(
+            self.crow_indices, self.col_indices, self.weight, self.shape, check_invariants=False
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        out: Tensor = torch.sparse.mm(self._sparse_weight(), input.t())
+        return out.t() + self.bias
+
+
+def _torchwire_builders(
+    build: Callable[..., nn.Module], backends: Sequence[str]
+) -> dict[str, Callable[..., nn.Module]]:
+    """``torchwire``: ``build(backend="auto")``, and ``torchwire[NAME]`` for every backend."""
+    builders: dict[str, Callable[..., nn.Module]] = {"torchwire": partial(build, backend="auto")}
+    builders.update({f"torchwire[{b}]": partial(build, backend=b) for b in backends})
+    return builders
+
+
+def _block_builders(layout: Layout, backends: Sequence[str]) -> dict[str, Callable[..., nn.Module]]:
+    builders = _torchwire_builders(partial(_block_linear, layout), backends)
     builders["modulelist"] = partial(_ModuleListLinear, layout)
     builders["masked_dense"] = partial(_masked_dense, layout)
     if layout.equal:
         builders["conv1d_groups"] = partial(_PointwiseConv1d, layout)
     builders["limit"] = partial(nn.Linear, layout.in_features, layout.limit_features)
+    return builders
+
+
+def _sparse_builders(
+    wiring: torchwire.Wiring, backends: Sequence[str]
+) -> dict[str, Callable[..., nn.Module]]:
+    mask = wiring.mask()
+    builders = _torchwire_builders(partial(torchwire.SparseLinear, wiring), backends)
+    builders["masked_weight"] = partial(_MaskedWeightLinear, mask)
+    builders["prune_mask"] = partial(_pruned, mask)
+    builders["torch_sparse"] = partial(_TorchSparseLinear, wiring)
     return builders
 
 
@@ -446,12 +600,32 @@ def _calibrate(
     return iterations
 
 
+_SPARSE_PARTS = {
+    torch.sparse_coo: ("_indices", "_values"),
+    torch.sparse_csr: ("crow_indices", "col_indices", "values"),
+    torch.sparse_bsr: ("crow_indices", "col_indices", "values"),
+    torch.sparse_csc: ("ccol_indices", "row_indices", "values"),
+    torch.sparse_bsc: ("ccol_indices", "row_indices", "values"),
+}
+
+
+def _storages(tree: Any) -> list[torch.UntypedStorage]:
+    """Storages of the tensors in ``tree``; a sparse tensor's: those of its indices and values."""
+    storages = []
+    for t in tree_leaves(tree):
+        if isinstance(t, Tensor):
+            parts = [getattr(t, name)() for name in _SPARSE_PARTS.get(t.layout, ())] or [t]
+            storages += [part.untyped_storage() for part in parts]
+    return storages
+
+
 class _LiveBytes(TorchDispatchMode):
     """Track the bytes of tensor storages created by ATen ops while the mode is active.
 
     A storage counts from the op that creates it (outputs that alias an input, such as views and
     in-place results, are not new) until it is freed (a ``weakref.finalize`` on the storage);
-    :attr:`peak` is the maximum of the running total.
+    :attr:`peak` is the maximum of the running total. Sparse tensors count their index and
+    value tensors.
     """
 
     def __init__(self) -> None:
@@ -471,15 +645,8 @@ class _LiveBytes(TorchDispatchMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         out = func(*args, **(kwargs or {}))
-        aliased = {
-            t.untyped_storage().data_ptr()
-            for t in tree_leaves((args, kwargs))
-            if isinstance(t, Tensor)
-        }
-        for t in tree_leaves(out):
-            if not isinstance(t, Tensor):
-                continue
-            storage = t.untyped_storage()
+        aliased = {storage.data_ptr() for storage in _storages((args, kwargs))}
+        for storage in _storages(out):
             key = storage.data_ptr()
             if key == 0 or key in aliased or key in self.live:
                 continue
@@ -527,20 +694,36 @@ def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     return tracker.peak
 
 
+_Case = TypeVar("_Case", bound=_Measured)
+
+
 def _run_case(
-    layout: Layout, batch: int, backends: Sequence[str], config: BenchConfig
-) -> CaseResult:
+    result: type[_Case],
+    builders: dict[str, Callable[..., nn.Module]],
+    in_features: int,
+    batch: int,
+    config: BenchConfig,
+    *,
+    skipped: dict[str, str] | None = None,
+    **case: Any,
+) -> _Case:
+    """Measure every method of ``builders`` on a ``(batch, in_features)`` input.
+
+    A forced backend (``torchwire[NAME]``) that fails to build or run joins ``skipped`` (the
+    methods not built at all, with why); any other method that fails raises. Returns
+    ``result(..., **case)``.
+    """
     start = time.perf_counter()
+    skipped = dict(skipped or {})
     torch.manual_seed(config.seed)
     factory_kwargs: dict[str, Any] = {"device": config.device, "dtype": config.dtype}
-    x = torch.randn(batch, layout.in_features, **factory_kwargs)
+    x = torch.randn(batch, in_features, **factory_kwargs)
     x_grad = x.detach().requires_grad_()
     sync = _synchronizer(config.device)
 
     modules: dict[str, nn.Module] = {}
     steps: dict[str, dict[str, Callable[[], None]]] = {}
-    skipped = {} if layout.equal else {"conv1d_groups": "needs equal groups"}
-    for name, build in _builders(layout, backends).items():
+    for name, build in builders.items():
         try:
             module = build(**factory_kwargs)
             module_steps = _steps(module, x, x_grad)
@@ -579,12 +762,46 @@ def _run_case(
         )
         for name in names
     }
-    auto = cast(torchwire.BlockLinear, modules["torchwire"])
+    auto = cast(torchwire.BlockLinear | torchwire.SparseLinear, modules["torchwire"])
     with torch.no_grad():  # auto may choose differently without autograd
         auto_fwd = auto.resolve_backend(x)
     auto_backend = {"fwd": auto_fwd, "fwd_bwd": auto.resolve_backend(x_grad)}
-    return CaseResult(
-        layout, batch, auto_backend, methods, skipped, seconds=time.perf_counter() - start
+    return result(
+        batch=batch,
+        auto_backend=auto_backend,
+        methods=methods,
+        skipped=skipped,
+        seconds=time.perf_counter() - start,
+        **case,
+    )
+
+
+def _run_block_case(
+    layout: Layout, batch: int, backends: Sequence[str], config: BenchConfig
+) -> CaseResult:
+    builders = _block_builders(layout, backends)
+    skipped = {} if layout.equal else {"conv1d_groups": "needs equal groups"}
+    return _run_case(
+        CaseResult, builders, layout.in_features, batch, config, skipped=skipped, layout=layout
+    )
+
+
+def _run_sparse_case(
+    features: int, density: float, batch: int, backends: Sequence[str], config: BenchConfig
+) -> SparseCaseResult:
+    # Wiring.random(n, n, density=density) draws round(density * n * n) connections; at least one.
+    nnz = max(1, round(density * features * features))
+    wiring = torchwire.Wiring.random(features, features, nnz=nnz, seed=config.seed)
+    builders = _sparse_builders(wiring, backends)
+    return _run_case(
+        SparseCaseResult,
+        builders,
+        features,
+        batch,
+        config,
+        features=features,
+        density=density,
+        nnz=nnz,
     )
 
 
@@ -601,7 +818,9 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _environment(config: BenchConfig, backends: Sequence[str]) -> dict[str, Any]:
+def _environment(
+    config: BenchConfig, backends: Sequence[str], sparse_backends: Sequence[str]
+) -> dict[str, Any]:
     return {
         "torch": torch.__version__,
         "torchwire": torchwire.__version__,
@@ -615,6 +834,7 @@ def _environment(config: BenchConfig, backends: Sequence[str]) -> dict[str, Any]
         "repeats": config.repeats,
         "seed": config.seed,
         "min_time_ms": config.min_time * 1e3,
+        "sections": list(config.sections),
         "batches": list(config.batches),
         "layouts": [layout.name for layout in config.layouts],
         "backends": list(backends),
@@ -626,12 +846,25 @@ def _environment(config: BenchConfig, backends: Sequence[str]) -> dict[str, Any]
             ),
         },
         "limit": "one nn.Linear(in_features, round(sum(in_i * out_i) / in_features))",
+        "sparse": {
+            "features": list(config.features),
+            "densities": list(config.densities),
+            "backends": list(sparse_backends),
+            "wiring": f"Wiring.random(n, n, density=d, seed={config.seed})",
+            "masked_weight": "F.linear(x, weight * mask, bias), dense weight and dense mask buffer",
+        },
         "peak_bytes": PEAK_BYTES_MEANING.get(config.device.type, PEAK_BYTES_MEANING["cpu"]),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _progress_line(case: CaseResult) -> str:
+def _progress_line(case: CaseResult | SparseCaseResult) -> str:
+    if isinstance(case, SparseCaseResult):
+        return (
+            f"sparse {case.name} batch={case.batch}: {case.label('torchwire')},"
+            f" fwd+bwd {case.speedup_over('masked_weight', 'fwd_bwd'):.2f}x vs masked_weight"
+            f" ({case.seconds:.1f} s)"
+        )
     speedup = "" if case.speedup is None else f", {case.speedup:.2f}x vs {case.alternative}"
     return (
         f"{case.layout.name} batch={case.batch}: {case.label('torchwire')},"
@@ -641,7 +874,10 @@ def _progress_line(case: CaseResult) -> str:
 
 
 def run(config: BenchConfig, *, progress: TextIO | None = None) -> BenchResult:
-    """Run every case of ``config``: batch sizes in the outer loop, layouts in the inner one.
+    """Run every case of ``config``'s sections: the block section, then the sparse one.
+
+    Each section loops over batch sizes outermost; then over layouts (block), or over
+    features and then densities (sparse).
 
     Sets ``torch.set_num_threads(config.threads)`` for the run and restores it afterwards.
 
@@ -657,31 +893,38 @@ def run(config: BenchConfig, *, progress: TextIO | None = None) -> BenchResult:
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        backends = available("block_linear")
-        grid = [(layout, batch) for batch in config.batches for layout in config.layouts]
-        cases = []
-        for index, (layout, batch) in enumerate(grid, 1):
-            case = _run_case(layout, batch, backends, config)
-            cases.append(case)
+        backends, sparse_backends = available("block_linear"), available("sparse_linear")
+        result = BenchResult(_environment(config, backends, sparse_backends), [], [])
+        jobs: list[Callable[[], CaseResult | SparseCaseResult]] = []
+        if "block" in config.sections:
+            jobs += [
+                partial(_run_block_case, layout, batch, backends, config)
+                for batch in config.batches
+                for layout in config.layouts
+            ]
+        if "sparse" in config.sections:
+            jobs += [
+                partial(_run_sparse_case, features, density, batch, sparse_backends, config)
+                for batch in config.batches
+                for features in config.features
+                for density in config.densities
+            ]
+        for index, job in enumerate(jobs, 1):
+            case = job()
+            if isinstance(case, SparseCaseResult):
+                result.sparse.append(case)
+            else:
+                result.cases.append(case)
             if progress is not None:
-                print(f"[{index}/{len(grid)}] {_progress_line(case)}", file=progress, flush=True)
+                print(f"[{index}/{len(jobs)}] {_progress_line(case)}", file=progress, flush=True)
     finally:
         torch.set_num_threads(threads)
-    return BenchResult(_environment(config, backends), cases)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
 # Reports
 
-_HEADERS = (
-    "method",
-    "fwd ms",
-    "fwd x limit",
-    "fwd+bwd ms",
-    "fwd+bwd x limit",
-    "params bytes",
-    "peak bytes",
-)
 _SUMMARY_HEADERS = (
     "case",
     "batch",
@@ -691,6 +934,17 @@ _SUMMARY_HEADERS = (
     "torchwire x limit",
     "fastest alternative",
     "torchwire speedup",
+)
+_SPARSE_SUMMARY_HEADERS = (
+    "features",
+    "density",
+    "batch",
+    "auto backend",
+    "fastest backend",
+    "auto / fastest",
+    "speedup fwd",
+    "speedup fwd+bwd",
+    "torchwire bytes / conn",
 )
 
 
@@ -710,20 +964,34 @@ def _bytes(count: int) -> str:
 def _header(result: BenchResult) -> list[str]:
     env = result.environment
     threads = f"{env['threads']} thread" + ("s" if env["threads"] != 1 else "")
-    return [
+    ratios = [f"x limit: time / time of `limit`, {env['limit']}"] if result.cases else []
+    if result.sparse:
+        masked_weight = env["sparse"]["masked_weight"]
+        ratios.append(f"x masked_weight: time / time of `masked_weight`, {masked_weight}")
+    lines = [
         f"torchwire bench: torch {env['torch']}, torchwire {env['torchwire']},"
         f" {env['device']} ({env['device_name']}), {env['dtype']}, {threads}",
         f"fwd: {env['modes']['fwd']}; fwd+bwd: {env['modes']['fwd_bwd']}.",
-        f"ms: median over {env['repeats']} interleaved rounds; x limit: time / time of `limit`,"
-        f" {env['limit']}.",
+        "; ".join([f"ms: median over {env['repeats']} interleaved rounds", *ratios]) + ".",
         'auto -> A / B: torchwire\'s backend="auto" runs A for fwd and B for fwd+bwd;'
         " auto / fastest: time of the backend auto chose / time of the fastest backend"
         " (both forced by name).",
         f"params bytes: parameters + buffers; peak bytes: {env['peak_bytes']}.",
     ]
+    if result.sparse:
+        lines.append(
+            f"sparse cases: {env['sparse']['wiring']}; bytes / conn: params bytes / connections;"
+            " speedup: time of masked_weight / time of torchwire (auto)."
+        )
+    return lines
 
 
-def _case_title(case: CaseResult) -> str:
+def _case_title(case: CaseResult | SparseCaseResult) -> str:
+    if isinstance(case, SparseCaseResult):
+        return (
+            f"sparse {case.features} -> {case.features}, density {_percent(case.density)}"
+            f" ({case.nnz:,} connections), batch {case.batch}; reference = masked_weight"
+        )
     layout = case.layout
     return (
         f"{layout.name}: {layout.in_features} -> {layout.out_features}, {layout.groups} groups,"
@@ -731,27 +999,39 @@ def _case_title(case: CaseResult) -> str:
     )
 
 
-def _case_rows(case: CaseResult) -> list[list[str]]:
+def _case_table(case: CaseResult | SparseCaseResult) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of a case's table: one row per method."""
+    sparse = isinstance(case, SparseCaseResult)
+    ratio = f"x {case.reference}"
+    headers = ["method", "fwd ms", f"fwd {ratio}", "fwd+bwd ms", f"fwd+bwd {ratio}"]
+    headers += ["params bytes", *(["bytes / conn"] if sparse else []), "peak bytes"]
     rows = []
     for name, method in case.methods.items():
         row = [case.label(name)]
         for mode in MODES:
             row += [_ms(case.median(name, mode)), f"{case.ratio(name, mode):.2f}"]
-        rows.append([*row, _bytes(method.param_bytes), _bytes(method.peak_bytes)])
-    return rows
+        row.append(_bytes(method.param_bytes))
+        if isinstance(case, SparseCaseResult):
+            row.append(f"{case.bytes_per_connection(name):.1f}")
+        rows.append([*row, _bytes(method.peak_bytes)])
+    return headers, rows
+
+
+def _regret(case: CaseResult | SparseCaseResult) -> str:
+    regret = case.auto_vs_fastest("fwd_bwd")
+    return "-" if regret is None else f"{regret:.2f}"
 
 
 def _summary_rows(result: BenchResult) -> list[list[str]]:
     rows = []
     for case in result.cases:
-        regret = case.auto_vs_fastest("fwd_bwd")
         rows.append(
             [
                 case.layout.name,
                 str(case.batch),
                 case.auto_backend["fwd_bwd"],
                 case.fastest_backend("fwd_bwd") or "-",
-                "-" if regret is None else f"{regret:.2f}",
+                _regret(case),
                 f"{case.ratio('torchwire', 'fwd_bwd'):.2f}",
                 case.alternative or "-",
                 "-" if case.speedup is None else f"{case.speedup:.2f}x",
@@ -760,7 +1040,40 @@ def _summary_rows(result: BenchResult) -> list[list[str]]:
     return rows
 
 
-def _skipped_line(case: CaseResult) -> str | None:
+def _sparse_summary_rows(result: BenchResult) -> list[list[str]]:
+    return [
+        [
+            str(case.features),
+            _percent(case.density),
+            str(case.batch),
+            case.auto_backend["fwd_bwd"],
+            case.fastest_backend("fwd_bwd") or "-",
+            _regret(case),
+            *(f"{case.speedup_over(case.reference, mode):.2f}x" for mode in MODES),
+            f"{case.bytes_per_connection('torchwire'):.1f}",
+        ]
+        for case in result.sparse
+    ]
+
+
+# A section's cases, its summary's title, headers and rows.
+_Section = tuple[Sequence[CaseResult | SparseCaseResult], str, Sequence[str], list[list[str]]]
+
+
+def _sections(result: BenchResult) -> list[_Section]:
+    """The sections that ran, in order."""
+    sections: list[_Section] = []
+    if result.cases:
+        rows = _summary_rows(result)
+        sections.append((result.cases, "summary (fwd+bwd)", _SUMMARY_HEADERS, rows))
+    if result.sparse:
+        title = "sparse summary (auto / fastest: fwd+bwd; speedup vs masked_weight)"
+        rows = _sparse_summary_rows(result)
+        sections.append((result.sparse, title, _SPARSE_SUMMARY_HEADERS, rows))
+    return sections
+
+
+def _skipped_line(case: CaseResult | SparseCaseResult) -> str | None:
     if not case.skipped:
         return None
     return "skipped: " + "; ".join(f"{name} ({why})" for name, why in case.skipped.items())
@@ -786,13 +1099,15 @@ def _markdown_table(headers: Sequence[str], rows: list[list[str]]) -> list[str]:
 
 
 def format_text(result: BenchResult) -> str:
-    """Render ``result`` as plain-text tables: header, one table per case, summary."""
+    """Render ``result`` as plain-text tables: header, then per section one table per case and
+    a summary."""
     lines = _header(result)
-    for case in result.cases:
-        lines += ["", _case_title(case), *_text_table(_HEADERS, _case_rows(case))]
-        skipped = _skipped_line(case)
-        lines += [skipped] if skipped else []
-    lines += ["", "summary (fwd+bwd):", *_text_table(_SUMMARY_HEADERS, _summary_rows(result))]
+    for cases, title, headers, rows in _sections(result):
+        for case in cases:
+            lines += ["", _case_title(case), *_text_table(*_case_table(case))]
+            skipped = _skipped_line(case)
+            lines += [skipped] if skipped else []
+        lines += ["", f"{title}:", *_text_table(headers, rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -800,53 +1115,75 @@ def format_markdown(result: BenchResult) -> str:
     """Render ``result`` as markdown: the same tables as :func:`format_text`."""
     header = _header(result)
     lines = ["# torchwire bench", "", header[0], "", *(f"- {line}" for line in header[1:])]
-    for case in result.cases:
-        lines += ["", f"## {_case_title(case)}", "", *_markdown_table(_HEADERS, _case_rows(case))]
-        skipped = _skipped_line(case)
-        lines += ["", skipped] if skipped else []
-    lines += ["", "## Summary (fwd+bwd)", ""]
-    lines += _markdown_table(_SUMMARY_HEADERS, _summary_rows(result))
+    for cases, title, headers, rows in _sections(result):
+        for case in cases:
+            lines += ["", f"## {_case_title(case)}", "", *_markdown_table(*_case_table(case))]
+            skipped = _skipped_line(case)
+            lines += ["", skipped] if skipped else []
+        lines += ["", f"## {title.capitalize()}", "", *_markdown_table(headers, rows)]
     return "\n".join(lines) + "\n"
 
 
-def to_dict(result: BenchResult) -> dict[str, Any]:
-    """Everything in ``result`` as JSON-ready data (times in milliseconds, sizes in bytes)."""
-    cases = []
-    for case in result.cases:
-        methods: dict[str, Any] = {}
-        for name, method in case.methods.items():
-            entry: dict[str, Any] = {"label": case.label(name)}
-            if name.startswith("torchwire"):
-                entry["backend"] = case.auto_backend if name == "torchwire" else _backend_of(name)
-            for mode, timing in method.timings.items():
-                entry[mode] = {
-                    "median_ms": timing.median,
-                    "x_limit": case.ratio(name, mode),
-                    "iterations": timing.iterations,
-                    "samples_ms": timing.samples,
-                }
-            entry["param_bytes"] = method.param_bytes
-            entry["peak_bytes"] = method.peak_bytes
-            methods[name] = entry
-        cases.append(
-            {
-                "layout": case.layout.name,
-                "in_sizes": list(case.layout.in_sizes),
-                "out_sizes": list(case.layout.out_sizes),
-                "in_features": case.layout.in_features,
-                "out_features": case.layout.out_features,
-                "groups": case.layout.groups,
-                "multiply_adds_per_row": case.layout.multiply_adds,
-                "limit_out_features": case.layout.limit_features,
-                "batch": case.batch,
-                "auto_backend": case.auto_backend,
-                "fastest_backend": {mode: case.fastest_backend(mode) for mode in MODES},
-                "auto_vs_fastest_backend": {mode: case.auto_vs_fastest(mode) for mode in MODES},
-                "fastest_alternative": case.alternative,
-                "speedup_vs_fastest_alternative": case.speedup,
-                "seconds": case.seconds,
-                "methods": methods,
-                "skipped": case.skipped,
+def _case_dict(case: CaseResult | SparseCaseResult) -> dict[str, Any]:
+    """The JSON entries both sections share: batch, auto's choice, comparisons, methods."""
+    methods: dict[str, Any] = {}
+    for name, method in case.methods.items():
+        entry: dict[str, Any] = {"label": case.label(name)}
+        if name.startswith("torchwire"):
+            entry["backend"] = case.auto_backend if name == "torchwire" else _backend_of(name)
+        for mode, timing in method.timings.items():
+            entry[mode] = {
+                "median_ms": timing.median,
+                f"x_{case.reference}": case.ratio(name, mode),
+                "iterations": timing.iterations,
+                "samples_ms": timing.samples,
             }
-        )
-    return {"environment": result.environment, "cases": cases}
+        entry["param_bytes"] = method.param_bytes
+        if isinstance(case, SparseCaseResult):
+            entry["bytes_per_connection"] = case.bytes_per_connection(name)
+        entry["peak_bytes"] = method.peak_bytes
+        methods[name] = entry
+    return {
+        "batch": case.batch,
+        "reference": case.reference,
+        "auto_backend": case.auto_backend,
+        "fastest_backend": {mode: case.fastest_backend(mode) for mode in MODES},
+        "auto_vs_fastest_backend": {mode: case.auto_vs_fastest(mode) for mode in MODES},
+        "fastest_alternative": case.alternative,
+        "speedup_vs_fastest_alternative": case.speedup,
+        "seconds": case.seconds,
+        "methods": methods,
+        "skipped": case.skipped,
+    }
+
+
+def to_dict(result: BenchResult) -> dict[str, Any]:
+    """Everything in ``result`` as JSON-ready data (times in milliseconds, sizes in bytes):
+    ``environment``, the block section's ``cases`` and the ``sparse`` section's cases."""
+    cases = [
+        {
+            "layout": case.layout.name,
+            "in_sizes": list(case.layout.in_sizes),
+            "out_sizes": list(case.layout.out_sizes),
+            "in_features": case.layout.in_features,
+            "out_features": case.layout.out_features,
+            "groups": case.layout.groups,
+            "multiply_adds_per_row": case.layout.multiply_adds,
+            "limit_out_features": case.layout.limit_features,
+            **_case_dict(case),
+        }
+        for case in result.cases
+    ]
+    sparse = [
+        {
+            "features": case.features,
+            "density": case.density,
+            "nnz": case.nnz,
+            **_case_dict(case),
+            "speedup_vs_masked_weight": {
+                mode: case.speedup_over(case.reference, mode) for mode in MODES
+            },
+        }
+        for case in result.sparse
+    ]
+    return {"environment": result.environment, "cases": cases, "sparse": sparse}

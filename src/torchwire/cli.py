@@ -2,8 +2,8 @@
 
 Subcommands:
 
-- ``torchwire bench``: time every way of computing a block-diagonal linear layer on this device
-  and show which one torchwire uses (see :mod:`torchwire.bench`).
+- ``torchwire bench``: time every way of computing a block-diagonal or a sparse linear layer on
+  this device and show which one torchwire uses (see :mod:`torchwire.bench`).
 
 Bad options end with an argparse message and exit status 2.
 """
@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,6 +34,16 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _density(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a density in (0, 1] such as 0.05, got {text!r}")
     return value
 
 
@@ -72,18 +83,27 @@ def _output_path(text: str) -> Path:
 def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="time every way of computing a block-diagonal linear layer on this device",
+        help="time every way of computing a block-diagonal or sparse linear layer on this device",
         description=(
-            "Time torchwire's BlockLinear (auto and every backend forced by name) against an "
-            "nn.ModuleList of nn.Linear, a pruned (masked) dense nn.Linear and a grouped Conv1d, "
-            "all as ratios to one dense GEMM with the same multiply-adds ('limit'). Progress goes "
-            "to stderr, the tables to stdout."
+            "Two sections. block: torchwire's BlockLinear (auto and every backend forced by name) "
+            "against an nn.ModuleList of nn.Linear, a pruned (masked) dense nn.Linear and a "
+            "grouped Conv1d, as ratios to one dense GEMM with the same multiply-adds ('limit'). "
+            "sparse: torchwire's SparseLinear on random wirings (auto and every backend that can "
+            "run the wiring) against a dense weight * mask ('masked_weight', the reference of the "
+            "ratios), a pruned (masked) dense nn.Linear and torch.sparse.mm. Progress goes to "
+            "stderr, the tables to stdout."
         ),
+    )
+    parser.add_argument(
+        "--section",
+        choices=(*bench.SECTIONS, "all"),
+        help="which section to run (default: the section whose grid options are given, else all)",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small grid (4 layouts, batch 64, 5 rounds): under a minute on a 2-core CPU",
+        help="small grid (block: 4 layouts; sparse: 1024 features at densities 0.05 and 0.01; "
+        "batch 64; 5 rounds): about 20 s on a 2-core CPU",
     )
     parser.add_argument(
         "--device",
@@ -111,8 +131,23 @@ def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=_layout,
         nargs="+",
         metavar="SPEC",
-        help="layouts instead of the built-in grid: 16x64 (16 groups of 64 -> 64), 8x64+16x32, "
-        "16x(48,16) (pattern repeated), 2x2->2x3 (inputs -> outputs)",
+        help="block layouts instead of the built-in grid: 16x64 (16 groups of 64 -> 64), "
+        "8x64+16x32, 16x(48,16) (pattern repeated), 2x2->2x3 (inputs -> outputs)",
+    )
+    parser.add_argument(
+        "--features",
+        type=_positive_int,
+        nargs="+",
+        metavar="N",
+        help="sizes of the sparse section's N -> N layers (default: 1024 4096; with --quick: 1024)",
+    )
+    parser.add_argument(
+        "--density",
+        type=_density,
+        nargs="+",
+        metavar="D",
+        help="densities of the sparse section's random wirings, in (0, 1] "
+        "(default: 0.5 0.2 0.1 0.05 0.01 0.001; with --quick: 0.05 0.01)",
     )
     parser.add_argument(
         "--repeats",
@@ -121,24 +156,50 @@ def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="R",
         help="interleaved timing rounds; medians are over rounds (default: 11; with --quick: 5)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed (default: 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="torch.manual_seed and the seed of the sparse wirings (default: 0)",
+    )
     parser.add_argument(
         "--json", type=_output_path, metavar="PATH", help="write all results and samples as JSON"
     )
     parser.add_argument(
         "--markdown", type=_output_path, metavar="PATH", help="write the tables as markdown"
     )
-    parser.set_defaults(handler=_bench)
+    parser.set_defaults(handler=partial(_bench, parser))
 
 
-def _bench(args: argparse.Namespace) -> int:
+_SECTION_OPTIONS = {"block": ("layout",), "sparse": ("features", "density")}
+
+
+def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.section is None:  # a grid option names its section
+        named = [
+            section
+            for section, options in _SECTION_OPTIONS.items()
+            if any(getattr(args, option) is not None for option in options)
+        ]
+        args.section = named[0] if len(named) == 1 else "all"
+    sections = bench.SECTIONS if args.section == "all" else (args.section,)
+    for section, options in _SECTION_OPTIONS.items():
+        for option in options:
+            if section not in sections and getattr(args, option) is not None:
+                parser.error(
+                    f"--{option} sets the {section} section's grid, but --section "
+                    f"{args.section} does not run it; use --section {section} or all"
+                )
     config = bench.make_config(
         quick=args.quick,
         device=args.device,
         dtype=DTYPES[args.dtype],
         threads=args.threads,
+        sections=sections,
         batches=args.batch,
         layouts=args.layout,
+        features=args.features,
+        densities=args.density,
         repeats=args.repeats,
         seed=args.seed,
     )

@@ -132,9 +132,10 @@ class BlockLinear(nn.Module):
         """Initialise each group like ``nn.Linear(in_g, out_g)``: U(-1/sqrt(in_g), 1/sqrt(in_g))."""
         with torch.no_grad():
             if self.weight.dim() == 3:
-                bound = 1.0 / math.sqrt(self.in_sizes[0])
-                self.weight.uniform_(-bound, bound)
+                fan_in = self.in_sizes[0]
+                self.weight.uniform_(-_linear_weight_bound(fan_in), _linear_weight_bound(fan_in))
                 if self.bias is not None:
+                    bound = 1.0 / math.sqrt(fan_in)
                     self.bias.uniform_(-bound, bound)
                 return
             # Built on the CPU explicitly: a `with torch.device("meta")` context would
@@ -465,12 +466,18 @@ class SparseLinear(nn.Module):
         self.backend = backend
         self.in_features = wiring.in_features
         self.out_features = wiring.out_features
-        index = backends.sparse_index(wiring)
-        for name, tensor in zip(SparseIndex._fields, index.tensors, strict=False):
-            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
-            self.register_buffer(name, buffer.copy_(tensor) if not buffer.is_meta else buffer)
-        self._wiring = wiring
-        self._blocks = index.blocks
+        index_dtype = torch.int32 if wiring.nnz < 2**31 else torch.int64  # as sparse_index
+        sizes = (
+            wiring.out_features + 1,
+            wiring.nnz,
+            wiring.in_features + 1,
+            wiring.nnz,
+            wiring.nnz,
+        )
+        for name, size in zip(SparseIndex._fields, sizes, strict=False):
+            self.register_buffer(name, torch.empty(size, dtype=index_dtype, device=device))
+        self._wiring = wiring  # the buffers are filled from it by reset_parameters
+        self._blocks: backends.BlockLayout | None = None
         self.weight = nn.Parameter(torch.empty(wiring.nnz, **factory_kwargs))
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_features, **factory_kwargs))
@@ -484,15 +491,14 @@ class SparseLinear(nn.Module):
 
         Also restores the index buffers from the wiring (after ``to_empty``, for example).
         """
-        index = backends.sparse_index(self._wiring)
+        self._copy_index(self._wiring)
         with torch.no_grad():
-            for name, tensor in zip(SparseIndex._fields, index.tensors, strict=False):
-                getattr(self, name).copy_(tensor)
             fan_in = self._wiring.fan_in()
             if bool((fan_in == fan_in[0]).all()) and int(fan_in[0]) > 0:
-                bound = 1.0 / math.sqrt(int(fan_in[0]))  # as nn.Linear draws it, bit for bit
-                self.weight.uniform_(-bound, bound)
+                size = int(fan_in[0])  # one bound: drawn as nn.Linear draws it, bit for bit
+                self.weight.uniform_(-_linear_weight_bound(size), _linear_weight_bound(size))
                 if self.bias is not None:
+                    bound = 1.0 / math.sqrt(size)
                     self.bias.uniform_(-bound, bound)
                 return
             # Built on the CPU explicitly: a `with torch.device("meta")` context would
@@ -729,6 +735,9 @@ class SparseLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
         if len(errors) == count:  # adopt the loaded connections (e.g. rewired by training)
             self._adopt_loaded_structure()
+        else:  # torch may have copied the buffers whose shapes matched: restore them all
+            self.__dict__.pop("_loaded_names", None)
+            self._copy_index(self._wiring)
 
     def _adopt_loaded_structure(self) -> None:
         names = getattr(self, "_loaded_names", None)
@@ -750,11 +759,15 @@ class SparseLinear(nn.Module):
             raise ValueError(
                 f"the checkpoint's connections are not a valid wiring: {error}"
             ) from None
-        if wiring != self._wiring:
-            self._wiring = wiring
-            self._blocks = backends.sparse_index(wiring).blocks
+        self._wiring = wiring
+        self._copy_index(wiring)  # recompute the transposed structure rather than trust it
+
+    def _copy_index(self, wiring: Wiring) -> None:
+        """Write ``wiring``'s index tensors into the buffers (same shapes) and its block
+        layout into ``_blocks``."""
         index = backends.sparse_index(wiring)
-        with torch.no_grad():  # recompute the transposed structure rather than trust it
+        self._blocks = index.blocks
+        with torch.no_grad():
             for name, tensor in zip(SparseIndex._fields, index.tensors, strict=False):
                 getattr(self, name).copy_(tensor)
 
@@ -766,6 +779,13 @@ class SparseLinear(nn.Module):
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
+
+
+def _linear_weight_bound(fan_in: int) -> float:
+    """``nn.Linear``'s weight bound ``1/sqrt(fan_in)``, computed as ``kaiming_uniform_(a=
+    sqrt(5))`` computes it (it can differ in the last bit, which float64 draws keep)."""
+    gain = math.sqrt(2.0 / (1 + math.sqrt(5) ** 2))
+    return math.sqrt(3.0) * (gain / math.sqrt(fan_in))
 
 
 def _names_list(names: tuple[str, ...] | None) -> list[str] | None:

@@ -189,7 +189,9 @@ class SparseIndex(NamedTuple):
         return self.indices.shape[0]
 
     @property
-    def tensors(self) -> tuple[torch.Tensor, ...]:
+    def tensors(
+        self,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The five index tensors, in field order."""
         return (self.indptr, self.indices, self.t_indptr, self.t_indices, self.perm)
 

@@ -27,9 +27,9 @@ def dense_weight(weight: torch.Tensor, index: SparseIndex) -> torch.Tensor:
     rows = torch.arange(n_out, device=weight.device).repeat_interleave(
         index.indptr.diff(), output_size=index.nnz
     )
-    positions = rows * n_in + index.indices
-    flat = weight.new_zeros(n_out * n_in).index_put((positions,), weight)
-    return flat.view(n_out, n_in)
+    positions = rows * n_in + index.indices  # int64: scatter's index type
+    # scatter, not index_put: 2-5x faster on CPU, and its backward is one gather.
+    return weight.new_zeros(n_out * n_in).scatter(0, positions, weight).view(n_out, n_in)
 
 
 def sparse_linear_dense(
