@@ -186,21 +186,38 @@ def _supports(problem: SparseProblem) -> str | None:
     return None
 
 
-# Cost model, in units of one multiply-add of a large GEMM (shared by every backend). CPU
-# (MKL): a sparse multiply-add costs about 3 GEMM ones (indirect access), each call about
-# 40k (custom-op dispatch, building the CSR view). CUDA: launch-bound at small sizes
-# (cuSPARSE: a few launches per call), then about 4 GEMM multiply-adds per connection-row.
-_MAC_CPU = 3.0
-_CALL_CPU = 40_000.0
-_MAC_CUDA = 4.0
+# Cost model, in units of one multiply-add of a large GEMM (shared by every backend), as
+# (forward, forward+backward) pairs. CPU (MKL): a sparse multiply-add costs 4-15 GEMM ones
+# (indirect access), more once the input no longer fits in the cache; each activation
+# element read or written costs about 50 per pass (the kernels' dense operands are
+# column-major), each connection some index work, and each call a custom op's dispatch.
+# Fitted with sparse_dense's model (see there). CUDA: launch-bound at small sizes
+# (cuSPARSE: a few launches per call), then about 4 GEMM multiply-adds per product.
+_PER_PRODUCT_CPU = (4.1, 11.0)
+_PER_PRODUCT_OUT_OF_CACHE_CPU = (1.2, 4.25)  # added where the input exceeds _CACHE_BYTES
+_CACHE_BYTES = 2**20
+_PER_ACTIVATION_CPU = (48.5, 217.0)
+_PER_CONNECTION_CPU = (40.0, 513.0)
+_PER_CALL_CPU = (3.5e6, 1.7e7)
+_PER_PRODUCT_CUDA = 4.0
 
 
 def _cost(problem: SparseProblem) -> float:
     passes = 3 if problem.requires_grad else 1
-    work = problem.rows * problem.nnz
-    if problem.device_type == "cpu":
-        return passes * (_MAC_CPU * work + _CALL_CPU)
-    return passes * (_MAC_CUDA * work + 3 * LAUNCH_CUDA)
+    products = problem.rows * problem.nnz
+    if problem.device_type != "cpu":
+        return passes * (_PER_PRODUCT_CUDA * products + 3 * LAUNCH_CUDA)
+    mode = int(problem.requires_grad)
+    per_product = _PER_PRODUCT_CPU[mode]
+    if problem.rows * problem.in_features * problem.dtype.itemsize > _CACHE_BYTES:
+        per_product += _PER_PRODUCT_OUT_OF_CACHE_CPU[mode]
+    activations = problem.rows * (problem.in_features + problem.out_features)
+    return (
+        per_product * products
+        + _PER_ACTIVATION_CPU[mode] * activations
+        + _PER_CONNECTION_CPU[mode] * problem.nnz
+        + _PER_CALL_CPU[mode]
+    )
 
 
 register(Backend("csr", "sparse_linear", sparse_linear_csr, _supports, _cost))

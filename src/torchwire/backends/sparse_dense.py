@@ -13,11 +13,19 @@ import torch.nn.functional as F
 
 from torchwire.backends import LAUNCH_CUDA, Backend, SparseIndex, SparseProblem, register
 
-# Cost units: one multiply-add of a large GEMM = 1 (shared by every backend). CPU: a call
-# costs about 20k multiply-adds; writing an element of the dense weight (zero fill, scatter,
-# and in backward the gather of its gradient) about 2.
-_CALL_CPU = 20_000.0
-_ELEMENT_CPU = 2.0
+# Cost model, in units of one multiply-add of a large GEMM (shared by every backend), as
+# (forward, forward+backward) pairs. CPU: besides the GEMMs, each element of the dense weight
+# costs a little (zero fill; the GEMMs stream it, which small batches cannot hide), and each
+# connection a lot more (its int64 position, the scatter, and in backward the gather of its
+# gradient), more again once those position arrays leave the cache. Fitted by least squares
+# (relative error) to forward and forward+backward times of both sparse backends over
+# 256-4096 features, batch 8-1024, density 0.1%-50% on a 2-core AVX-512 CPU (MKL), one
+# thread; see benchmarks/results/ for the recorded runs.
+_PER_ELEMENT_CPU = (27.0, 58.0)
+_PER_CONNECTION_CPU = (175.0, 365.0)
+_PER_CONNECTION_OUT_OF_CACHE_CPU = (170.0, 150.0)  # added where nnz > _CACHED_CONNECTIONS
+_CACHED_CONNECTIONS = 2**18
+_PER_CALL_CPU = (3.3e6, 6.0e6)
 
 
 def dense_weight(weight: torch.Tensor, index: SparseIndex) -> torch.Tensor:
@@ -49,9 +57,16 @@ def _supports(problem: SparseProblem) -> str | None:
 def _cost(problem: SparseProblem) -> float:
     dense = problem.in_features * problem.out_features
     passes = 3 if problem.requires_grad else 1  # forward; grad-input and grad-weight GEMMs
-    if problem.device_type == "cpu":
-        return passes * (problem.rows * dense + _CALL_CPU) + passes * _ELEMENT_CPU * dense
-    return passes * (problem.rows * dense + 2 * LAUNCH_CUDA)
+    gemms = passes * problem.rows * dense
+    if problem.device_type != "cpu":
+        return gemms + passes * 2 * LAUNCH_CUDA
+    mode = int(problem.requires_grad)
+    per_connection = _PER_CONNECTION_CPU[mode]
+    if problem.nnz > _CACHED_CONNECTIONS:
+        per_connection += _PER_CONNECTION_OUT_OF_CACHE_CPU[mode]
+    return (
+        gemms + _PER_ELEMENT_CPU[mode] * dense + per_connection * problem.nnz + _PER_CALL_CPU[mode]
+    )
 
 
 register(Backend("dense", "sparse_linear", sparse_linear_dense, _supports, _cost))
