@@ -32,11 +32,12 @@ def dense_weight(weight: torch.Tensor, index: SparseIndex) -> torch.Tensor:
     """The ``(out_features, in_features)`` matrix with ``weight`` at the connections and
     zeros elsewhere (differentiable with respect to ``weight``)."""
     n_in, n_out = index.in_features, index.out_features
-    rows = torch.arange(n_out, device=weight.device).repeat_interleave(
-        index.indptr.diff(), output_size=index.nnz
-    )
-    positions = rows * n_in + index.indices  # int64: scatter's index type
-    # scatter, not index_put: 2-5x faster on CPU, and its backward is one gather.
+    # Row-major positions (int64, scatter's index type): each output's start, repeated over
+    # its connections, plus the input. scatter, not index_put: 2-5x faster on CPU, and its
+    # backward is one gather.
+    starts = torch.arange(0, n_out * n_in, n_in, device=weight.device)
+    positions = starts.repeat_interleave(index.indptr.diff(), output_size=index.nnz)
+    positions = positions + index.indices
     return weight.new_zeros(n_out * n_in).scatter(0, positions, weight).view(n_out, n_in)
 
 
