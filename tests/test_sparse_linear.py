@@ -690,3 +690,20 @@ def test_forcing_the_block_backend_on_a_non_block_wiring_names_the_reason() -> N
         m.resolve_backend(x)
     with pytest.raises(ValueError, match=r"unknown backend 'nope'; expected 'auto' or one of"):
         tw.SparseLinear(wiring, backend="nope")
+
+
+def test_torch_func_grad_and_vmap_run_a_backend_that_supports_them() -> None:
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    m = tw.SparseLinear(tw.Wiring.random(20, 10, density=0.2, seed=0), dtype=F64)
+    x = torch.randn(4, 20, dtype=F64)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    grads = grad(lambda p: functional_call(m, p, (x,)).sum())(params)
+    m(x).sum().backward()
+    assert m.weight.grad is not None
+    torch.testing.assert_close(grads["weight"], m.weight.grad)
+    torch.testing.assert_close(vmap(m)(x), m(x))
+    forced = tw.SparseLinear(tw.Wiring.random(20, 10, density=0.2, seed=0), backend="csr")
+    with pytest.raises(ValueError, match=r"torch.func transforms .* use backend='auto'"):
+        vmap(forced)(torch.randn(3, 20))

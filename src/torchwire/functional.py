@@ -352,5 +352,6 @@ def _sparse_plan(
         dtype=input.dtype,
         device_type=input.device.type,
         requires_grad=_requires_grad(input, weight, bias),
+        functorch=torch._C._are_functorch_transforms_active(),
     )
     return backends.select("sparse_linear", problem, backend), problem, index

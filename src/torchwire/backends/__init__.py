@@ -228,7 +228,8 @@ def sparse_index(wiring: Wiring, device: torch.device | str | None = None) -> Sp
 @dataclass(frozen=True)
 class SparseProblem:
     """What a sparse-linear backend is asked to compute: sizes, block structure (a
-    :class:`BlockLayout` or ``None``) and the input's traits."""
+    :class:`BlockLayout` or ``None``), the input's traits, and whether torch.func transforms
+    (grad, vmap, ...) are active."""
 
     in_features: int
     out_features: int
@@ -238,6 +239,7 @@ class SparseProblem:
     dtype: torch.dtype
     device_type: str
     requires_grad: bool
+    functorch: bool = False
 
 
 @dataclass(frozen=True)

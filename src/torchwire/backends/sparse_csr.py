@@ -183,6 +183,8 @@ def sparse_linear_csr(
 
 
 def _supports(problem: SparseProblem) -> str | None:
+    if problem.functorch:
+        return "torch.func transforms (grad, vmap, ...) cannot run its sparse kernels"
     return None
 
 
