@@ -1,0 +1,142 @@
+"""Parallel, Split, Concat, Sum and Map: behaviour inside nn.Sequential, errors, torch.fx
+symbolic tracing and torch.compile. (Their rows in the generic module contract come with
+the rest of the branches issue.)"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+import torchwire as tw
+
+
+def _heads() -> tw.Parallel:
+    torch.manual_seed(0)
+    return tw.Parallel(nn.Linear(8, 2), nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("merge", [None, "cat", "sum", "mean", "stack"])
+def test_parallel_gives_every_branch_the_input_and_merges(merge: str | None) -> None:
+    torch.manual_seed(0)
+    a, b = nn.Linear(8, 3), nn.Linear(8, 3)
+    x = torch.randn(4, 8)
+    out = tw.Parallel(a, b, merge=merge)(x)
+    ya, yb = a(x), b(x)
+    expected = {
+        None: (ya, yb),
+        "cat": torch.cat([ya, yb], -1),
+        "sum": ya + yb,
+        "mean": (ya + yb) / 2,
+        "stack": torch.stack([ya, yb], -1),
+    }[merge]
+    if merge is None:
+        assert isinstance(out, tuple)
+        assert len(out) == 2
+        for o, e in zip(out, expected, strict=True):
+            torch.testing.assert_close(o, e)
+    else:
+        torch.testing.assert_close(out, expected)
+
+
+def test_sequential_with_parallel_returns_two_tensors() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    conv_a, conv_b = nn.Conv2d(8, 4, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+    model = nn.Sequential(conv, nn.ReLU(), tw.Parallel(conv_a, conv_b))
+    x = torch.randn(2, 3, 16, 16)
+    mean, logvar = model(x)
+    h = torch.relu(conv(x))
+    torch.testing.assert_close(mean, conv_a(h))
+    torch.testing.assert_close(logvar, conv_b(h))
+
+
+def test_parallel_behaves_like_a_container() -> None:
+    named = tw.Parallel(OrderedDict(mean=nn.Linear(8, 2), logvar=nn.Linear(8, 2)))
+    assert list(named.state_dict()) == ["mean.weight", "mean.bias", "logvar.weight", "logvar.bias"]
+    assert named[1] is named.logvar
+    assert len(named) == 2
+    assert list(named) == [named.mean, named.logvar]
+    named.append(nn.Linear(8, 1))
+    assert len(named) == 3
+    assert isinstance(named[2], nn.Linear)
+    tail = named[1:]
+    assert isinstance(tail, tw.Parallel)
+    assert len(tail) == 2
+    assert tail[0] is named.logvar
+    assert repr(tw.Parallel(nn.Identity(), merge="cat", dim=1)).startswith(
+        "Parallel(\n  merge='cat', dim=1"
+    )
+
+
+def test_split_concat_sum_map() -> None:
+    x = torch.randn(3, 10)
+    parts = tw.Split([4, 6])(x)
+    assert [p.shape[-1] for p in parts] == [4, 6]
+    torch.testing.assert_close(tw.Concat()(parts), x)
+    halves = tw.Split(2)(x)
+    torch.testing.assert_close(tw.Sum()(halves), x[:, :5] + x[:, 5:])
+    torch.testing.assert_close(tw.Split(3, dim=0)(x)[1], x[1:2])
+    torch.manual_seed(0)
+    m = tw.Map(nn.Linear(4, 2), nn.Linear(6, 2))
+    ys = m(parts)
+    torch.testing.assert_close(ys[1], m[1](parts[1]))
+    assert len(m) == 2
+
+
+def test_errors_name_what_was_expected_and_received() -> None:
+    x = torch.randn(3, 10)
+    with pytest.raises(ValueError, match=r"size 10 into 3 equal parts.*Split\(\[4, 3, 3\]\)"):
+        tw.Split(3)(x)
+    with pytest.raises(ValueError, match=r"sum to 9, but dimension -1 .* size 10"):
+        tw.Split([4, 5])(x)
+    with pytest.raises(ValueError, match=r"positive part sizes"):
+        tw.Split([4, 0])
+    with pytest.raises(TypeError, match=r"Split expected a Tensor, got tuple.*Concat"):
+        tw.Split(2)((x,))
+    with pytest.raises(TypeError, match=r"Concat expected a tuple .* got a Tensor of shape"):
+        tw.Concat()(x)
+    with pytest.raises(TypeError, match=r"Sum expected a tuple"):
+        tw.Sum()(x)
+    with pytest.raises(ValueError, match=r"Map has 1 modules but got a tuple of 2"):
+        tw.Map(nn.Linear(5, 5))(tw.Split(2)(x))
+    with pytest.raises(ValueError, match=r"merge must be one of"):
+        tw.Parallel(nn.Identity(), merge="max")
+    with pytest.raises(TypeError, match=r"nn.Module branches, got int"):
+        tw.Parallel(nn.Identity(), 3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"block_linear expected input to be a Tensor, got tuple"):
+        nn.Sequential(tw.Split(2), tw.BlockLinear(5, 5))(x)
+
+
+def _models() -> list[nn.Module]:
+    torch.manual_seed(0)
+    return [
+        nn.Sequential(
+            nn.Linear(8, 8), tw.Split([5, 3]), tw.Map(nn.Linear(5, 2), nn.Linear(3, 2)), tw.Sum()
+        ),
+        nn.Sequential(
+            nn.Linear(8, 8),
+            tw.Parallel(nn.Linear(8, 2), nn.Linear(8, 4), merge="cat"),
+            tw.Split(2),
+            tw.Concat(),
+        ),
+        nn.Sequential(tw.Parallel(nn.Linear(8, 2), tw.BlockLinear(8, 4, groups=2)), tw.Concat()),
+    ]
+
+
+@pytest.mark.parametrize("index", range(2))  # torchwire's layers are not fx-traceable yet
+def test_fx_symbolic_trace_of_a_sequential_with_containers(index: int) -> None:
+    model = _models()[index]
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(traced(x), model(x))
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_compile_fullgraph_matches_eager(index: int) -> None:
+    torch._dynamo.reset()
+    model = _models()[index]
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))
