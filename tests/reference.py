@@ -69,3 +69,13 @@ def sparse_linear(
     """``x @ W.T + bias`` in float64 with ``W`` from :func:`sparse_weight` (masked dense)."""
     y = x.double() @ sparse_weight(weight, edges, shape).T
     return y if bias is None else y + bias.double()
+
+
+def multi_linear(
+    inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``cat(inputs) @ cat(weights, 1).T + bias`` in float64: one dense layer over the
+    concatenated inputs."""
+    x = torch.cat([t.double() for t in inputs], -1)
+    y = x @ torch.cat([w.double() for w in weights], 1).T
+    return y if bias is None else y + bias.double()

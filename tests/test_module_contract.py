@@ -234,6 +234,51 @@ CASES += [
     ),
 ]
 
+
+def _multi_inputs(m: nn.Module, batch: tuple[int, ...], dtype: torch.dtype, device: str) -> Inputs:
+    return tuple(torch.randn(*batch, size, dtype=dtype, device=device) for size in m.in_features)
+
+
+def _multi_oracle(m: tw.MultiLinear, *inputs: torch.Tensor) -> torch.Tensor:
+    return reference.multi_linear(inputs, list(m.weights), m.bias)
+
+
+CASES += [
+    Case(
+        "MultiLinear",
+        lambda **factory: tw.MultiLinear([5, 3], 4, **factory),
+        _multi_inputs,
+        _multi_oracle,
+        "MultiLinear(\n  in_features=[5, 3], out_features=4, bias=True",
+        compile=True,
+        bad_inputs=[
+            (lambda m: m(torch.randn(2, 5)), ValueError, r"has 2 inputs of sizes \[5, 3\], got 1"),
+            (
+                lambda m: m(torch.randn(2, 5), torch.randn(2, 4)),
+                ValueError,
+                r"input 1 of shape \(\*, 3\)",
+            ),
+            (
+                lambda m: m(torch.randn(2, 5), torch.randn(3, 3)),
+                ValueError,
+                r"same leading dimensions",
+            ),
+        ],
+        bad_construction=[
+            (lambda: tw.MultiLinear(8, 4), TypeError, r"sequence of ints .* use nn.Linear"),
+            (lambda: tw.MultiLinear([5, 0], 4), ValueError, r"positive input sizes"),
+            (lambda: tw.MultiLinear([5, 3], 0), ValueError, r"out_features must be a positive"),
+        ],
+    ),
+    Case(
+        "MultiLinear-nobias",
+        lambda **factory: tw.MultiLinear([2, 3, 1], 5, bias=False, **factory),
+        _multi_inputs,
+        _multi_oracle,
+        "MultiLinear(\n  in_features=[2, 3, 1], out_features=5, bias=False",
+    ),
+]
+
 IDS = [c.id for c in CASES]
 
 

@@ -2,7 +2,7 @@
 
 from torchwire import backends, functional
 from torchwire.containers import Concat, Map, Parallel, Split, Sum
-from torchwire.layers import BlockLinear, SparseLinear
+from torchwire.layers import BlockLinear, MultiLinear, SparseLinear
 from torchwire.wiring import Wiring
 
 __version__ = "0.1.0"
@@ -11,6 +11,7 @@ __all__ = [
     "BlockLinear",
     "Concat",
     "Map",
+    "MultiLinear",
     "Parallel",
     "SparseLinear",
     "Split",

@@ -11,7 +11,7 @@ from torchwire import backends
 from torchwire.backends import BlockLayout, BlockProblem, SparseIndex, SparseProblem
 from torchwire.wiring import Wiring, _check_size
 
-__all__ = ["block_linear", "sparse_linear"]
+__all__ = ["block_linear", "multi_linear", "sparse_linear"]
 
 
 def block_linear(
@@ -355,3 +355,60 @@ def _sparse_plan(
         functorch=torch._C._are_functorch_transforms_active(),
     )
     return backends.select("sparse_linear", problem, backend), problem, index
+
+
+def multi_linear(
+    inputs: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Linear map of several inputs at once: :math:`y = \sum_i x_i W_i^T + b`.
+
+    Equal to ``F.linear(torch.cat(inputs, -1), torch.cat(weights, 1), bias)`` without
+    concatenating the inputs: one GEMM per input, accumulated into one output.
+
+    Args:
+        inputs: tensors of shapes :math:`(*, H_{in,i})` (same leading dimensions).
+        weights: tensors of shapes :math:`(H_{out}, H_{in,i})`, one per input.
+        bias: optional tensor of shape :math:`(H_{out})`.
+
+    Examples::
+
+        >>> x1, x2 = torch.randn(4, 5), torch.randn(4, 3)
+        >>> w1, w2 = torch.randn(2, 5), torch.randn(2, 3)
+        >>> y = multi_linear([x1, x2], [w1, w2])
+        >>> torch.allclose(y, torch.cat([x1, x2], -1) @ torch.cat([w1, w2], 1).T)
+        True
+    """
+    inputs, weights = tuple(inputs), tuple(weights)
+    if any(isinstance(x, torch.fx.Proxy) for x in inputs):  # symbolic tracing: no checks
+        y = torch.nn.functional.linear(inputs[0], weights[0], bias)
+        for x, w in zip(inputs[1:], weights[1:], strict=True):
+            y = y + torch.nn.functional.linear(x, w)
+        return y
+    if not inputs or len(inputs) != len(weights):
+        raise ValueError(
+            f"multi_linear expected one weight per input (at least one), got {len(inputs)} "
+            f"inputs and {len(weights)} weights"
+        )
+    for k, (x, w) in enumerate(zip(inputs, weights, strict=True)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"multi_linear expected input {k} to be a Tensor, got {type(x).__name__}"
+            )
+        if x.dim() == 0 or w.dim() != 2 or x.shape[-1] != w.shape[1]:
+            raise ValueError(
+                f"multi_linear expected input {k} of shape (*, {w.shape[-1]}) for its weight of "
+                f"shape {tuple(w.shape)}, got {tuple(x.shape)}"
+            )
+    y = torch.nn.functional.linear(inputs[0], weights[0], bias)
+    rows = y.shape[:-1]
+    flat = y.reshape(-1, y.shape[-1])
+    for x, w in zip(inputs[1:], weights[1:], strict=True):
+        if x.shape[:-1] != rows:
+            raise ValueError(
+                "multi_linear expected inputs with the same leading dimensions, got "
+                f"{[tuple(t.shape) for t in inputs]}"
+            )
+        flat = torch.addmm(flat, x.reshape(-1, x.shape[-1]), w.t())  # one GEMM, accumulated
+    return flat.reshape(y.shape)

@@ -16,7 +16,7 @@ from torchwire.backends import sparse_dense as _sparse_dense
 from torchwire.backends.block_dense import dense_weight
 from torchwire.wiring import Wiring
 
-__all__ = ["BlockLinear", "SparseLinear"]
+__all__ = ["BlockLinear", "MultiLinear", "SparseLinear"]
 
 
 class BlockLinear(nn.Module):
@@ -790,3 +790,128 @@ def _linear_weight_bound(fan_in: int) -> float:
 
 def _names_list(names: tuple[str, ...] | None) -> list[str] | None:
     return None if names is None else list(names)
+
+
+class MultiLinear(nn.Module):
+    r"""Linear layer over several inputs: :math:`y = \sum_i x_i W_i^T + b`.
+
+    The same function as ``nn.Linear(sum(in_features), out_features)`` applied to the
+    concatenated inputs, without concatenating them and without zero blocks: each input has
+    its own weight, and one GEMM per input accumulates into one output.
+
+    Args:
+        in_features: the size of each input (a sequence of ints).
+        out_features: size of each output sample.
+        bias: if ``False``, the layer will not learn an additive bias. Default: ``True``.
+
+    Shape:
+        - Input: ``forward(x1, x2, ...)`` or ``forward((x1, x2, ...))`` with :math:`x_i` of
+          shape :math:`(*, H_{in,i})`, the same :math:`*` for all.
+        - Output: :math:`(*, H_{out})`.
+
+    Attributes:
+        weights: ``nn.ParameterList`` of :math:`(H_{out}, H_{in,i})` weights; ``weights[i]``
+            initialised as the columns of one
+            ``nn.Linear(sum(in_features), out_features)`` weight would be (bit for bit, for
+            the same seed).
+        bias: :math:`(H_{out})`, initialised as that ``nn.Linear``'s bias.
+
+    Examples::
+
+        >>> m = torchwire.MultiLinear([5, 3], 10)
+        >>> m(torch.randn(4, 5), torch.randn(4, 3)).shape
+        torch.Size([4, 10])
+    """
+
+    in_features: tuple[int, ...]
+    out_features: int
+
+    def __init__(
+        self,
+        in_features: Sequence[int],
+        out_features: int,
+        bias: bool = True,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
+        super().__init__()
+        if F._is_int(in_features) or isinstance(in_features, (str, bytes)):
+            raise TypeError(
+                f"MultiLinear expected in_features as a sequence of ints (one per input), got "
+                f"{in_features!r}; for one input use nn.Linear"
+            )
+        try:
+            sizes = tuple(in_features)
+        except TypeError:
+            raise TypeError(
+                f"MultiLinear expected in_features as a sequence of ints, got "
+                f"{type(in_features).__name__}"
+            ) from None
+        if not sizes or not all(F._is_int(s) for s in sizes) or min(sizes) < 1:
+            raise ValueError(
+                f"MultiLinear expected positive input sizes, got in_features={list(sizes)}"
+            )
+        if not F._is_int(out_features) or out_features < 1:
+            raise ValueError(f"out_features must be a positive int, got {out_features!r}")
+        self.in_features = tuple(int(s) for s in sizes)
+        self.out_features = int(out_features)
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(self.out_features, size, **factory_kwargs))
+            for size in self.in_features
+        )
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_features, **factory_kwargs))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as one ``nn.Linear(sum(in_features), out_features)``, split by input."""
+        total = sum(self.in_features)
+        first = self.weights[0]
+        with torch.no_grad():
+            whole = torch.empty(self.out_features, total, device=first.device, dtype=first.dtype)
+            whole.uniform_(-_linear_weight_bound(total), _linear_weight_bound(total))
+            for w, part in zip(self.weights, whole.split(list(self.in_features), 1), strict=True):
+                w.copy_(part)
+            if self.bias is not None:
+                bound = 1.0 / math.sqrt(total)
+                self.bias.uniform_(-bound, bound)
+
+    def forward(self, *inputs: Any) -> torch.Tensor:
+        xs: tuple[Any, ...] = inputs
+        if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)):
+            xs = tuple(inputs[0])
+        elif len(inputs) == 1 and isinstance(inputs[0], torch.fx.Proxy):  # a traced tuple
+            traced: Any = inputs[0]
+            xs = tuple(traced[i] for i in range(len(self.in_features)))
+        if len(xs) != len(self.in_features):
+            raise ValueError(
+                f"MultiLinear has {len(self.in_features)} inputs of sizes "
+                f"{list(self.in_features)}, got {len(xs)}"
+            )
+        return F.multi_linear(xs, list(self.weights), self.bias)
+
+    def to_dense(self) -> nn.Linear:
+        """The ``nn.Linear(sum(in_features), out_features)`` over the concatenated inputs."""
+        first = self.weights[0]
+        linear = nn.Linear(
+            sum(self.in_features),
+            self.out_features,
+            bias=self.bias is not None,
+            device=first.device,
+            dtype=first.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(torch.cat(list(self.weights), 1))
+            if self.bias is not None and linear.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={list(self.in_features)}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
