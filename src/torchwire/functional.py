@@ -60,18 +60,12 @@ def block_linear(
         >>> block_linear(x, w, in_sizes=[2, 2], out_sizes=[3, 1]).shape
         torch.Size([5, 4])
     """
-    if isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
-        device_type = input.device.type
-        dtype = torch.get_autocast_dtype(device_type)
-        with torch.autocast(device_type, enabled=False):
+    dtype = _autocast_dtype(input)
+    if dtype is not None:
+        with torch.autocast(input.device.type, enabled=False):
+            input, weight, bias = _cast(dtype, input, weight, bias)
             return block_linear(
-                input.to(dtype),
-                weight.to(dtype),
-                None if bias is None else bias.to(dtype),
-                in_sizes,
-                out_sizes,
-                groups=groups,
-                backend=backend,
+                input, weight, bias, in_sizes, out_sizes, groups=groups, backend=backend
             )
     chosen, problem = _block_plan(input, weight, bias, in_sizes, out_sizes, groups, backend)
     layout = problem.layout
@@ -99,6 +93,20 @@ def _block_plan(
         requires_grad=_requires_grad(input, weight, bias),
     )
     return backends.select("block_linear", problem, backend), problem
+
+
+def _autocast_dtype(input: object) -> torch.dtype | None:
+    """The autocast dtype for ``input``'s device while autocast is on there, else None."""
+    if isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
+        return torch.get_autocast_dtype(input.device.type)
+    return None
+
+
+def _cast(
+    dtype: torch.dtype, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The three tensors in ``dtype`` (as ``F.linear`` casts them under autocast)."""
+    return input.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 def _requires_grad(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -294,17 +302,11 @@ def sparse_linear(
         >>> sparse_linear(x, torch.tensor([10.0, 1.0, 5.0]), w)  # y0 = 10 x0 + x2, y1 = 5 x1
         tensor([[13., 10.]])
     """
-    if isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
-        device_type = input.device.type
-        dtype = torch.get_autocast_dtype(device_type)
-        with torch.autocast(device_type, enabled=False):
-            return sparse_linear(
-                input.to(dtype),
-                weight.to(dtype),
-                wiring,
-                None if bias is None else bias.to(dtype),
-                backend,
-            )
+    dtype = _autocast_dtype(input)
+    if dtype is not None:
+        with torch.autocast(input.device.type, enabled=False):
+            input, weight, bias = _cast(dtype, input, weight, bias)
+            return sparse_linear(input, weight, wiring, bias, backend)
     chosen, problem, index = _sparse_plan(input, weight, wiring, bias, backend)
     y = chosen.fn(input.reshape(-1, index.in_features), weight, bias, index, problem)
     return y.reshape(*input.shape[:-1], index.out_features)

@@ -107,12 +107,7 @@ class BlockLinear(nn.Module):
                 f"in_sizes={self.in_sizes}, out_sizes={self.out_sizes}"
             )
         self.shared = shared
-        if backend != "auto" and backend not in backends.available("block_linear"):
-            raise ValueError(
-                f"unknown backend {backend!r}; expected 'auto' or one of "
-                f"{list(backends.available('block_linear'))}"
-            )
-        self.backend = backend
+        self.backend = _check_backend("block_linear", backend)
         if equal:
             shape: tuple[int, ...] = (
                 1 if shared else self.groups,
@@ -195,18 +190,7 @@ class BlockLinear(nn.Module):
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` computing the same function (zeros outside the blocks)."""
         layout = backends.block_layout(self.in_sizes, self.out_sizes, self.shared)
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
-        )
-        with torch.no_grad():
-            linear.weight.copy_(dense_weight(self.weight, layout))
-            if self.bias is not None and linear.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+        return _dense_linear(dense_weight(self.weight, layout), self.bias)
 
     @classmethod
     def from_linears(cls, linears: Sequence[nn.Linear], *, backend: str = "auto") -> BlockLinear:
@@ -458,12 +442,7 @@ class SparseLinear(nn.Module):
                 "one with Wiring.from_mask(mask), Wiring.from_edges(pairs, in, out) or "
                 "Wiring.from_mapping({output: [inputs]})"
             )
-        if backend != "auto" and backend not in backends.available("sparse_linear"):
-            raise ValueError(
-                f"unknown backend {backend!r}; expected 'auto' or one of "
-                f"{list(backends.available('sparse_linear'))}"
-            )
-        self.backend = backend
+        self.backend = _check_backend("sparse_linear", backend)
         self.in_features = wiring.in_features
         self.out_features = wiring.out_features
         index_dtype = torch.int32 if wiring.nnz < 2**31 else torch.int64  # as sparse_index
@@ -567,18 +546,7 @@ class SparseLinear(nn.Module):
 
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` computing the same function (zeros where no connection exists)."""
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
-        )
-        with torch.no_grad():
-            linear.weight.copy_(_sparse_dense.dense_weight(self.weight, self._index()))
-            if self.bias is not None and linear.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+        return _dense_linear(_sparse_dense.dense_weight(self.weight, self._index()), self.bias)
 
     @classmethod
     def from_dense(
@@ -781,6 +749,32 @@ class SparseLinear(nn.Module):
         return s
 
 
+def _check_backend(op: str, backend: str) -> str:
+    """``backend`` if it is "auto" or registered for ``op``, else a ValueError."""
+    if backend != "auto" and backend not in backends.available(op):
+        raise ValueError(
+            f"unknown backend {backend!r}; expected 'auto' or one of {list(backends.available(op))}"
+        )
+    return backend
+
+
+def _dense_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An ``nn.Linear`` holding copies of a dense ``(out, in)`` ``weight`` and ``bias``."""
+    out_features, in_features = weight.shape
+    linear = nn.Linear(
+        in_features,
+        out_features,
+        bias=bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None and linear.bias is not None:
+            linear.bias.copy_(bias)
+    return linear
+
+
 def _linear_weight_bound(fan_in: int) -> float:
     """``nn.Linear``'s weight bound ``1/sqrt(fan_in)``, computed as ``kaiming_uniform_(a=
     sqrt(5))`` computes it (it can differ in the last bit, which float64 draws keep)."""
@@ -896,19 +890,7 @@ class MultiLinear(nn.Module):
 
     def to_dense(self) -> nn.Linear:
         """The ``nn.Linear(sum(in_features), out_features)`` over the concatenated inputs."""
-        first = self.weights[0]
-        linear = nn.Linear(
-            sum(self.in_features),
-            self.out_features,
-            bias=self.bias is not None,
-            device=first.device,
-            dtype=first.dtype,
-        )
-        with torch.no_grad():
-            linear.weight.copy_(torch.cat(list(self.weights), 1))
-            if self.bias is not None and linear.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+        return _dense_linear(torch.cat(list(self.weights), 1), self.bias)
 
     def extra_repr(self) -> str:
         return (

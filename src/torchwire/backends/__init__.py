@@ -198,11 +198,7 @@ class SparseIndex(NamedTuple):
 
 def sparse_index(wiring: Wiring, device: torch.device | str | None = None) -> SparseIndex:
     """The :class:`SparseIndex` of ``wiring`` on ``device`` (default: CPU), built on the CPU."""
-    cpu = torch.device("cpu")
-    rows = torch.arange(wiring.out_features, device=cpu).repeat_interleave(
-        wiring.fan_in(), output_size=wiring.nnz
-    )
-    cols = wiring.indices.long()
+    cols, rows = wiring.edges().unbind(1)  # canonical order: by output, then input
     perm = torch.argsort(cols, stable=True)  # by input, then output
     t_indptr = torch.cat(
         [cols.new_zeros(1), torch.bincount(cols, minlength=wiring.in_features).cumsum(0)]
@@ -210,7 +206,8 @@ def sparse_index(wiring: Wiring, device: torch.device | str | None = None) -> Sp
     # CSR kernels need one index dtype; int32 halves the memory where every value fits.
     dtype = torch.int32 if wiring.nnz < 2**31 else torch.int64
     indptr, indices, t_indptr, t_indices, perm = (
-        t.to(device=device, dtype=dtype) for t in (wiring.indptr, cols, t_indptr, rows[perm], perm)
+        t.to(device=device, dtype=dtype).contiguous()
+        for t in (wiring.indptr, cols, t_indptr, rows[perm], perm)
     )
     blocks = wiring.block_sizes
     return SparseIndex(
@@ -265,6 +262,7 @@ class Backend:
 
 T = TypeVar("T")
 _DEVICE_CACHE: dict[tuple[str, Any, torch.device], Any] = {}
+_DEVICE_CACHE_SIZE = 256
 
 
 def cached_for_device(name: str, layout: Any, device: torch.device, build: Callable[[], T]) -> T:
@@ -276,6 +274,8 @@ def cached_for_device(name: str, layout: Any, device: torch.device, build: Calla
     key = (name, layout, device)
     value = _DEVICE_CACHE.get(key)
     if value is None:
+        if len(_DEVICE_CACHE) >= _DEVICE_CACHE_SIZE:  # wirings can be large: keep a few
+            _DEVICE_CACHE.clear()
         value = _DEVICE_CACHE[key] = build()
     return value
 

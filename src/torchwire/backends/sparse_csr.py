@@ -56,6 +56,9 @@ def _linear(
     perm: Tensor,
     transpose: bool,
 ) -> Tensor:
+    """``x @ A^T`` (``transpose=False``, ``x`` is ``(M, in)``) or ``x @ A`` (``transpose=True``,
+    ``x`` is ``(M, out)``), for ``A`` the ``(out, in)`` matrix with ``values`` at the
+    connections. Returns a ``(M, n)`` tensor stored column-major (a transposed view)."""
     n_out, n_in = indptr.shape[0] - 1, t_indptr.shape[0] - 1
     dtype = _compute_dtype(x.dtype)
     values = values.to(dtype)
@@ -66,34 +69,15 @@ def _linear(
     return torch.mm(matrix, x.to(dtype).t()).to(x.dtype).t()
 
 
-@torch.library.custom_op("torchwire::csr_linear", mutates_args=())
-def csr_linear(
-    x: Tensor,
-    values: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    t_indptr: Tensor,
-    t_indices: Tensor,
-    perm: Tensor,
-    transpose: bool,
-) -> Tensor:
-    """``x @ A^T`` (``transpose=False``, ``x`` is ``(M, in)``) or ``x @ A`` (``transpose=True``,
-    ``x`` is ``(M, out)``), for ``A`` the ``(out, in)`` matrix with ``values`` at the
-    connections. Returns a ``(M, n)`` tensor stored column-major (a transposed view)."""
-    return _linear(x, values, indptr, indices, t_indptr, t_indices, perm, transpose)
+# The op, for autograd and torch.compile; `_linear` stays callable without its dispatch.
+csr_linear = torch.library.custom_op("torchwire::csr_linear", _linear, mutates_args=())
 
 
 @csr_linear.register_fake
 def _csr_linear_fake(
-    x: Tensor,
-    values: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    t_indptr: Tensor,
-    t_indices: Tensor,
-    perm: Tensor,
-    transpose: bool,
+    x: Tensor, values: Tensor, indptr: Tensor, indices: Tensor, t_indptr: Tensor, *rest: Any
 ) -> Tensor:
+    transpose = rest[-1]
     n = (t_indptr if transpose else indptr).shape[0] - 1
     return x.new_empty(n, x.shape[0]).t()
 
@@ -119,15 +103,7 @@ def csr_sampled(
 
 
 @csr_sampled.register_fake
-def _csr_sampled_fake(
-    a: Tensor,
-    b: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    t_indptr: Tensor,
-    t_indices: Tensor,
-    perm: Tensor,
-) -> Tensor:
+def _csr_sampled_fake(a: Tensor, b: Tensor, indptr: Tensor, indices: Tensor, *rest: Any) -> Tensor:
     return a.new_empty(indices.shape[0])
 
 
