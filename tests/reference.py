@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -79,3 +80,30 @@ def multi_linear(
     x = torch.cat([t.double() for t in inputs], -1)
     y = x @ torch.cat([w.double() for w in weights], 1).T
     return y if bias is None else y + bias.double()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` in float64 (``nn.Linear``)."""
+    y = x.double() @ weight.double().T
+    return y if bias is None else y + bias.double()
+
+
+def merge(outputs: Sequence[torch.Tensor], how: str | None, dim: int) -> Any:
+    """What ``Parallel(merge=how)`` makes of its branches' outputs, in float64."""
+    outputs = [y.double() for y in outputs]
+    if how is None:
+        return tuple(outputs)
+    if how == "cat":
+        return torch.cat(outputs, dim)
+    stacked = torch.stack(outputs, dim if how == "stack" else 0)
+    return {"stack": stacked, "sum": stacked.sum(0), "mean": stacked.mean(0)}[how]
+
+
+def split(x: torch.Tensor, sizes: Sequence[int], dim: int) -> tuple[torch.Tensor, ...]:
+    """Consecutive slices of ``sizes[k]`` along ``dim`` (``narrow``, one part at a time)."""
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(x.narrow(dim, start, size))
+        start += size
+    assert start == x.shape[dim]
+    return tuple(parts)

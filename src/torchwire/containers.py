@@ -309,5 +309,8 @@ class Map(nn.Module):
     def __len__(self) -> int:
         return len(self._modules)
 
+    def __iter__(self) -> Iterator[nn.Module]:
+        return iter(self._modules.values())  # type: ignore[arg-type]
+
     def __getitem__(self, index: int) -> nn.Module:
         return list(self._modules.values())[operator.index(index)]  # type: ignore[return-value]

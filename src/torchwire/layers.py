@@ -108,6 +108,7 @@ class BlockLinear(nn.Module):
             )
         self.shared = shared
         self.backend = _check_backend("block_linear", backend)
+        self._stacked = equal  # equal groups keep a 3-D weight (blocks stacked)
         if equal:
             shape: tuple[int, ...] = (
                 1 if shared else self.groups,
@@ -162,7 +163,7 @@ class BlockLinear(nn.Module):
         return chosen.name
 
     def _size_args(self) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
-        if self.weight.dim() == 3:
+        if self._stacked:
             return None, None
         return self.in_sizes, self.out_sizes
 

@@ -78,6 +78,12 @@ class BlockLayout:
         for name, value in derived.items():
             object.__setattr__(self, name, value)
 
+    def __fx_create_arg__(self, tracer: Any) -> Any:
+        """In a ``torch.fx`` graph, a layout is rebuilt (from the cache) by its group sizes."""
+        return tracer.create_node(
+            "call_function", block_layout, (self.in_sizes, self.out_sizes, self.shared), {}
+        )
+
     def gathered(self) -> BlockLayout:
         """The layout of the groups in gather-plan order: one run per distinct shape."""
         ins = tuple(i for count, i, _ in self.classes for _ in range(count))
