@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,3 +108,8 @@ def split(x: torch.Tensor, sizes: Sequence[int], dim: int) -> tuple[torch.Tensor
         start += size
     assert start == x.shape[dim]
     return tuple(parts)
+
+
+def conv(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """An ``nn.Conv1d/2d/3d`` applied in float64 (a float64 copy of the module)."""
+    return copy.deepcopy(module).double()(x.double())

@@ -292,6 +292,8 @@ def _oracle(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return _block_oracle(m, x)
     if isinstance(m, tw.SparseLinear):
         return _sparse_oracle(m, x)
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return reference.conv(x, m)
     raise AssertionError(f"no oracle for {type(m).__name__}")
 
 
@@ -445,6 +447,79 @@ CASES += [
 ]
 
 
+def _fused(*branches: Callable[..., nn.Module], **kwargs: Any) -> Callable[..., nn.Module]:
+    return lambda **f: tw.fuse_parallel(tw.Parallel(*(b(**f) for b in branches), **kwargs))
+
+
+def _fused_oracle(m: tw.FusedParallel, x: torch.Tensor) -> Any:
+    return _parallel_oracle(tw.unfuse(m), x)
+
+
+def _images(m: nn.Module, batch: tuple[int, ...], dtype: torch.dtype, device: str) -> Inputs:
+    """Convolutions take one batch dimension (or none)."""
+    return (torch.randn(*batch[:1], 4, 5, 5, dtype=dtype, device=device),)
+
+
+CASES += [
+    Case(
+        "FusedParallel-linear-bias-mixed",
+        _fused(lambda **f: nn.Linear(6, 3, **f), lambda **f: nn.Linear(6, 2, bias=False, **f)),
+        _features(6),
+        _fused_oracle,
+        "FusedParallel(\n  names=['0', '1'], sizes=[3, 2]\n  (layer): Linear(in_features=6, "
+        "out_features=5, bias=True)",
+        compile=True,
+        bad_inputs=[(lambda m: m(torch.randn(3, 5)), RuntimeError, r"cannot be multiplied")],
+    ),
+    Case(
+        "FusedParallel-conv2d-groups",
+        _fused(
+            lambda **f: nn.Conv2d(4, 4, 3, padding=1, groups=2, **f),
+            lambda **f: nn.Conv2d(4, 2, 3, padding=1, groups=2, bias=False, **f),
+            merge="cat",
+            dim=-3,
+        ),
+        _images,
+        _fused_oracle,
+        "FusedParallel(\n  names=['0', '1'], sizes=[4, 2], merge='cat', dim=-3\n  (layer): "
+        "Conv2d(4, 6, ",
+        compile=True,
+    ),
+    Case(
+        "FusedParallel-block-sum",
+        _fused(
+            lambda **f: tw.BlockLinear([3, 5], [2, 1], **f),
+            lambda **f: tw.BlockLinear([3, 5], [1, 2], **f),
+            merge="sum",
+        ),
+        _features(8),
+        _fused_oracle,
+        "(layer): BlockLinear(in_features=[3, 5], out_features=[3, 3], bias=True)",
+        compile=True,
+    ),
+    Case(
+        "FusedParallel-sparse-stack",
+        _fused(lambda **f: tw.SparseLinear(_RANDOM, **f), lambda **f: nn.Linear(12, 6, **f)),
+        _features(12),
+        _fused_oracle,
+        "(layer): SparseLinear(in_features=12, out_features=12, nnz=101, bias=True)",
+        compile=True,
+        bad_construction=[
+            (
+                lambda: tw.fuse_parallel(tw.Parallel(nn.Linear(4, 2), nn.Conv1d(4, 2, 1))),
+                TypeError,
+                r"cannot fuse branch '1' \(Conv1d\) with branch '0' \(Linear\)",
+            ),
+            (
+                lambda: tw.fuse_parallel(tw.Parallel(nn.Linear(4, 2), nn.Linear(5, 2))),
+                ValueError,
+                r"branch '1' \(Linear\) has in_features=5, but branch '0' has in_features=4",
+            ),
+        ],
+    ),
+]
+
+
 IDS = [c.id for c in CASES]
 
 
@@ -539,7 +614,7 @@ def test_meta_construction_then_to_empty(case: Case) -> None:
     with torch.device("meta"):
         m = case.make()
     m.to_empty(device="cpu")
-    for module in m.modules():
+    for module in reversed(list(m.modules())):  # inner modules first
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
     m.double()

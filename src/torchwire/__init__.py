@@ -2,6 +2,7 @@
 
 from torchwire import backends, functional
 from torchwire.containers import Concat, Map, Parallel, Split, Sum
+from torchwire.fusion import FusedParallel, fuse_parallel, unfuse
 from torchwire.layers import BlockLinear, MultiLinear, SparseLinear
 from torchwire.wiring import Wiring
 
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockLinear",
     "Concat",
+    "FusedParallel",
     "Map",
     "MultiLinear",
     "Parallel",
@@ -20,4 +22,6 @@ __all__ = [
     "__version__",
     "backends",
     "functional",
+    "fuse_parallel",
+    "unfuse",
 ]

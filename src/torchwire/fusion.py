@@ -1,0 +1,557 @@
+"""Fusing layers: same-input branches into one wide layer (:func:`fuse_parallel`) and back
+(:func:`unfuse`).
+
+Fusing is exact: the wide layer holds the branches' weights side by side, so it computes
+the same outputs (up to floating-point summation order) and the same gradients.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from torchwire.containers import Parallel, _merge
+from torchwire.functional import _group_sizes
+from torchwire.layers import BlockLinear, SparseLinear, _dense_linear
+from torchwire.wiring import Wiring
+
+__all__ = ["FusedParallel", "fuse_parallel", "unfuse"]
+
+_CONVS: dict[str, type[nn.modules.conv._ConvNd]] = {
+    "Conv1d": nn.Conv1d,
+    "Conv2d": nn.Conv2d,
+    "Conv3d": nn.Conv3d,
+}
+# What every fused convolution must share (besides its class, dtype and device).
+_CONV_ATTRS = (
+    "in_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+)
+_FUSABLE = (nn.Linear, BlockLinear, SparseLinear, *_CONVS.values())
+_SUPPORTED = "nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, torchwire.BlockLinear, SparseLinear"
+
+
+# Branches by name (typed Any: attribute access on checked nn.Linear / ConvNd / BlockLinear /
+# SparseLinear branches).
+_Named = list[tuple[str, Any]]
+
+
+class _Branch(NamedTuple):
+    """What :func:`unfuse` needs to rebuild one branch besides its values."""
+
+    name: str
+    kind: str  # class name: Linear, Conv1d/2d/3d, BlockLinear or SparseLinear
+    size: int  # outputs (features or channels)
+    bias: bool
+    config: dict[str, Any]  # BlockLinear constructor sizes, SparseLinear wiring, backend
+
+
+class FusedParallel(nn.Module):
+    r"""Same-input branches computed by one wide layer: what :func:`fuse_parallel` returns.
+
+    The wide ``layer`` computes every branch's outputs at once; they are cut back into one
+    tensor per branch (views, no copies, unless grouped channels must be reordered first)
+    and merged as the original :class:`~torchwire.Parallel` did. :func:`unfuse` gives the
+    per-branch modules back, with their original names.
+
+    Attributes:
+        layer: the wide layer (``nn.Linear``, ``nn.ConvNd``, ``BlockLinear`` or
+            ``SparseLinear``).
+        names: the branches' names, in order.
+        sizes: each branch's number of outputs (features, or channels for convolutions).
+        merge, dim: the original ``Parallel``'s merge.
+
+    Examples::
+
+        >>> heads = torchwire.Parallel(nn.Linear(8, 2), nn.Linear(8, 3))
+        >>> fused = torchwire.fuse_parallel(heads)
+        >>> fused
+        FusedParallel(
+          names=['0', '1'], sizes=[2, 3]
+          (layer): Linear(in_features=8, out_features=5, bias=True)
+        )
+        >>> x = torch.randn(4, 8)
+        >>> all(torch.allclose(a, b) for a, b in zip(fused(x), heads(x)))
+        True
+    """
+
+    merge: str | None
+    dim: int
+    feature_dim: int
+    order: torch.Tensor | None
+
+    def __init__(
+        self,
+        layer: nn.Module,
+        branches: Sequence[_Branch],
+        order: Sequence[int] | None,
+        merge: str | None,
+        dim: int,
+        feature_dim: int,
+    ) -> None:
+        super().__init__()
+        self.layer = layer
+        self.branches = tuple(branches)
+        self.merge = merge
+        self.dim = dim
+        self.feature_dim = feature_dim
+        # Where branch order reads the wide layer's outputs (None: they are already in order).
+        self._order = None if order is None else tuple(order)
+        self.register_buffer("order", None, persistent=False)
+        self._restore_order(next(layer.parameters()).device)
+
+    def _restore_order(self, device: torch.device) -> None:
+        if self._order is not None:
+            self.order = torch.tensor(self._order, dtype=torch.long, device=device)
+
+    def reset_parameters(self) -> None:
+        """Initialise the wide layer as the branches would be (branches without a bias keep
+        zeros in its bias), and rebuild the output order (after ``to_empty``)."""
+        layer: Any = self.layer
+        layer.reset_parameters()
+        if layer.bias is not None:
+            with torch.no_grad():
+                start = 0
+                for branch in self.branches:
+                    if not branch.bias:
+                        layer.bias[self._positions()[start : start + branch.size]] = 0
+                    start += branch.size
+        self._restore_order(layer.weight.device)
+
+    def _positions(self) -> list[int]:
+        """Where each output, in branch order, sits among the wide layer's outputs."""
+        return list(range(sum(self.sizes))) if self._order is None else list(self._order)
+
+    @property
+    def names(self) -> list[str]:
+        return [b.name for b in self.branches]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [b.size for b in self.branches]
+
+    def forward(self, input: Any) -> Any:
+        y = self.layer(input)
+        if self.order is not None:
+            y = y.index_select(self.feature_dim, self.order)
+        if self.merge == "cat" and self._cat_is_features(y):
+            return y
+        parts = y.split(self.sizes, self.feature_dim)
+        return _merge([parts[i] for i in range(len(self.branches))], self.merge, self.dim)
+
+    def _cat_is_features(self, y: Any) -> bool:
+        """Whether the merge concatenates along the wide layer's own output dimension."""
+        if isinstance(y, torch.fx.Proxy):  # rank unknown while tracing: split and join
+            return False
+        rank: int = y.dim()
+        return self.dim % rank == self.feature_dim % rank
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The branch layout, saved in ``state_dict`` so that a checkpoint cannot load into
+        a fused layer of other branches with the same parameter shapes."""
+        return {
+            "names": self.names,
+            "sizes": self.sizes,
+            "bias": [b.bias for b in self.branches],
+            "merge": self.merge,
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        if state != self.get_extra_state():
+            raise ValueError(
+                f"this checkpoint was saved from a FusedParallel with branches {state}, not "
+                f"{self.get_extra_state()}; fuse the same Parallel before loading it"
+            )
+
+    def extra_repr(self) -> str:
+        s = f"names={self.names}, sizes={self.sizes}"
+        if self.merge is not None:
+            s += f", merge={self.merge!r}"
+        if self.dim != -1:
+            s += f", dim={self.dim}"
+        return s
+
+
+def fuse_parallel(parallel: Parallel) -> FusedParallel:
+    r"""One wide layer computing every branch of a :class:`~torchwire.Parallel` at once.
+
+    Branches must all be ``nn.Linear``, all one kind of ``nn.Conv1d/2d/3d`` (same
+    ``in_channels``, kernel size, stride, padding, dilation, groups and padding mode), or any
+    mix of ``nn.Linear``, :class:`~torchwire.BlockLinear` and
+    :class:`~torchwire.SparseLinear` with the same ``in_features``. The result is:
+
+    - ``nn.Linear`` or ``nn.ConvNd`` for branches of that type (grouped convolutions keep
+      their groups; their outputs are reordered by one gather);
+    - ``BlockLinear`` for ``BlockLinear`` branches with the same input groups;
+    - ``SparseLinear`` with the branches' wirings stacked, otherwise.
+
+    Branches without a bias get zeros in the wide layer's bias when others have one. The
+    weights are copied: rebuild the optimizer after fusing (and after :func:`unfuse`).
+
+    Args:
+        parallel: the branches, all run on the same input.
+
+    Returns:
+        A new :class:`FusedParallel`; ``parallel`` is not changed.
+
+    Raises:
+        TypeError: a branch is of a type that cannot be fused, or types are mixed.
+        ValueError: a branch differs from the first in something fusing cannot keep
+            exactly (its input size, kernel, stride, ...), shares a module with another
+            branch, has hooks or parametrizations, or is a shared-block ``BlockLinear``.
+            The message names the branch.
+
+    Examples::
+
+        >>> encoder_heads = torchwire.Parallel(nn.Conv2d(64, 16, 3, padding=1),
+        ...                                    nn.Conv2d(64, 16, 3, padding=1))
+        >>> fused = torchwire.fuse_parallel(encoder_heads)
+        >>> fused.layer
+        Conv2d(64, 32, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
+        >>> mean, logvar = fused(torch.randn(2, 64, 8, 8))
+        >>> mean.shape
+        torch.Size([2, 16, 8, 8])
+    """
+    if not isinstance(parallel, Parallel):
+        raise TypeError(
+            f"fuse_parallel expected a torchwire.Parallel, got {type(parallel).__name__}"
+        )
+    named = [(name, m) for name, m in parallel._modules.items() if m is not None]
+    if not named:
+        raise ValueError("fuse_parallel got a Parallel without branches")
+    _check_branches(named)
+    kinds = {type(m) for _, m in named}
+    first = named[0][1]
+    if type(first) in _CONVS.values():
+        layer, order, feature_dim = _fuse_convs(named)
+    elif kinds == {nn.Linear}:
+        layer, order, feature_dim = _dense_linear(*_cat_rows(named)), None, -1
+    elif kinds == {BlockLinear} and len({m.in_sizes for _, m in named}) == 1:
+        layer, order, feature_dim = _fuse_blocks(named)
+    else:
+        layer, order, feature_dim = _fuse_sparse(named), None, -1
+    branches = [_describe(name, m) for name, m in named]
+    return FusedParallel(layer, branches, order, parallel.merge, parallel.dim, feature_dim)
+
+
+def unfuse(fused: FusedParallel) -> Parallel:
+    r"""The per-branch modules of a :class:`FusedParallel`, as a :class:`~torchwire.Parallel`
+    with the original branch names, types, merge and current values.
+
+    A branch that had no bias stays without one, unless the wide layer's bias for its outputs
+    was trained away from zero after fusing: then it keeps that bias (so outputs do not
+    change) and a warning says so.
+
+    Examples::
+
+        >>> heads = torchwire.Parallel(OrderedDict(mean=nn.Linear(8, 2), logvar=nn.Linear(8, 2)))
+        >>> back = torchwire.unfuse(torchwire.fuse_parallel(heads))
+        >>> list(back.state_dict()) == list(heads.state_dict())
+        True
+    """
+    if not isinstance(fused, FusedParallel):
+        raise TypeError(f"unfuse expected a torchwire.FusedParallel, got {type(fused).__name__}")
+    layer = fused.layer
+    positions = fused._positions()
+    modules: OrderedDict[str, nn.Module] = OrderedDict()
+    start = 0
+    for b, branch in enumerate(fused.branches):
+        rows = positions[start : start + branch.size]
+        start += branch.size
+        modules[branch.name] = _unfuse_branch(layer, fused.branches, b, rows)
+    return Parallel(modules, merge=fused.merge, dim=fused.dim)
+
+
+def _check_branches(named: _Named) -> None:
+    """Everything fusing could not keep exactly is an error naming the branch."""
+    seen: dict[int, str] = {}
+    first_name, first = named[0]
+    first_conv = type(first) in _CONVS.values()
+    for name, m in named:
+        label = f"branch {name!r} ({type(m).__name__})"
+        hooks = m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+        if hooks or parametrize.is_parametrized(m):
+            raise ValueError(
+                f"{label} has hooks or parametrizations (pruning masks, weight norm, ...), "
+                "which a fused layer would not run; remove them first"
+            )
+        if type(m) not in _FUSABLE:
+            raise TypeError(f"fuse_parallel cannot fuse {label}; it fuses {_SUPPORTED}")
+        if id(m) in seen:
+            raise ValueError(
+                f"branches {seen[id(m)]!r} and {name!r} are the same module (shared weights); "
+                "a fused layer would hold two copies and train them apart"
+            )
+        seen[id(m)] = name
+        if isinstance(m, BlockLinear) and m.shared:
+            raise ValueError(
+                f"{label} shares one block across its groups, which a wider layer cannot keep "
+                "shared; fuse it with shared=False or leave it as its own branch"
+            )
+        weight, expected = m.weight, first.weight
+        if (weight.dtype, weight.device) != (expected.dtype, expected.device):
+            raise ValueError(
+                f"{label} holds {weight.dtype} on {weight.device}, but branch {first_name!r} "
+                f"holds {expected.dtype} on {expected.device}; move them to one dtype and "
+                "device first"
+            )
+        conv = type(m) in _CONVS.values()
+        if conv != first_conv or (conv and type(m) is not type(first)):
+            raise TypeError(
+                f"fuse_parallel cannot fuse {label} with branch {first_name!r} "
+                f"({type(first).__name__}): convolutions fuse only with convolutions of the "
+                "same dimension, linear layers only with linear layers"
+            )
+        for attr in _CONV_ATTRS if conv else ("in_features",):
+            if getattr(m, attr) != getattr(first, attr):
+                raise ValueError(
+                    f"{label} has {attr}={getattr(m, attr)}, but branch {first_name!r} has "
+                    f"{attr}={getattr(first, attr)}; fused branches must agree on it"
+                )
+
+
+def _describe(name: str, m: Any) -> _Branch:
+    config: dict[str, Any] = {}
+    if isinstance(m, BlockLinear):
+        uneven = m._uneven_args
+        config = {
+            "in_features": list(m.in_sizes) if uneven else m.in_features,
+            "out_features": list(m.out_sizes) if uneven else m.out_features,
+            "groups": None if uneven else m.groups,
+            "backend": m.backend,
+        }
+    elif isinstance(m, SparseLinear):
+        config = {"wiring": m.wiring, "backend": m.backend}
+    size = m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
+    return _Branch(name, type(m).__name__, int(size), m.bias is not None, config)
+
+
+def _bias_or_zeros(m: Any, size: int) -> torch.Tensor:
+    bias = m.bias
+    if isinstance(bias, torch.Tensor):
+        return bias.detach()
+    return torch.zeros(size, dtype=m.weight.dtype, device=m.weight.device)
+
+
+def _any_bias(named: _Named) -> bool:
+    return any(m.bias is not None for _, m in named)
+
+
+def _cat_rows(named: _Named) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Every ``nn.Linear``'s weight and bias stacked by output rows."""
+    weight = torch.cat([m.weight.detach() for _, m in named])
+    if not _any_bias(named):
+        return weight, None
+    return weight, torch.cat([_bias_or_zeros(m, m.out_features) for _, m in named])
+
+
+def _group_major(sizes: Sequence[Sequence[int]]) -> list[int] | None:
+    """Where each branch's outputs sit in a wide layer whose groups hold, group by group,
+    every branch's outputs of that group: ``sizes[b][g]`` outputs of branch ``b`` in group
+    ``g``. Positions are listed in branch order; ``None`` when that is the identity."""
+    groups = len(sizes[0])
+    starts, position = {}, 0
+    for g in range(groups):
+        for b in range(len(sizes)):
+            starts[b, g] = position
+            position += sizes[b][g]
+    order = [
+        starts[b, g] + r
+        for b in range(len(sizes))
+        for g in range(groups)
+        for r in range(sizes[b][g])
+    ]
+    return None if order == list(range(len(order))) else order
+
+
+def _fuse_convs(named: _Named) -> tuple[nn.Module, list[int] | None, int]:
+    first: Any = named[0][1]
+    g = first.groups
+    # Group g of the wide convolution holds group g of every branch.
+    weight = torch.cat([m.weight.detach().unflatten(0, (g, -1)) for _, m in named], 1)
+    outs = sum(m.out_channels for _, m in named)
+    layer = type(first)(
+        first.in_channels,
+        outs,
+        first.kernel_size,
+        first.stride,
+        first.padding,
+        first.dilation,
+        g,
+        bias=_any_bias(named),
+        padding_mode=first.padding_mode,
+        device=first.weight.device,
+        dtype=first.weight.dtype,
+    )
+    with torch.no_grad():
+        layer.weight.copy_(weight.flatten(0, 1))
+        if layer.bias is not None:
+            biases = [_bias_or_zeros(m, m.out_channels).view(g, -1) for _, m in named]
+            layer.bias.copy_(torch.cat(biases, 1).flatten())
+    order = _group_major([[m.out_channels // g] * g for _, m in named])
+    return layer, order, -(len(first.kernel_size) + 1)
+
+
+def _blocks(m: BlockLinear) -> list[torch.Tensor]:
+    """The ``(out_g, in_g)`` block of every group."""
+    weight = m.weight.detach()
+    if weight.dim() == 3:
+        return list(weight.unbind(0))
+    sizes = [i * o for i, o in zip(m.in_sizes, m.out_sizes, strict=True)]
+    return [
+        w.view(o, i) for w, i, o in zip(weight.split(sizes), m.in_sizes, m.out_sizes, strict=True)
+    ]
+
+
+def _fuse_blocks(named: _Named) -> tuple[nn.Module, list[int] | None, int]:
+    layers: list[BlockLinear] = [m for _, m in named]
+    first = layers[0]
+    per_branch = [_blocks(m) for m in layers]
+    blocks = [torch.cat(group) for group in zip(*per_branch, strict=True)]
+    backends = {m.backend for m in layers}
+    layer = BlockLinear(
+        list(first.in_sizes),
+        [b.shape[0] for b in blocks],
+        bias=_any_bias(named),
+        backend=backends.pop() if len(backends) == 1 else "auto",
+        device=first.weight.device,
+        dtype=first.weight.dtype,
+    )
+    with torch.no_grad():
+        if layer.weight.dim() == 3:
+            layer.weight.copy_(torch.stack(blocks))
+        else:
+            layer.weight.copy_(torch.cat([b.flatten() for b in blocks]))
+        if layer.bias is not None:
+            biases = [_bias_or_zeros(m, m.out_features).split(list(m.out_sizes)) for m in layers]
+            layer.bias.copy_(torch.cat([torch.cat(group) for group in zip(*biases, strict=True)]))
+    return layer, _group_major([m.out_sizes for m in layers]), -1
+
+
+def _values(m: Any) -> tuple[Wiring, torch.Tensor]:
+    """A linear layer's wiring and its connection values in ``wiring.edges()`` order."""
+    if isinstance(m, SparseLinear):
+        return m.wiring, m.weight.detach()
+    if isinstance(m, BlockLinear):
+        return m.wiring, m.weight.detach().reshape(-1)
+    assert isinstance(m, nn.Linear)
+    return Wiring.block_diagonal([m.in_features], [m.out_features]), m.weight.detach().reshape(-1)
+
+
+def _fuse_sparse(named: _Named) -> SparseLinear:
+    wirings, values = zip(*(_values(m) for _, m in named), strict=True)
+    edges, offset = [], 0
+    for w in wirings:  # outputs stacked: each branch's edges keep their canonical order
+        e = w.edges().clone()
+        e[:, 1] += offset
+        edges.append(e)
+        offset += w.out_features
+    stacked = Wiring.from_edges(torch.cat(edges), wirings[0].in_features, offset)
+    weight = values[0]
+    backends = {getattr(m, "backend", "auto") for _, m in named}
+    layer = SparseLinear(
+        stacked,
+        bias=_any_bias(named),
+        backend=backends.pop() if len(backends) == 1 else "auto",
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        layer.weight.copy_(torch.cat(values))
+        if layer.bias is not None:
+            layer.bias.copy_(
+                torch.cat(
+                    [
+                        _bias_or_zeros(m, w.out_features)
+                        for (_, m), w in zip(named, wirings, strict=True)
+                    ]
+                )
+            )
+    return layer
+
+
+def _unfuse_branch(
+    layer: nn.Module, branches: Sequence[_Branch], b: int, rows: list[int]
+) -> nn.Module:
+    """Branch ``b`` rebuilt from the wide layer's outputs ``rows``."""
+    branch = branches[b]
+    weight: torch.Tensor = layer.weight  # type: ignore[assignment]
+    index = torch.tensor(rows, dtype=torch.long, device=weight.device)
+    wide_bias: torch.Tensor | None = layer.bias  # type: ignore[assignment]
+    bias = None if wide_bias is None else wide_bias.detach().index_select(0, index)
+    has_bias = branch.bias
+    if not has_bias and bias is not None and bool(bias.any()):
+        warnings.warn(
+            f"branch {branch.name!r} had no bias, but the fused layer's bias for its outputs "
+            "is no longer zero (it was trained after fusing); its unfused module keeps that "
+            "bias so that its outputs stay the same",
+            stacklevel=3,
+        )
+        has_bias = True
+    module = _empty_branch(layer, branch, has_bias)
+    if isinstance(layer, SparseLinear):  # outputs stacked: one contiguous run of connections
+        indptr = layer.wiring.indptr
+        values = weight.detach()[int(indptr[rows[0]]) : int(indptr[rows[-1] + 1])]
+    elif isinstance(layer, BlockLinear):
+        values = torch.cat([blk.flatten() for blk in _branch_blocks(layer, branches, b)])
+    else:
+        values = weight.detach().index_select(0, index)
+    target: Any = module  # its weight and bias are tensors
+    with torch.no_grad():
+        target.weight.copy_(values.view_as(target.weight))
+        if target.bias is not None:
+            assert bias is not None
+            target.bias.copy_(bias)
+    return module
+
+
+def _branch_blocks(layer: BlockLinear, branches: Sequence[_Branch], b: int) -> list[torch.Tensor]:
+    """Branch ``b``'s blocks inside a wide BlockLinear (its rows of every group's block)."""
+    sizes = [_out_sizes(br) for br in branches]
+    out = []
+    for g, block in enumerate(_blocks(layer)):
+        start = sum(s[g] for s in sizes[:b])
+        out.append(block[start : start + sizes[b][g]])
+    return out
+
+
+def _out_sizes(branch: _Branch) -> tuple[int, ...]:
+    """A BlockLinear branch's output group sizes, from its constructor arguments."""
+    config = branch.config
+    return _group_sizes(config["in_features"], config["out_features"], config["groups"])[1]
+
+
+def _empty_branch(layer: nn.Module, branch: _Branch, bias: bool) -> nn.Module:
+    """A new module of the branch's type and sizes, on the wide layer's device and dtype."""
+    weight: torch.Tensor = layer.weight  # type: ignore[assignment]
+    factory: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
+    if branch.kind == "Linear":
+        return nn.Linear(layer.in_features, branch.size, bias, **factory)  # type: ignore[arg-type]
+    if branch.kind in _CONVS:
+        conv: Any = layer
+        return _CONVS[branch.kind](
+            conv.in_channels,
+            branch.size,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=bias,
+            padding_mode=conv.padding_mode,
+            **factory,
+        )
+    if branch.kind == "BlockLinear":
+        return BlockLinear(**branch.config, bias=bias, **factory)
+    return SparseLinear(branch.config["wiring"], bias, backend=branch.config["backend"], **factory)
