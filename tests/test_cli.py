@@ -23,12 +23,15 @@ torch.set_num_threads(1)
 LAYOUTS = ["2x2->2x3", "4+2"]  # equal groups (rectangular blocks) and uneven groups
 FEATURES = 32
 DENSITIES = [1.0, 0.1]  # fully connected (one block: the block backend runs) and sparse
+PROBLEMS = ["wide-conv-heads", "linear-heads"]  # convolutions and linear layers
 REPEATS = 2
 # Per section (its key in the JSON): the backend op, the reference of ratios, the alternatives.
 SECTIONS = {
     "cases": ("block_linear", "limit", bench.ALTERNATIVES),
     "sparse": ("sparse_linear", "masked_weight", bench.SPARSE_ALTERNATIVES),
+    "branches": (None, "branches", bench.BRANCH_ALTERNATIVES),
 }
+BACKEND_SECTIONS = [section for section, (op, _, _) in SECTIONS.items() if op is not None]
 
 
 def bench_main(argv: list[str], tmp: Path) -> dict[str, Any]:
@@ -49,9 +52,10 @@ def bench_main(argv: list[str], tmp: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One small ``torchwire bench --quick`` run of both sections."""
+    """One small ``torchwire bench --quick`` run of all sections."""
     argv = ["--quick", "--batch", "8", "--repeats", str(REPEATS), "--layout", *LAYOUTS]
     argv += ["--features", str(FEATURES), "--density", *map(str, DENSITIES)]
+    argv += ["--problem", *PROBLEMS]
     return bench_main(argv, tmp_path_factory.mktemp("bench"))
 
 
@@ -63,7 +67,7 @@ def test_run_succeeds(run: dict[str, Any]) -> None:
     assert (env["device"], env["dtype"], env["threads"]) == ("cpu", "float32", 1)
     assert env["quick"] is True
     assert env["repeats"] == REPEATS
-    assert env["sections"] == ["block", "sparse"]
+    assert env["sections"] == ["block", "sparse", "branches"]
     assert env["layouts"] == LAYOUTS
     assert env["backends"] == list(torchwire.backends.available("block_linear"))
     assert env["sparse"]["features"] == [FEATURES]
@@ -78,6 +82,9 @@ def test_run_succeeds(run: dict[str, Any]) -> None:
         (FEATURES, density, 8) for density in DENSITIES
     ]
     assert [case["nnz"] for case in sparse] == [round(d * FEATURES**2) for d in DENSITIES]
+    assert list(env["branches"]) == PROBLEMS
+    branches = run["json"]["branches"]
+    assert [(case["problem"], case["batch"]) for case in branches] == [(p, 8) for p in PROBLEMS]
 
 
 def test_every_method_for_every_case(run: dict[str, Any]) -> None:
@@ -109,6 +116,28 @@ def test_every_method_for_every_sparse_case(run: dict[str, Any]) -> None:
         assert set(case["skipped"]) == expected_skipped
         for why in case["skipped"].values():
             assert "cannot compute" in why
+
+
+def test_every_method_for_every_branch_case(run: dict[str, Any]) -> None:
+    for case in run["json"]["branches"]:
+        assert set(case["methods"]) == {"torchwire", *bench.BRANCH_ALTERNATIVES}
+        assert not case["skipped"]
+        problem = next(p for p in bench.BRANCH_PROBLEMS if p.name == case["problem"])
+        kind = type(problem.head()).__name__  # one wide layer of the heads' type
+        assert case["auto_backend"] == {mode: kind for mode in bench.MODES}
+        assert case["methods"]["torchwire"]["label"] == f"torchwire (fuse_parallel -> {kind})"
+        # The same weights, however they are computed.
+        assert len({m["param_bytes"] for m in case["methods"].values()}) == 1
+        heads = problem.parallel()
+        assert case["methods"]["branches"]["param_bytes"] == 4 * sum(
+            p.numel() for p in heads.parameters()
+        )
+        for mode in bench.MODES:
+            speedup = (
+                case["methods"]["branches"][mode]["median_ms"]
+                / case["methods"]["torchwire"][mode]["median_ms"]
+            )
+            assert math.isclose(case["speedup_vs_branches"][mode], speedup)
 
 
 @pytest.mark.parametrize("section", SECTIONS)
@@ -147,7 +176,7 @@ def test_sparse_speedup_vs_masked_weight(run: dict[str, Any]) -> None:
             assert math.isclose(case["speedup_vs_masked_weight"][mode], speedup)
 
 
-@pytest.mark.parametrize("section", SECTIONS)
+@pytest.mark.parametrize("section", BACKEND_SECTIONS)
 def test_chosen_backend_is_available(run: dict[str, Any], section: str) -> None:
     available = torchwire.backends.available(SECTIONS[section][0])
     for case in run["json"][section]:
@@ -227,18 +256,28 @@ def test_tables(run: dict[str, Any]) -> None:
     assert "| method | fwd ms | fwd x limit | fwd+bwd ms |" in run["markdown"]
     assert "| method | fwd ms | fwd x masked_weight | fwd+bwd ms |" in run["markdown"]
     assert "## Sparse summary (" in run["markdown"]
+    for case in run["json"]["branches"]:
+        title = f"branches {case['problem']}: {case['description']}, batch 8"
+        for text in (run["stdout"], run["markdown"]):
+            assert title in text
+            assert case["methods"]["torchwire"]["label"] in text
+    assert "branches summary (" in run["stdout"]
+    assert "| method | fwd ms | fwd x branches | fwd+bwd ms |" in run["markdown"]
     progress = run["stderr"].splitlines()
-    assert [line.split(" ")[0] for line in progress] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
-    assert progress[0].startswith("[1/4] 2x2->2x3 batch=8: ")
-    assert progress[2].startswith(f"[3/4] sparse {FEATURES} 100% batch=8: torchwire (auto -> ")
+    assert [line.split(" ")[0] for line in progress] == [f"[{i}/6]" for i in range(1, 7)]
+    assert progress[0].startswith("[1/6] 2x2->2x3 batch=8: ")
+    assert progress[2].startswith(f"[3/6] sparse {FEATURES} 100% batch=8: torchwire (auto -> ")
+    assert progress[4].startswith(
+        "[5/6] branches wide-conv-heads batch=8: torchwire (fuse_parallel -> Conv2d)"
+    )
 
 
 def test_sparse_summary_reports_auto_choice(run: dict[str, Any]) -> None:
     lines = run["stdout"].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("sparse summary ("))
-    header, _, *rows = lines[start + 1 :]
+    header, _, *rows = lines[start + 1 : start + 3 + len(DENSITIES)]
     assert header.split()[:6] == ["features", "density", "batch", "auto", "backend", "fastest"]
-    assert len(rows) == len(DENSITIES)
+    assert lines[start + 3 + len(DENSITIES)] == ""  # the table ends there
     for row, case in zip(rows, run["json"]["sparse"], strict=True):
         features, density, batch, auto, fastest, _, _, speedup, _ = row.split()
         assert (features, density, batch) == (str(FEATURES), f"{case['density'] * 100:g}%", "8")
@@ -247,21 +286,48 @@ def test_sparse_summary_reports_auto_choice(run: dict[str, Any]) -> None:
         assert speedup == f"{case['speedup_vs_masked_weight']['fwd_bwd']:.2f}x"
 
 
+def test_branches_summary_reports_speedups(run: dict[str, Any]) -> None:
+    lines = run["stdout"].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("branches summary ("))
+    header, _, *rows = lines[start + 1 :]
+    assert header.split()[:4] == ["problem", "batch", "fused", "layer"]
+    assert len(rows) == len(PROBLEMS)
+    for row, case in zip(rows, run["json"]["branches"], strict=True):
+        problem, batch, layer, fwd, fwd_bwd, vs_manual = row.split()
+        assert (problem, batch, layer) == (case["problem"], "8", case["auto_backend"]["fwd"])
+        assert [fwd, fwd_bwd] == [f"{case['speedup_vs_branches'][m]:.2f}x" for m in bench.MODES]
+        methods = case["methods"]
+        ratio = (
+            methods["torchwire"]["fwd_bwd"]["median_ms"]
+            / (methods["manual_split"]["fwd_bwd"]["median_ms"])
+        )
+        assert vs_manual == f"{ratio:.2f}"
+
+
 @pytest.mark.parametrize(
     ("section", "argv"),
     [
         ("block", ["--layout", "2,2"]),
         ("sparse", ["--features", "16", "--density", "0.25"]),
+        ("branches", ["--problem", "linear-heads"]),
     ],
 )
 def test_one_section(section: str, argv: list[str], tmp_path: Path) -> None:
-    out = bench_main(["--section", section, "--batch", "4", "--repeats", "1", *argv], tmp_path)
-    assert out["status"] == 0
-    data = out["json"]
-    assert data["environment"]["sections"] == [section]
-    assert (len(data["cases"]), len(data["sparse"])) == ((1, 0) if section == "block" else (0, 1))
-    assert ("sparse summary" in out["stdout"]) == (section == "sparse")
-    assert ("x limit" in out["stdout"]) == (section == "block")
+    """A grid option alone picks its section; --section names it explicitly."""
+    for args in (argv, ["--section", section, *argv]):
+        out = bench_main(["--batch", "4", "--repeats", "1", *args], tmp_path)
+        assert out["status"] == 0
+        data = out["json"]
+        assert data["environment"]["sections"] == [section]
+        counts = {key: len(data[key]) for key in ("cases", "sparse", "branches")}
+        assert counts == {
+            key: int(key == {"block": "cases"}.get(section, section)) for key in counts
+        }
+        assert ("sparse summary" in out["stdout"]) == (section == "sparse")
+        assert ("branches summary" in out["stdout"]) == (section == "branches")
+        assert ("x limit" in out["stdout"]) == (section == "block")
+        assert ("auto -> A / B" in out["stdout"]) == (section != "branches")
+        assert len(out["stderr"].splitlines()) == 1
     assert len(out["stderr"].splitlines()) == 1
 
 
@@ -286,6 +352,8 @@ def test_one_section(section: str, argv: list[str], tmp_path: Path) -> None:
         (["bench", "--section", "sparse", "--layout", "16x64"], "--layout sets the block"),
         (["bench", "--section", "block", "--features", "64"], "--features sets the sparse"),
         (["bench", "--section", "block", "--density", "0.1"], "--density sets the sparse"),
+        (["bench", "--section", "block", "--problem", "linear-heads"], "--problem sets the"),
+        (["bench", "--problem", "heads"], "invalid choice"),
         (["bench", "--device", "tpu"], "expected cpu, cuda or cuda:N"),
         (["bench", "--device", "meta"], "expected cpu, cuda or cuda:N"),
         (["bench", "--json", "/nonexistent/dir/out.json"], "does not exist"),
@@ -343,13 +411,16 @@ def test_parse_layout() -> None:
 
 def test_grids() -> None:
     quick = bench.make_config(quick=True, device=torch.device("cpu"))
-    assert quick.sections == ("block", "sparse")
+    assert quick.sections == ("block", "sparse", "branches")
+    assert quick.problems == ("vae-conv-heads", "linear-heads")
     assert quick.batches == (64,)
     assert [layout.name for layout in quick.layouts] == ["2x2->2x3", "16x64", "256x8", "8x64+16x32"]
     assert (quick.features, quick.densities) == ((1024,), (0.05, 0.01))
     assert quick.repeats == 5
     full = bench.make_config(device=torch.device("cpu"))
-    assert full.sections == ("block", "sparse")
+    assert full.sections == ("block", "sparse", "branches")
+    assert full.problems == tuple(p.name for p in bench.BRANCH_PROBLEMS)
+    assert len(full.problems) == 4
     assert full.batches == (64, 1024)
     assert len(full.layouts) == 9
     assert full.features == (1024, 4096)
@@ -358,6 +429,8 @@ def test_grids() -> None:
     assert bench.make_config(sections=["sparse"]).sections == ("sparse",)
     with pytest.raises(ValueError, match="unknown sections"):
         bench.make_config(sections=["dense"])
+    with pytest.raises(ValueError, match="unknown branch problems"):
+        bench.make_config(problems=["heads"])
 
 
 def test_peak_bytes_counts_live_tensors_created_in_step() -> None:

@@ -1,7 +1,7 @@
 r"""The benchmark suite behind ``torchwire bench``.
 
-The suite has two sections; each times every way of computing :math:`y = x W^T + b` for its
-cases and reports each time as a ratio to the case's *reference* method.
+The suite has three sections; each times every way of computing its cases' layers and
+reports each time as a ratio to the case's *reference* method.
 
 **block**: a case is a block-diagonal layout (group :math:`i` maps ``in_sizes[i]`` inputs to
 ``out_sizes[i]`` outputs) and a batch size; the reference is ``limit``, one dense GEMM with the
@@ -24,6 +24,14 @@ size; the reference is ``masked_weight``, the dense weight times a mask that use
   buffer.
 - ``prune_mask``: a dense ``nn.Linear`` masked with ``torch.nn.utils.prune.custom_from_mask``.
 - ``torch_sparse``: a values parameter and CSR indices, ``torch.sparse.mm`` with autograd.
+
+**branches**: a case is a set of same-input heads (:data:`BRANCH_PROBLEMS`) and a batch size;
+the reference is ``branches``, the heads run one after another. Methods:
+
+- ``branches``: :class:`torchwire.Parallel` of the heads.
+- ``torchwire``: :func:`torchwire.fuse_parallel` of that Parallel (one wide layer, cut back
+  into one output per head).
+- ``manual_split``: the same wide layer followed by ``torch.split``, as written by hand.
 
 Timing: all methods of a case are built and warmed up first, then timed in interleaved rounds
 (every method once per round, in a rotating order); each timing runs a method ``k`` times with
@@ -59,13 +67,17 @@ from torchwire.backends import available
 
 __all__ = [
     "ALTERNATIVES",
+    "BRANCH_ALTERNATIVES",
+    "BRANCH_PROBLEMS",
     "FULL_BATCHES",
+    "FULL_BRANCH_PROBLEMS",
     "FULL_DENSITIES",
     "FULL_FEATURES",
     "FULL_LAYOUTS",
     "MODES",
     "PEAK_BYTES_MEANING",
     "QUICK_BATCHES",
+    "QUICK_BRANCH_PROBLEMS",
     "QUICK_DENSITIES",
     "QUICK_FEATURES",
     "QUICK_LAYOUTS",
@@ -73,6 +85,8 @@ __all__ = [
     "SPARSE_ALTERNATIVES",
     "BenchConfig",
     "BenchResult",
+    "BranchCaseResult",
+    "BranchProblem",
     "CaseResult",
     "Layout",
     "MethodResult",
@@ -88,14 +102,17 @@ __all__ = [
     "to_dict",
 ]
 
-SECTIONS = ("block", "sparse")
-"""The sections of the suite: block-diagonal layers and layers with any (random) connectivity."""
+SECTIONS = ("block", "sparse", "branches")
+"""The sections of the suite: block-diagonal layers, layers with any (random) connectivity, and
+same-input branches fused into one layer."""
 MODES = ("fwd", "fwd_bwd")
 """Timed modes: forward under ``torch.no_grad()``; forward, then backward of a dense gradient."""
 ALTERNATIVES = ("modulelist", "masked_dense", "conv1d_groups")
 """The methods users write today instead of torchwire's block-diagonal layers."""
 SPARSE_ALTERNATIVES = ("masked_weight", "prune_mask", "torch_sparse")
 """The methods users write today instead of torchwire's sparse layers."""
+BRANCH_ALTERNATIVES = ("branches", "manual_split")
+"""The ways users write same-input heads today: one after another, or fused by hand."""
 
 _TERM = re.compile(r"(?:(\d+)x)?(?:(\d+)|\((\d+(?:,\d+)*)\))")
 _SEPARATOR = re.compile(r"[+,](?![^(]*\))")  # a + or , outside parentheses
@@ -214,6 +231,57 @@ FULL_BATCHES = (64, 1024)
 QUICK_BATCHES = (64,)
 
 
+@dataclass(frozen=True)
+class BranchProblem:
+    """Same-input heads: ``count`` copies of ``head`` (a module spec) on a per-sample input
+    of ``shape``."""
+
+    name: str
+    description: str
+    shape: tuple[int, ...]
+    count: int
+    head: Callable[..., nn.Module]
+
+    def parallel(self, **factory_kwargs: Any) -> torchwire.Parallel:
+        return torchwire.Parallel(*(self.head(**factory_kwargs) for _ in range(self.count)))
+
+
+BRANCH_PROBLEMS = (
+    BranchProblem(
+        "vae-conv-heads",
+        "VAE encoder heads (mean, log-variance): 2 x Conv2d(128, 8, 3, padding=1) on 128x16x16",
+        (128, 16, 16),
+        2,
+        partial(nn.Conv2d, 128, 8, 3, padding=1),
+    ),
+    BranchProblem(
+        "wide-conv-heads",
+        "wide heads: 2 x Conv2d(64, 32, 3, padding=1) on 64x8x8",
+        (64, 8, 8),
+        2,
+        partial(nn.Conv2d, 64, 32, 3, padding=1),
+    ),
+    BranchProblem(
+        "linear-heads",
+        "task heads: 8 x Linear(512, 16)",
+        (512,),
+        8,
+        partial(nn.Linear, 512, 16),
+    ),
+    BranchProblem(
+        "wide-linear-heads",
+        "wide heads: 8 x Linear(256, 64)",
+        (256,),
+        8,
+        partial(nn.Linear, 256, 64),
+    ),
+)
+"""The branches section's problems: narrow heads (where fusing pays) and wide ones."""
+_BRANCH_PROBLEMS = {problem.name: problem for problem in BRANCH_PROBLEMS}
+FULL_BRANCH_PROBLEMS = tuple(_BRANCH_PROBLEMS)
+QUICK_BRANCH_PROBLEMS = ("vae-conv-heads", "linear-heads")
+
+
 def default_device() -> torch.device:
     """``cuda`` if CUDA is available, else ``cpu``."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -231,6 +299,7 @@ class BenchConfig:
     layouts: tuple[Layout, ...] = FULL_LAYOUTS
     features: tuple[int, ...] = FULL_FEATURES
     densities: tuple[float, ...] = FULL_DENSITIES
+    problems: tuple[str, ...] = FULL_BRANCH_PROBLEMS
     repeats: int = 11
     seed: int = 0
     min_time: float = 2e-3
@@ -248,6 +317,7 @@ def make_config(
     layouts: Sequence[Layout] | None = None,
     features: Sequence[int] | None = None,
     densities: Sequence[float] | None = None,
+    problems: Sequence[str] | None = None,
     repeats: int | None = None,
     seed: int = 0,
 ) -> BenchConfig:
@@ -257,6 +327,12 @@ def make_config(
     unknown = [name for name in sections if name not in SECTIONS]
     if unknown:
         raise ValueError(f"unknown sections {unknown}; expected some of {list(SECTIONS)}")
+    problems = tuple(problems or (QUICK_BRANCH_PROBLEMS if quick else FULL_BRANCH_PROBLEMS))
+    unknown = [name for name in problems if name not in FULL_BRANCH_PROBLEMS]
+    if unknown:
+        raise ValueError(
+            f"unknown branch problems {unknown}; expected some of {list(FULL_BRANCH_PROBLEMS)}"
+        )
     return BenchConfig(
         device=default_device() if device is None else device,
         dtype=dtype,
@@ -266,6 +342,7 @@ def make_config(
         layouts=tuple(layouts or (QUICK_LAYOUTS if quick else FULL_LAYOUTS)),
         features=tuple(features or (QUICK_FEATURES if quick else FULL_FEATURES)),
         densities=tuple(densities or (QUICK_DENSITIES if quick else FULL_DENSITIES)),
+        problems=problems,
         repeats=repeats or (5 if quick else 11),
         seed=seed,
         quick=quick,
@@ -346,6 +423,14 @@ class _Measured:
         name = self.alternative
         return None if name is None else self.speedup_over(name, "fwd_bwd")
 
+    @staticmethod
+    def chosen(module: nn.Module, x: Tensor, x_grad: Tensor) -> dict[str, str]:
+        """What ``torchwire`` ran, by mode: the backend ``backend="auto"`` chose."""
+        layer = cast(torchwire.BlockLinear | torchwire.SparseLinear, module)
+        with torch.no_grad():  # auto may choose differently without autograd
+            fwd = layer.resolve_backend(x)
+        return {"fwd": fwd, "fwd_bwd": layer.resolve_backend(x_grad)}
+
     def label(self, name: str) -> str:
         if name != "torchwire":
             return name
@@ -396,6 +481,30 @@ class SparseCaseResult(_Measured):
         return self.methods[name].param_bytes / self.nnz
 
 
+@dataclass
+class BranchCaseResult(_Measured):
+    """Everything measured for one set of same-input heads and batch size (reference:
+    ``branches``, the heads one after another). ``auto_backend`` holds the fused layer's type."""
+
+    reference: ClassVar[str] = "branches"
+    alternatives: ClassVar[tuple[str, ...]] = BRANCH_ALTERNATIVES
+
+    problem: BranchProblem
+
+    @staticmethod
+    def chosen(module: nn.Module, x: Tensor, x_grad: Tensor) -> dict[str, str]:
+        kind = type(cast(torchwire.FusedParallel, module).layer).__name__
+        return {mode: kind for mode in MODES}
+
+    def label(self, name: str) -> str:
+        if name != "torchwire":
+            return name
+        return f"torchwire (fuse_parallel -> {self.auto_backend['fwd']})"
+
+
+_AnyCase = CaseResult | SparseCaseResult | BranchCaseResult
+
+
 def _backend_of(name: str) -> str:
     return name.removeprefix("torchwire[").removesuffix("]")
 
@@ -409,8 +518,9 @@ class BenchResult:
     """The environment and the results of all cases of a run, by section."""
 
     environment: dict[str, Any]
-    cases: list[CaseResult]
+    cases: list[CaseResult] = field(default_factory=list)
     sparse: list[SparseCaseResult] = field(default_factory=list)
+    branches: list[BranchCaseResult] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,6 +622,18 @@ class _TorchSparseLinear(nn.Module):
         return out.t() + self.bias
 
 
+class _ManualSplit(nn.Module):
+    """The heads' wide layer, then ``torch.split`` into their outputs: what users write by
+    hand (here the layer is taken from a fused Parallel)."""
+
+    def __init__(self, fused: torchwire.FusedParallel) -> None:
+        super().__init__()
+        self.layer, self.sizes, self.dim = fused.layer, fused.sizes, fused.feature_dim
+
+    def forward(self, input: Tensor) -> tuple[Tensor, ...]:
+        return torch.split(self.layer(input), self.sizes, self.dim)
+
+
 def _torchwire_builders(
     build: Callable[..., nn.Module], backends: Sequence[str]
 ) -> dict[str, Callable[..., nn.Module]]:
@@ -548,8 +670,8 @@ def _steps(module: nn.Module, x: Tensor, x_grad: Tensor) -> dict[str, Callable[[
     with torch.no_grad():
         # A dense upstream gradient, as a hidden layer receives. (``out.sum().backward()``
         # would hand every method a stride-0 expanded gradient, which no BLAS call accepts
-        # and which favours whichever method copies it least.)
-        grad_out = torch.randn_like(module(x))
+        # and which favours whichever method copies it least.) One per output of the heads.
+        grad_out = [torch.randn_like(y) for y in tree_leaves(module(x))]
 
     def fwd() -> None:
         module(x)
@@ -557,7 +679,8 @@ def _steps(module: nn.Module, x: Tensor, x_grad: Tensor) -> dict[str, Callable[[
     def fwd_bwd() -> None:
         # Like ``module(x).backward(grad_out)`` with every ``.grad`` None beforehand: the
         # gradients of the input and of all parameters are computed, nothing accumulates.
-        torch.autograd.grad(module(x_grad), inputs, grad_out, allow_unused=True)
+        outputs = tree_leaves(module(x_grad))
+        torch.autograd.grad(outputs, inputs, grad_out, allow_unused=True)
 
     return {"fwd": fwd, "fwd_bwd": fwd_bwd}
 
@@ -700,14 +823,14 @@ _Case = TypeVar("_Case", bound=_Measured)
 def _run_case(
     result: type[_Case],
     builders: dict[str, Callable[..., nn.Module]],
-    in_features: int,
+    shape: tuple[int, ...],
     batch: int,
     config: BenchConfig,
     *,
     skipped: dict[str, str] | None = None,
     **case: Any,
 ) -> _Case:
-    """Measure every method of ``builders`` on a ``(batch, in_features)`` input.
+    """Measure every method of ``builders`` on a ``(batch, *shape)`` input.
 
     A forced backend (``torchwire[NAME]``) that fails to build or run joins ``skipped`` (the
     methods not built at all, with why); any other method that fails raises. Returns
@@ -717,7 +840,7 @@ def _run_case(
     skipped = dict(skipped or {})
     torch.manual_seed(config.seed)
     factory_kwargs: dict[str, Any] = {"device": config.device, "dtype": config.dtype}
-    x = torch.randn(batch, in_features, **factory_kwargs)
+    x = torch.randn(batch, *shape, **factory_kwargs)
     x_grad = x.detach().requires_grad_()
     sync = _synchronizer(config.device)
 
@@ -762,13 +885,9 @@ def _run_case(
         )
         for name in names
     }
-    auto = cast(torchwire.BlockLinear | torchwire.SparseLinear, modules["torchwire"])
-    with torch.no_grad():  # auto may choose differently without autograd
-        auto_fwd = auto.resolve_backend(x)
-    auto_backend = {"fwd": auto_fwd, "fwd_bwd": auto.resolve_backend(x_grad)}
     return result(
         batch=batch,
-        auto_backend=auto_backend,
+        auto_backend=result.chosen(modules["torchwire"], x, x_grad),
         methods=methods,
         skipped=skipped,
         seconds=time.perf_counter() - start,
@@ -782,7 +901,7 @@ def _run_block_case(
     builders = _block_builders(layout, backends)
     skipped = {} if layout.equal else {"conv1d_groups": "needs equal groups"}
     return _run_case(
-        CaseResult, builders, layout.in_features, batch, config, skipped=skipped, layout=layout
+        CaseResult, builders, (layout.in_features,), batch, config, skipped=skipped, layout=layout
     )
 
 
@@ -796,13 +915,22 @@ def _run_sparse_case(
     return _run_case(
         SparseCaseResult,
         builders,
-        features,
+        (features,),
         batch,
         config,
         features=features,
         density=density,
         nnz=nnz,
     )
+
+
+def _run_branch_case(problem: BranchProblem, batch: int, config: BenchConfig) -> BranchCaseResult:
+    builders = {
+        "torchwire": lambda **f: torchwire.fuse_parallel(problem.parallel(**f)),
+        "branches": problem.parallel,
+        "manual_split": lambda **f: _ManualSplit(torchwire.fuse_parallel(problem.parallel(**f))),
+    }
+    return _run_case(BranchCaseResult, builders, problem.shape, batch, config, problem=problem)
 
 
 def _device_name(device: torch.device) -> str:
@@ -853,12 +981,19 @@ def _environment(
             "wiring": f"Wiring.random(n, n, density=d, seed={config.seed})",
             "masked_weight": "F.linear(x, weight * mask, bias), dense weight and dense mask buffer",
         },
+        "branches": {name: _BRANCH_PROBLEMS[name].description for name in config.problems},
         "peak_bytes": PEAK_BYTES_MEANING.get(config.device.type, PEAK_BYTES_MEANING["cpu"]),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _progress_line(case: CaseResult | SparseCaseResult) -> str:
+def _progress_line(case: _AnyCase) -> str:
+    if isinstance(case, BranchCaseResult):
+        return (
+            f"branches {case.problem.name} batch={case.batch}: {case.label('torchwire')},"
+            f" fwd+bwd {case.speedup_over('branches', 'fwd_bwd'):.2f}x vs branches"
+            f" ({case.seconds:.1f} s)"
+        )
     if isinstance(case, SparseCaseResult):
         return (
             f"sparse {case.name} batch={case.batch}: {case.label('torchwire')},"
@@ -874,10 +1009,10 @@ def _progress_line(case: CaseResult | SparseCaseResult) -> str:
 
 
 def run(config: BenchConfig, *, progress: TextIO | None = None) -> BenchResult:
-    """Run every case of ``config``'s sections: the block section, then the sparse one.
+    """Run every case of ``config``'s sections: block, then sparse, then branches.
 
-    Each section loops over batch sizes outermost; then over layouts (block), or over
-    features and then densities (sparse).
+    Each section loops over batch sizes outermost; then over layouts (block), over features
+    and then densities (sparse), or over problems (branches).
 
     Sets ``torch.set_num_threads(config.threads)`` for the run and restores it afterwards.
 
@@ -894,8 +1029,8 @@ def run(config: BenchConfig, *, progress: TextIO | None = None) -> BenchResult:
     torch.set_num_threads(config.threads)
     try:
         backends, sparse_backends = available("block_linear"), available("sparse_linear")
-        result = BenchResult(_environment(config, backends, sparse_backends), [], [])
-        jobs: list[Callable[[], CaseResult | SparseCaseResult]] = []
+        result = BenchResult(_environment(config, backends, sparse_backends))
+        jobs: list[Callable[[], _AnyCase]] = []
         if "block" in config.sections:
             jobs += [
                 partial(_run_block_case, layout, batch, backends, config)
@@ -909,9 +1044,17 @@ def run(config: BenchConfig, *, progress: TextIO | None = None) -> BenchResult:
                 for features in config.features
                 for density in config.densities
             ]
+        if "branches" in config.sections:
+            jobs += [
+                partial(_run_branch_case, _BRANCH_PROBLEMS[name], batch, config)
+                for batch in config.batches
+                for name in config.problems
+            ]
         for index, job in enumerate(jobs, 1):
             case = job()
-            if isinstance(case, SparseCaseResult):
+            if isinstance(case, BranchCaseResult):
+                result.branches.append(case)
+            elif isinstance(case, SparseCaseResult):
                 result.sparse.append(case)
             else:
                 result.cases.append(case)
@@ -946,6 +1089,14 @@ _SPARSE_SUMMARY_HEADERS = (
     "speedup fwd+bwd",
     "torchwire bytes / conn",
 )
+_BRANCH_SUMMARY_HEADERS = (
+    "problem",
+    "batch",
+    "fused layer",
+    "speedup fwd",
+    "speedup fwd+bwd",
+    "torchwire / manual_split fwd+bwd",
+)
 
 
 def _ms(value: float) -> str:
@@ -968,25 +1119,41 @@ def _header(result: BenchResult) -> list[str]:
     if result.sparse:
         masked_weight = env["sparse"]["masked_weight"]
         ratios.append(f"x masked_weight: time / time of `masked_weight`, {masked_weight}")
+    if result.branches:
+        ratios.append("x branches: time / time of `branches`, the heads one after another")
     lines = [
         f"torchwire bench: torch {env['torch']}, torchwire {env['torchwire']},"
         f" {env['device']} ({env['device_name']}), {env['dtype']}, {threads}",
         f"fwd: {env['modes']['fwd']}; fwd+bwd: {env['modes']['fwd_bwd']}.",
         "; ".join([f"ms: median over {env['repeats']} interleaved rounds", *ratios]) + ".",
-        'auto -> A / B: torchwire\'s backend="auto" runs A for fwd and B for fwd+bwd;'
-        " auto / fastest: time of the backend auto chose / time of the fastest backend"
-        " (both forced by name).",
         f"params bytes: parameters + buffers; peak bytes: {env['peak_bytes']}.",
     ]
+    if result.cases or result.sparse:
+        lines.insert(
+            3,
+            'auto -> A / B: torchwire\'s backend="auto" runs A for fwd and B for fwd+bwd;'
+            " auto / fastest: time of the backend auto chose / time of the fastest backend"
+            " (both forced by name).",
+        )
     if result.sparse:
         lines.append(
             f"sparse cases: {env['sparse']['wiring']}; bytes / conn: params bytes / connections;"
             " speedup: time of masked_weight / time of torchwire (auto)."
         )
+    if result.branches:
+        lines.append(
+            "branches cases: torchwire = fuse_parallel(Parallel(heads)); speedup: time of"
+            " branches / time of torchwire."
+        )
     return lines
 
 
-def _case_title(case: CaseResult | SparseCaseResult) -> str:
+def _case_title(case: _AnyCase) -> str:
+    if isinstance(case, BranchCaseResult):
+        return (
+            f"branches {case.problem.name}: {case.problem.description}, batch {case.batch};"
+            " reference = branches"
+        )
     if isinstance(case, SparseCaseResult):
         return (
             f"sparse {case.features} -> {case.features}, density {_percent(case.density)}"
@@ -999,7 +1166,7 @@ def _case_title(case: CaseResult | SparseCaseResult) -> str:
     )
 
 
-def _case_table(case: CaseResult | SparseCaseResult) -> tuple[list[str], list[list[str]]]:
+def _case_table(case: _AnyCase) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of a case's table: one row per method."""
     sparse = isinstance(case, SparseCaseResult)
     ratio = f"x {case.reference}"
@@ -1017,7 +1184,7 @@ def _case_table(case: CaseResult | SparseCaseResult) -> tuple[list[str], list[li
     return headers, rows
 
 
-def _regret(case: CaseResult | SparseCaseResult) -> str:
+def _regret(case: _AnyCase) -> str:
     regret = case.auto_vs_fastest("fwd_bwd")
     return "-" if regret is None else f"{regret:.2f}"
 
@@ -1056,8 +1223,21 @@ def _sparse_summary_rows(result: BenchResult) -> list[list[str]]:
     ]
 
 
+def _branch_summary_rows(result: BenchResult) -> list[list[str]]:
+    return [
+        [
+            case.problem.name,
+            str(case.batch),
+            case.auto_backend["fwd"],
+            *(f"{case.speedup_over(case.reference, mode):.2f}x" for mode in MODES),
+            f"{1 / case.speedup_over('manual_split', 'fwd_bwd'):.2f}",
+        ]
+        for case in result.branches
+    ]
+
+
 # A section's cases, its summary's title, headers and rows.
-_Section = tuple[Sequence[CaseResult | SparseCaseResult], str, Sequence[str], list[list[str]]]
+_Section = tuple[Sequence[_AnyCase], str, Sequence[str], list[list[str]]]
 
 
 def _sections(result: BenchResult) -> list[_Section]:
@@ -1070,10 +1250,14 @@ def _sections(result: BenchResult) -> list[_Section]:
         title = "sparse summary (auto / fastest: fwd+bwd; speedup vs masked_weight)"
         rows = _sparse_summary_rows(result)
         sections.append((result.sparse, title, _SPARSE_SUMMARY_HEADERS, rows))
+    if result.branches:
+        title = "branches summary (speedup: time of branches / time of torchwire)"
+        rows = _branch_summary_rows(result)
+        sections.append((result.branches, title, _BRANCH_SUMMARY_HEADERS, rows))
     return sections
 
 
-def _skipped_line(case: CaseResult | SparseCaseResult) -> str | None:
+def _skipped_line(case: _AnyCase) -> str | None:
     if not case.skipped:
         return None
     return "skipped: " + "; ".join(f"{name} ({why})" for name, why in case.skipped.items())
@@ -1124,7 +1308,7 @@ def format_markdown(result: BenchResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _case_dict(case: CaseResult | SparseCaseResult) -> dict[str, Any]:
+def _case_dict(case: _AnyCase) -> dict[str, Any]:
     """The JSON entries both sections share: batch, auto's choice, comparisons, methods."""
     methods: dict[str, Any] = {}
     for name, method in case.methods.items():
@@ -1159,7 +1343,8 @@ def _case_dict(case: CaseResult | SparseCaseResult) -> dict[str, Any]:
 
 def to_dict(result: BenchResult) -> dict[str, Any]:
     """Everything in ``result`` as JSON-ready data (times in milliseconds, sizes in bytes):
-    ``environment``, the block section's ``cases`` and the ``sparse`` section's cases."""
+    ``environment``, the block section's ``cases``, and the ``sparse`` and ``branches``
+    sections' cases."""
     cases = [
         {
             "layout": case.layout.name,
@@ -1186,4 +1371,22 @@ def to_dict(result: BenchResult) -> dict[str, Any]:
         }
         for case in result.sparse
     ]
-    return {"environment": result.environment, "cases": cases, "sparse": sparse}
+    branches = [
+        {
+            "problem": case.problem.name,
+            "description": case.problem.description,
+            "input_shape": list(case.problem.shape),
+            "heads": case.problem.count,
+            **_case_dict(case),
+            "speedup_vs_branches": {
+                mode: case.speedup_over(case.reference, mode) for mode in MODES
+            },
+        }
+        for case in result.branches
+    ]
+    return {
+        "environment": result.environment,
+        "cases": cases,
+        "sparse": sparse,
+        "branches": branches,
+    }

@@ -83,14 +83,16 @@ def _output_path(text: str) -> Path:
 def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="time every way of computing a block-diagonal or sparse linear layer on this device",
+        help="time every way of computing block-diagonal, sparse and branching layers here",
         description=(
-            "Two sections. block: torchwire's BlockLinear (auto and every backend forced by name) "
-            "against an nn.ModuleList of nn.Linear, a pruned (masked) dense nn.Linear and a "
+            "Three sections. block: torchwire's BlockLinear (auto and every backend forced by "
+            "name) against an nn.ModuleList of nn.Linear, a pruned (masked) dense nn.Linear and a "
             "grouped Conv1d, as ratios to one dense GEMM with the same multiply-adds ('limit'). "
             "sparse: torchwire's SparseLinear on random wirings (auto and every backend that can "
             "run the wiring) against a dense weight * mask ('masked_weight', the reference of the "
-            "ratios), a pruned (masked) dense nn.Linear and torch.sparse.mm. Progress goes to "
+            "ratios), a pruned (masked) dense nn.Linear and torch.sparse.mm. branches: "
+            "same-input heads fused by fuse_parallel against the heads run one after another "
+            "('branches', the reference) and one wide layer split by hand. Progress goes to "
             "stderr, the tables to stdout."
         ),
     )
@@ -103,7 +105,7 @@ def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--quick",
         action="store_true",
         help="small grid (block: 4 layouts; sparse: 1024 features at densities 0.05 and 0.01; "
-        "batch 64; 5 rounds): about 20 s on a 2-core CPU",
+        "branches: 2 problems; batch 64; 5 rounds): about 30 s on a 2-core CPU",
     )
     parser.add_argument(
         "--device",
@@ -150,6 +152,15 @@ def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "(default: 0.5 0.2 0.1 0.05 0.01 0.001; with --quick: 0.05 0.01)",
     )
     parser.add_argument(
+        "--problem",
+        choices=bench.FULL_BRANCH_PROBLEMS,
+        nargs="+",
+        metavar="NAME",
+        help="the branches section's problems, some of "
+        f"{' '.join(bench.FULL_BRANCH_PROBLEMS)} (default: all; with --quick: "
+        f"{' '.join(bench.QUICK_BRANCH_PROBLEMS)})",
+    )
+    parser.add_argument(
         "--repeats",
         type=_positive_int,
         default=None,
@@ -171,7 +182,11 @@ def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.set_defaults(handler=partial(_bench, parser))
 
 
-_SECTION_OPTIONS = {"block": ("layout",), "sparse": ("features", "density")}
+_SECTION_OPTIONS = {
+    "block": ("layout",),
+    "sparse": ("features", "density"),
+    "branches": ("problem",),
+}
 
 
 def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -200,6 +215,7 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         layouts=args.layout,
         features=args.features,
         densities=args.density,
+        problems=args.problem,
         repeats=args.repeats,
         seed=args.seed,
     )
