@@ -256,7 +256,11 @@ CASES += [
         "MultiLinear(\n  in_features=[5, 3], out_features=4, bias=True",
         compile=True,
         bad_inputs=[
-            (lambda m: m(torch.randn(2, 5)), ValueError, r"has 2 inputs of sizes \[5, 3\], got 1"),
+            (
+                lambda m: m(torch.randn(2, 8)),
+                ValueError,
+                r"has 2 inputs of sizes \[5, 3\], got 1; .* torchwire.Split\(\[5, 3\]\)",
+            ),
             (
                 lambda m: m(torch.randn(2, 5), torch.randn(2, 4)),
                 ValueError,

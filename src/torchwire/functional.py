@@ -121,8 +121,10 @@ def _check_is_tensor(input: object, weight: object, op: str) -> None:
             raise TypeError(
                 f"{op} expected {name} to be a Tensor, got {type(value).__name__}"
                 + (
-                    "; a tuple here usually means a multi-output module (Split, Parallel) feeds it"
-                    if name == "input" and isinstance(value, tuple)
+                    "; a tuple here usually means a multi-output module (Split, Parallel) feeds "
+                    "it: join its outputs first with torchwire.Concat() or torchwire.Sum(), or "
+                    "apply one module per output with torchwire.Map(...)"
+                    if name == "input" and isinstance(value, (tuple, list))
                     else ""
                 )
             )

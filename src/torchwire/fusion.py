@@ -145,9 +145,11 @@ class FusedParallel(nn.Module):
         y = self.layer(input)
         if self.order is not None:
             y = y.index_select(self.feature_dim, self.order)
+        parts = y.split(self.sizes, self.feature_dim)
+        if self.merge is None:
+            return parts
         if self.merge == "cat" and self._cat_is_features(y):
             return y
-        parts = y.split(self.sizes, self.feature_dim)
         return _merge([parts[i] for i in range(len(self.branches))], self.merge, self.dim)
 
     def _cat_is_features(self, y: Any) -> bool:
@@ -183,7 +185,7 @@ class FusedParallel(nn.Module):
         return s
 
 
-def fuse_parallel(parallel: Parallel) -> FusedParallel:
+def fuse_parallel(parallel: nn.Module) -> FusedParallel:
     r"""One wide layer computing every branch of a :class:`~torchwire.Parallel` at once.
 
     Branches must all be ``nn.Linear``, all one kind of ``nn.Conv1d/2d/3d`` (same
@@ -199,8 +201,14 @@ def fuse_parallel(parallel: Parallel) -> FusedParallel:
     Branches without a bias get zeros in the wide layer's bias when others have one. The
     weights are copied: rebuild the optimizer after fusing (and after :func:`unfuse`).
 
+    The fused layer computes the same outputs and gradients up to floating-point rounding
+    (its sums may run in another order). Training either form trains the same network; in
+    float32, long runs can drift apart by rounding, as any change of kernel can make them.
+
     Args:
-        parallel: the branches, all run on the same input.
+        parallel (Parallel): the branches, all run on the same input. (Typed ``nn.Module``
+            so that ``model[-1] = fuse_parallel(model[-1])`` type-checks; anything else
+            raises ``TypeError``.)
 
     Returns:
         A new :class:`FusedParallel`; ``parallel`` is not changed.
@@ -245,7 +253,7 @@ def fuse_parallel(parallel: Parallel) -> FusedParallel:
     return FusedParallel(layer, branches, order, parallel.merge, parallel.dim, feature_dim)
 
 
-def unfuse(fused: FusedParallel) -> Parallel:
+def unfuse(fused: nn.Module) -> Parallel:
     r"""The per-branch modules of a :class:`FusedParallel`, as a :class:`~torchwire.Parallel`
     with the original branch names, types, merge and current values.
 

@@ -886,6 +886,12 @@ class MultiLinear(nn.Module):
             raise ValueError(
                 f"MultiLinear has {len(self.in_features)} inputs of sizes "
                 f"{list(self.in_features)}, got {len(xs)}"
+                + (
+                    f"; to feed it one concatenated tensor, cut it first with "
+                    f"torchwire.Split({list(self.in_features)})"
+                    if len(xs) == 1 and isinstance(xs[0], torch.Tensor)
+                    else ""
+                )
             )
         return F.multi_linear(xs, list(self.weights), self.bias)
 
