@@ -4,6 +4,7 @@ from torchwire import backends, functional
 from torchwire.containers import Concat, Map, Parallel, Split, Sum
 from torchwire.fusion import FusedParallel, fuse_parallel, unfuse
 from torchwire.layers import BlockLinear, MultiLinear, SparseLinear
+from torchwire.merging import merge
 from torchwire.wiring import Wiring
 
 __version__ = "0.1.0"
@@ -23,5 +24,6 @@ __all__ = [
     "backends",
     "functional",
     "fuse_parallel",
+    "merge",
     "unfuse",
 ]

@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from torchwire.containers import Parallel, _merge
 from torchwire.functional import _group_sizes
-from torchwire.layers import BlockLinear, SparseLinear, _dense_linear
+from torchwire.layers import BlockLinear, SparseLinear, _dense_linear, _edge_values
 from torchwire.wiring import Wiring
 
 __all__ = ["FusedParallel", "fuse_parallel", "unfuse"]
@@ -447,18 +447,8 @@ def _fuse_blocks(named: _Named) -> tuple[nn.Module, list[int] | None, int]:
     return layer, _group_major([m.out_sizes for m in layers]), -1
 
 
-def _values(m: Any) -> tuple[Wiring, torch.Tensor]:
-    """A linear layer's wiring and its connection values in ``wiring.edges()`` order."""
-    if isinstance(m, SparseLinear):
-        return m.wiring, m.weight.detach()
-    if isinstance(m, BlockLinear):
-        return m.wiring, m.weight.detach().reshape(-1)
-    assert isinstance(m, nn.Linear)
-    return Wiring.block_diagonal([m.in_features], [m.out_features]), m.weight.detach().reshape(-1)
-
-
 def _fuse_sparse(named: _Named) -> SparseLinear:
-    wirings, values = zip(*(_values(m) for _, m in named), strict=True)
+    wirings, values = zip(*(_edge_values(m) for _, m in named), strict=True)
     edges, offset = [], 0
     for w in wirings:  # outputs stacked: each branch's edges keep their canonical order
         e = w.edges().clone()

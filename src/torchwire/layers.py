@@ -776,6 +776,19 @@ def _dense_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return linear
 
 
+def _edge_values(module: Any) -> tuple[Wiring, torch.Tensor]:
+    """An ``nn.Linear``'s, ``BlockLinear``'s or ``SparseLinear``'s wiring and its connection
+    values in ``wiring.edges()`` order, detached (a shared block repeated for every group)."""
+    if isinstance(module, SparseLinear):
+        return module.wiring, module.weight.detach()
+    weight = module.weight.detach()
+    if isinstance(module, BlockLinear):
+        if module.shared:
+            weight = weight.expand(module.groups, -1, -1)
+        return module.wiring, weight.reshape(-1)
+    return Wiring.block_diagonal([module.in_features], [module.out_features]), weight.reshape(-1)
+
+
 def _linear_weight_bound(fan_in: int) -> float:
     """``nn.Linear``'s weight bound ``1/sqrt(fan_in)``, computed as ``kaiming_uniform_(a=
     sqrt(5))`` computes it (it can differ in the last bit, which float64 draws keep)."""

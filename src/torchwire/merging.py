@@ -1,0 +1,632 @@
+r"""Merging consecutive linear operators into one: :func:`merge` for two modules, and the
+tensor-level functions beneath it (:func:`compose_linear_weights`,
+:func:`compose_conv_weights`, :func:`fold_batchnorm_weights`,
+:func:`fold_input_batchnorm_weights`).
+
+Merges are exact or refused. Every composition is computed in float64 and cast back to the
+parameters' dtype, so a merged layer differs from the pair it replaces only by the rounding
+of that cast and of its own (shorter) sums.
+
+**When a convolution merge is exact.** Write ``first`` with kernel :math:`k_1`, stride
+:math:`s_1`, dilation :math:`d_1`, padding :math:`p_1` and ``second`` with :math:`k_2,
+s_2, d_2, p_2` (per spatial dimension). The merged convolution has stride
+:math:`s_1 s_2`, dilation :math:`D = \gcd(d_1, s_1 d_2)` and kernel
+:math:`(d_1 (k_1 - 1) + s_1 d_2 (k_2 - 1)) / D + 1`; it is exact:
+
+1. when ``second`` does not pad (:math:`p_2 = 0`): always (``first`` may pad in any mode);
+2. when ``second`` pads with zeros, if ``first`` has no bias, pads with zeros (or not at
+   all) and its kernel fits in its own padding, :math:`d_1 (k_1 - 1) \le p_1` (a 1x1
+   ``first``, or a 3x3 with padding 2): then ``first``'s output, extended past the border,
+   is zero there, which is what ``second``'s padding assumes; the merged layer pads by
+   :math:`p_1 + s_1 p_2`;
+3. when ``first`` is 1x1 with stride 1 and no padding: it commutes with any padding
+   (zeros need it without a bias), so the merged layer pads as ``second`` does;
+4. when both pad circularly and ``first`` keeps the size (stride 1,
+   :math:`2 p_1 = d_1 (k_1 - 1)`): both are convolutions on a circle, and so is the merged
+   layer, padded by :math:`p_1 + p_2`.
+
+Anywhere else ``second`` would see zeros at the border where the merged layer sees the
+values of ``first`` (its bias, or its response to the image near the border), and
+:func:`merge` raises unless called with ``allow_border=True``, which keeps the interior
+exact and changes the outermost outputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchwire.layers import BlockLinear, SparseLinear, _dense_linear, _edge_values
+from torchwire.wiring import Wiring
+
+__all__ = [
+    "compose_conv_weights",
+    "compose_linear_weights",
+    "fold_batchnorm_weights",
+    "fold_input_batchnorm_weights",
+    "merge",
+]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
+_LINEARS = (nn.Linear, BlockLinear, SparseLinear)
+SPARSE_DENSITY = 0.1
+"""A merge of structured linear layers stays a ``SparseLinear`` up to this density."""
+_SUPPORTED = (
+    "nn.Linear, BlockLinear or SparseLinear followed by any of them; nn.Conv1d/2d/3d followed "
+    "by the same kind; a convolution or linear layer followed by its BatchNorm; a BatchNorm "
+    "followed by a convolution or linear layer"
+)
+
+
+def _f64(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().double()
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+def compose_linear_weights(
+    weight1: torch.Tensor,
+    bias1: torch.Tensor | None,
+    weight2: torch.Tensor,
+    bias2: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""The weight and bias of ``x -> W_2 (W_1 x + b_1) + b_2``: :math:`W_2 W_1` and
+    :math:`W_2 b_1 + b_2` (``None`` when neither layer has a bias), computed in float64 and
+    returned in ``weight1``'s dtype.
+
+    Examples::
+
+        >>> w, b = compose_linear_weights(torch.eye(2), torch.ones(2), 2 * torch.eye(2), None)
+        >>> w, b
+        (tensor([[2., 0.],
+                [0., 2.]]), tensor([2., 2.]))
+    """
+    w1, w2 = weight1.detach().double(), weight2.detach().double()
+    if w1.dim() != 2 or w2.dim() != 2 or w2.shape[1] != w1.shape[0]:
+        raise ValueError(
+            "compose_linear_weights expected weights of shapes (mid, in) and (out, mid), got "
+            f"{tuple(weight1.shape)} and {tuple(weight2.shape)}"
+        )
+    b1 = _f64(bias1)
+    bias = _add(None if b1 is None else w2 @ b1, _f64(bias2))
+    dtype = weight1.dtype
+    return (w2 @ w1).to(dtype), None if bias is None else bias.to(dtype)
+
+
+def _ungroup(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped convolution weight ``(out, in / groups, *k)`` as a dense ``(out, in, *k)``
+    one, zero outside the groups."""
+    if groups == 1:
+        return weight
+    out, per_in = weight.shape[:2]
+    per_out = out // groups
+    dense = weight.new_zeros(out, per_in * groups, *weight.shape[2:])
+    for g in range(groups):
+        rows, cols = slice(g * per_out, (g + 1) * per_out), slice(g * per_in, (g + 1) * per_in)
+        dense[rows, cols] = weight[rows]
+    return dense
+
+
+def _regroup(dense: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The most groups a dense ``(out, in, *k)`` weight is block diagonal in (its entries
+    outside the blocks exactly zero), and its grouped form."""
+    out, inp = dense.shape[:2]
+    for groups in sorted(
+        (g for g in range(1, math.gcd(out, inp) + 1) if out % g == 0 and inp % g == 0), reverse=True
+    ):
+        po, pi = out // groups, inp // groups
+        mask = torch.zeros(out, inp, dtype=torch.bool, device=dense.device)
+        for g in range(groups):
+            mask[g * po : (g + 1) * po, g * pi : (g + 1) * pi] = True
+        if groups == 1 or not dense[~mask].any():
+            blocks = [dense[g * po : (g + 1) * po, g * pi : (g + 1) * pi] for g in range(groups)]
+            return torch.cat(blocks), groups
+    raise AssertionError("one group always fits")
+
+
+def compose_conv_weights(
+    weight1: torch.Tensor,
+    bias1: torch.Tensor | None,
+    weight2: torch.Tensor,
+    bias2: torch.Tensor | None,
+    *,
+    stride1: Sequence[int],
+    dilation1: Sequence[int],
+    dilation2: Sequence[int],
+    groups1: int = 1,
+    groups2: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...], int]:
+    r"""The kernel of two convolutions in a row, where the second reads every output of the
+    first it covers (no padding in between; see the module notes for borders).
+
+    Computed in float64; returned in ``weight1``'s dtype.
+
+    Args:
+        weight1, bias1: the first convolution's ``(C_1, C_{in} / groups1, *k_1)`` weight and
+            bias (or ``None``).
+        weight2, bias2: the second's ``(C_2, C_1 / groups2, *k_2)`` weight and bias.
+        stride1, dilation1: the first's stride and dilation, one per spatial dimension.
+        dilation2: the second's dilation.
+        groups1, groups2: their groups.
+
+    Returns:
+        ``(weight, bias, dilation, groups)`` of the merged convolution: its weight
+        ``(C_2, C_{in} / groups, *K)`` with :math:`K = (d_1 (k_1 - 1) + s_1 d_2 (k_2 - 1))
+        / D + 1`, its bias :math:`b_2 + \sum W_2 b_1` (``None`` when neither has one), its
+        dilation :math:`D = \gcd(d_1, s_1 d_2)`, and the most groups the merged weight is
+        block diagonal in (``groups1`` then ``groups2`` aligned stay grouped; depthwise then
+        pointwise becomes dense). Its stride is ``stride1 * stride2``.
+
+    Examples::
+
+        >>> w1, w2 = torch.randn(100, 1, 3, 3), torch.randn(2, 100, 5, 5)
+        >>> w, b, dilation, groups = compose_conv_weights(
+        ...     w1, None, w2, None, stride1=(1, 1), dilation1=(1, 1), dilation2=(1, 1))
+        >>> w.shape, dilation, groups  # one 7x7 convolution: 98 weights instead of 5,900
+        (torch.Size([2, 1, 7, 7]), (1, 1), 1)
+    """
+    w1 = _ungroup(weight1.detach().double(), groups1)
+    w2 = _ungroup(weight2.detach().double(), groups2)
+    if w2.shape[1] != w1.shape[0] or w1.dim() != w2.dim() or w1.dim() < 3:
+        raise ValueError(
+            "compose_conv_weights expected the second convolution to read the first's "
+            f"{weight1.shape[0]} channels, got weights of shapes {tuple(weight1.shape)} (groups="
+            f"{groups1}) and {tuple(weight2.shape)} (groups={groups2})"
+        )
+    k1, k2 = w1.shape[2:], w2.shape[2:]
+    dilation = tuple(
+        math.gcd(d1, s1 * d2) for d1, s1, d2 in zip(dilation1, stride1, dilation2, strict=True)
+    )
+    step1 = [d1 // d for d1, d in zip(dilation1, dilation, strict=True)]
+    step2 = [s1 * d2 // d for s1, d2, d in zip(stride1, dilation2, dilation, strict=True)]
+    kernel = [
+        a * (n1 - 1) + b * (n2 - 1) + 1 for a, b, n1, n2 in zip(step1, step2, k1, k2, strict=True)
+    ]
+    merged = w1.new_zeros(w2.shape[0], w1.shape[1], *kernel)
+    for tap in itertools.product(*(range(n) for n in k2)):
+        # Tap m of the second reads the first's output there: the first's kernel, shifted.
+        at: Any = (slice(None), slice(None), *tap)
+        product = torch.einsum("oc,ci...->oi...", w2[at], w1)
+        window: list[slice] = [slice(None), slice(None)]
+        window += [
+            slice(b * m, b * m + a * (n1 - 1) + 1, a)
+            for a, b, m, n1 in zip(step1, step2, tap, k1, strict=True)
+        ]
+        merged[tuple(window)] += product
+    b1 = _f64(bias1)
+    through = None if b1 is None else w2.sum(tuple(range(2, w2.dim()))) @ b1
+    bias = _add(through, _f64(bias2))
+    weight, groups = _regroup(merged)
+    dtype = weight1.dtype
+    return weight.to(dtype), None if bias is None else bias.to(dtype), dilation, groups
+
+
+def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval BatchNorm as ``x * scale + shift`` per channel, in float64."""
+    assert bn.running_mean is not None
+    assert bn.running_var is not None
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach().double()
+    return scale, shift
+
+
+def fold_batchnorm_weights(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+    bn_weight: torch.Tensor | None,
+    bn_bias: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The weight and bias of a linear layer or convolution followed by an eval BatchNorm:
+    output channel :math:`o` scaled by :math:`\gamma_o / \sqrt{\sigma^2_o + \epsilon}`, and
+    the bias :math:`(b_o - \mu_o) \gamma_o / \sqrt{\sigma^2_o + \epsilon} + \beta_o`. Like
+    ``torch.nn.utils.fusion.fuse_conv_bn_weights``, computed in float64.
+
+    Examples::
+
+        >>> w, b = fold_batchnorm_weights(torch.ones(2, 3), None, torch.zeros(2),
+        ...                               torch.full((2,), 4.0), 0.0, None, None)
+        >>> w
+        tensor([[0.5000, 0.5000, 0.5000],
+                [0.5000, 0.5000, 0.5000]])
+    """
+    bn = _batchnorm_of(running_mean, running_var, eps, bn_weight, bn_bias)
+    scale, shift = _bn_scale_shift(bn)
+    w = weight.detach().double() * scale.view(-1, *[1] * (weight.dim() - 1))
+    b = shift if bias is None else bias.detach().double() * scale + shift
+    return w.to(weight.dtype), b.to(weight.dtype)
+
+
+def fold_input_batchnorm_weights(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+    bn_weight: torch.Tensor | None,
+    bn_bias: torch.Tensor | None,
+    groups: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The weight and bias of an eval BatchNorm followed by a linear layer or convolution
+    that reads every normalised value (no padding): input channel :math:`i` scaled by
+    :math:`a_i = \gamma_i / \sqrt{\sigma^2_i + \epsilon}`, and the bias
+    :math:`b + \sum W c` with :math:`c_i = \beta_i - \mu_i a_i`. Computed in float64.
+
+    Examples::
+
+        >>> w, b = fold_input_batchnorm_weights(torch.ones(1, 2), None, torch.ones(2),
+        ...                                     torch.ones(2), 0.0, None, None)
+        >>> w, b  # y = (x0 - 1) + (x1 - 1)
+        (tensor([[1., 1.]]), tensor([-2.]))
+    """
+    bn = _batchnorm_of(running_mean, running_var, eps, bn_weight, bn_bias)
+    scale, shift = _bn_scale_shift(bn)
+    dense = _ungroup(weight.detach().double(), groups)
+    shape = (1, -1, *[1] * (weight.dim() - 2))
+    per_group = weight.shape[1]
+    in_scale = scale.view(groups, per_group)  # the input channels of each group
+    rows = weight.shape[0] // groups
+    w = weight.detach().double() * in_scale.repeat_interleave(rows, 0).view(
+        weight.shape[0], per_group, *[1] * (weight.dim() - 2)
+    )
+    through = (dense * shift.view(shape)).sum(tuple(range(1, dense.dim())))
+    b = through if bias is None else bias.detach().double() + through
+    return w.to(weight.dtype), b.to(weight.dtype)
+
+
+def _batchnorm_of(
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> nn.modules.batchnorm._BatchNorm:
+    bn = nn.BatchNorm1d(mean.numel(), eps=eps, affine=False, device="meta")
+    bn.running_mean, bn.running_var = mean, var
+    bn.weight, bn.bias = weight, bias  # type: ignore[assignment]
+    return bn
+
+
+def merge(first: nn.Module, second: nn.Module, *, allow_border: bool = False) -> nn.Module:
+    r"""One module equal to ``second(first(x))``, or a clear error saying why there is none.
+
+    Supported pairs:
+
+    - ``nn.Linear``, ``BlockLinear`` or ``SparseLinear`` followed by any of them:
+      :math:`W_2 W_1` and :math:`W_2 b_1 + b_2`. Two ``nn.Linear`` give an ``nn.Linear``;
+      ``BlockLinear`` whose groups line up give a ``BlockLinear``; otherwise the composed
+      wiring (``first.wiring.then(second.wiring)``) decides: a ``BlockLinear`` if it is
+      block diagonal, a ``SparseLinear`` up to :data:`SPARSE_DENSITY`, a dense
+      ``nn.Linear`` above.
+    - ``nn.Conv1d/2d/3d`` followed by the same kind: kernels composed with strides,
+      dilations, groups and padding (exact cases in the module notes; otherwise a
+      ``ValueError`` explaining, or, with ``allow_border=True``, a merge exact away from
+      the border).
+    - A convolution or linear layer followed by a ``BatchNorm`` over its outputs, and a
+      ``BatchNorm`` followed by a convolution or linear layer (eval statistics; before a
+      zero-padded convolution only where the padding allows, as above).
+
+    Both modules must be in eval mode if either is a BatchNorm. The result is a new module in
+    ``first``'s dtype and device; neither input is changed.
+
+    Raises:
+        TypeError: an unsupported pair (the message lists the supported ones).
+        ValueError: a pair whose merge would not be exact, or whose sizes do not chain.
+
+    Examples::
+
+        >>> first, second = nn.Conv2d(1, 100, 3), nn.Conv2d(100, 2, 5)
+        >>> merged = torchwire.merge(first, second)
+        >>> merged
+        Conv2d(1, 2, kernel_size=(7, 7), stride=(1, 1))
+        >>> x = torch.randn(4, 1, 28, 28)
+        >>> torch.allclose(merged(x), second(first(x)), atol=1e-5)
+        True
+    """
+    for name, module in (("first", first), ("second", second)):
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"merge expected nn.Module arguments, got {type(module).__name__} as {name}"
+            )
+    pair = f"{type(first).__name__} then {type(second).__name__}"
+    if type(first) in _LINEARS and type(second) in _LINEARS:
+        return _merge_linears(first, second)
+    if type(first) in _CONVS and type(second) is type(first):
+        return _merge_convs(first, second, allow_border)
+    if isinstance(second, nn.modules.batchnorm._BatchNorm) and _norm_fits(first, second):
+        return _fold_after(first, second)
+    if isinstance(first, nn.modules.batchnorm._BatchNorm) and _norm_fits(second, first):
+        return _fold_before(first, second, allow_border)
+    raise TypeError(f"merge cannot merge {pair}; it merges {_SUPPORTED}")
+
+
+def _norm_fits(layer: nn.Module, bn: nn.Module) -> bool:
+    """Whether ``bn`` is the BatchNorm kind that goes with ``layer``."""
+    if type(layer) in _CONVS:
+        return type(bn) is _NORMS[type(layer)]  # type: ignore[index]
+    return type(layer) in _LINEARS and type(bn) is nn.BatchNorm1d
+
+
+def _values(m: Any) -> tuple[Wiring, torch.Tensor]:
+    """A linear layer's wiring and its values in ``wiring.edges()`` order, in float64."""
+    wiring, values = _edge_values(m)
+    return wiring, values.double()
+
+
+def _dense(m: Any) -> torch.Tensor:
+    """A linear layer's ``(out, in)`` weight in float64, zeros where nothing connects."""
+    wiring, values = _values(m)
+    edges = wiring.edges().to(values.device)
+    dense = values.new_zeros(wiring.out_features, wiring.in_features)
+    return dense.index_put((edges[:, 1], edges[:, 0]), values)
+
+
+def _same_layer(
+    m: Any, values: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+) -> nn.Module:
+    """A layer of ``m``'s type and wiring with new connection values (edges order)."""
+    if isinstance(m, nn.Linear):
+        return _dense_linear(
+            values.view_as(m.weight).to(dtype), None if bias is None else bias.to(dtype)
+        )
+    factory = {"device": m.weight.device, "dtype": dtype}
+    if isinstance(m, SparseLinear):
+        new: Any = SparseLinear(m.wiring, bias is not None, backend=m.backend, **factory)
+    else:
+        new = BlockLinear(
+            list(m.in_sizes), list(m.out_sizes), bias=bias is not None, backend=m.backend, **factory
+        )
+    with torch.no_grad():
+        new.weight.copy_(values.view_as(new.weight))
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new  # type: ignore[no-any-return]
+
+
+def _merge_linears(first: Any, second: Any) -> nn.Module:
+    if first.out_features != second.in_features:
+        raise ValueError(
+            f"merge: {type(first).__name__} gives {first.out_features} features but "
+            f"{type(second).__name__} takes {second.in_features}"
+        )
+    dtype = first.weight.dtype
+    b1, b2 = _f64(first.bias), _f64(second.bias)
+    if type(first) is nn.Linear and type(second) is nn.Linear:
+        weight, bias = compose_linear_weights(first.weight, first.bias, second.weight, second.bias)
+        return _dense_linear(weight, bias)
+    w2 = _dense(second)
+    bias = _add(None if b1 is None else w2 @ b1, b2)
+    weight = w2 @ _dense(first)
+    wiring = _values(first)[0].then(_values(second)[0])
+    if wiring.is_block_diagonal and wiring.nnz < wiring.in_features * wiring.out_features:
+        in_sizes, out_sizes = wiring.block_sizes  # type: ignore[misc]
+        block = BlockLinear(
+            list(in_sizes),
+            list(out_sizes),
+            bias=bias is not None,
+            device=first.weight.device,
+            dtype=dtype,
+        )
+        edges = wiring.edges().to(weight.device)
+        values = weight[edges[:, 1], edges[:, 0]]
+        return _same_layer(block, values, bias, dtype)
+    if wiring.density <= SPARSE_DENSITY:
+        return SparseLinear._with_values(
+            wiring, weight.to(dtype), None if bias is None else bias.to(dtype), "auto"
+        )
+    return _dense_linear(weight.to(dtype), None if bias is None else bias.to(dtype))
+
+
+def _padding(conv: Any) -> tuple[int, ...]:
+    """A convolution's padding per spatial dimension (``"same"`` and ``"valid"`` resolved)."""
+    if not isinstance(conv.padding, str):
+        return tuple(conv.padding)
+    if conv.padding == "valid":
+        return (0,) * len(conv.kernel_size)
+    totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+    if any(t % 2 for t in totals):
+        raise ValueError(
+            f"merge: {conv} pads asymmetrically (padding='same' with an even kernel), which a "
+            "merged convolution's padding cannot express; pad explicitly with nn.ZeroPad"
+        )
+    return tuple(t // 2 for t in totals)
+
+
+def _conv_like(
+    conv: Any, out_channels: int, weight: torch.Tensor, bias: torch.Tensor | None, **settings: Any
+) -> nn.Module:
+    """A new convolution of ``conv``'s kind and settings (overridden by ``settings``) holding
+    ``weight`` and ``bias``."""
+    options = {
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+        "groups": conv.groups,
+        "padding_mode": conv.padding_mode,
+        **settings,
+    }
+    groups = options["groups"]
+    new = type(conv)(
+        weight.shape[1] * groups,
+        out_channels,
+        tuple(weight.shape[2:]),
+        bias=bias is not None,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+        **options,
+    )
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new  # type: ignore[no-any-return]
+
+
+def _border_problem(
+    first: Any, second: Any, p1: tuple[int, ...], p2: tuple[int, ...]
+) -> str | None:
+    """Why ``second``'s padding makes the merge inexact near the border (``None``: exact)."""
+    mode1 = first.padding_mode if any(p1) else "zeros"
+    mode2 = second.padding_mode
+    no_bias = first.bias is None or not bool(first.bias.any())
+    pointwise = all(k == 1 for k in first.kernel_size) and all(s == 1 for s in first.stride)
+    if pointwise and not any(p1) and (mode2 != "zeros" or no_bias):
+        return None  # a 1x1, stride-1 first convolution commutes with padding
+    reach = [d * (k - 1) for d, k in zip(first.dilation, first.kernel_size, strict=True)]
+    padded = [i for i, q in enumerate(p2) if q]
+    fits = all(reach[i] <= p1[i] for i in padded)
+    if mode2 == "zeros" and mode1 == "zeros" and no_bias and fits:
+        return None  # first's output is exactly zero past the border, as padding assumes
+    keeps_size = all(first.stride[i] == 1 and 2 * p1[i] == reach[i] for i in padded)
+    if mode2 == mode1 == "circular" and keeps_size:
+        return None  # first is a convolution on the circle (same size), and so is the merge
+    return (
+        f"merge: {second} pads the output of {first} (padding={p2}, padding_mode="
+        f"{mode2!r}), so near the border it reads padding where the merged convolution would "
+        "read the first convolution's own output there (its bias, or its response to the "
+        "image edge). The merge is exact when the second convolution does not pad; or when "
+        "it pads with zeros and the first has no bias, pads with zeros and its kernel fits "
+        "in that padding (dilation * (kernel_size - 1) <= padding, e.g. a 3x3 with padding "
+        "2); or when the first is a 1x1 with stride 1 and no padding (and no bias, if the "
+        "second pads with zeros); or when both pad circularly and the first keeps the size "
+        "(stride 1, 2 * padding = dilation * (kernel_size - 1)). Pass allow_border=True to "
+        "accept different values in the outermost outputs"
+    )
+
+
+def _merge_convs(first: Any, second: Any, allow_border: bool) -> nn.Module:
+    if second.in_channels != first.out_channels:
+        raise ValueError(
+            f"merge: {first} gives {first.out_channels} channels but {second} takes "
+            f"{second.in_channels}"
+        )
+    p1, p2 = _padding(first), _padding(second)
+    weight, bias, dilation, groups = compose_conv_weights(
+        first.weight,
+        first.bias,
+        second.weight,
+        second.bias,
+        stride1=first.stride,
+        dilation1=first.dilation,
+        dilation2=second.dilation,
+        groups1=first.groups,
+        groups2=second.groups,
+    )
+    stride = tuple(a * b for a, b in zip(first.stride, second.stride, strict=True))
+    grown = tuple(a + s * b for a, s, b in zip(p1, first.stride, p2, strict=True))
+    mode = first.padding_mode if any(p1) else "zeros"
+    if not any(p2):
+        padding = p1
+    else:
+        problem = _border_problem(first, second, p1, p2)
+        if problem is not None and not allow_border:
+            raise ValueError(problem)
+        pointwise = problem is None and not any(p1) and all(k == 1 for k in first.kernel_size)
+        if pointwise and second.padding_mode != "zeros":
+            padding, mode = p2, second.padding_mode
+        else:
+            padding = grown
+            mode = (
+                second.padding_mode
+                if problem is not None and second.padding_mode != "zeros"
+                else mode
+            )
+    return _conv_like(
+        first,
+        second.out_channels,
+        weight,
+        bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=mode,
+    )
+
+
+def _check_norm(bn: Any, channels: int, layer: nn.Module, where: str) -> None:
+    if bn.training:
+        raise ValueError(
+            f"merge folds the running statistics of {bn}, which is in training mode (it "
+            "normalises by batch statistics); call .eval() on the model first"
+        )
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(
+            f"merge cannot fold {bn}: it tracks no running statistics "
+            "(track_running_stats=False), so it always normalises by batch statistics"
+        )
+    if bn.num_features != channels:
+        raise ValueError(
+            f"merge: {bn} normalises {bn.num_features} features but {layer} {where} {channels}"
+        )
+
+
+def _fold_after(layer: Any, bn: Any) -> nn.Module:
+    channels = layer.out_channels if type(layer) in _CONVS else layer.out_features
+    _check_norm(bn, channels, layer, "gives")
+    dtype = layer.weight.dtype
+    if type(layer) in _CONVS or type(layer) is nn.Linear:
+        w, b = fold_batchnorm_weights(
+            layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+        )
+        if type(layer) is nn.Linear:
+            return _dense_linear(w, b)
+        return _conv_like(layer, channels, w, b)
+    wiring, values = _values(layer)
+    scale, shift = _bn_scale_shift(bn)
+    outputs = wiring.edges()[:, 1].to(values.device)
+    bias = shift if layer.bias is None else layer.bias.detach().double() * scale + shift
+    return _same_layer(layer, (values * scale[outputs]).to(dtype), bias.to(dtype), dtype)
+
+
+def _fold_before(bn: Any, layer: Any, allow_border: bool) -> nn.Module:
+    channels = layer.in_channels if type(layer) in _CONVS else layer.in_features
+    _check_norm(bn, channels, layer, "takes")
+    dtype = layer.weight.dtype
+    if type(layer) in _CONVS:
+        scale, shift = _bn_scale_shift(bn)
+        padded = any(_padding(layer)) and layer.padding_mode == "zeros"
+        if padded and bool(shift.any()) and not allow_border:
+            raise ValueError(
+                f"merge: {layer} pads the output of {bn} with zeros, but folding the "
+                "BatchNorm into it would pad its input instead, where the normalised value "
+                "of zero is its shift (beta - mean * scale), not zero. Exact when the "
+                "convolution does not pad or pads by copying (padding_mode='reflect', "
+                "'replicate' or 'circular'); pass allow_border=True to accept different "
+                "values in the outermost outputs"
+            )
+        w, b = fold_input_batchnorm_weights(
+            layer.weight,
+            layer.bias,
+            bn.running_mean,
+            bn.running_var,
+            bn.eps,
+            bn.weight,
+            bn.bias,
+            groups=layer.groups,
+        )
+        return _conv_like(layer, layer.out_channels, w, b)
+    wiring, values = _values(layer)
+    scale, shift = _bn_scale_shift(bn)
+    edges = wiring.edges().to(values.device)
+    bias = torch.zeros(wiring.out_features, dtype=torch.float64, device=values.device)
+    bias = bias.index_add(0, edges[:, 1], values * shift[edges[:, 0]])
+    if layer.bias is not None:
+        bias = bias + layer.bias.detach().double()
+    return _same_layer(layer, (values * scale[edges[:, 0]]).to(dtype), bias.to(dtype), dtype)
