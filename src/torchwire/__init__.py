@@ -4,7 +4,7 @@ from torchwire import backends, functional
 from torchwire.containers import Concat, Map, Parallel, Split, Sum
 from torchwire.fusion import FusedParallel, fuse_parallel, unfuse
 from torchwire.layers import BlockLinear, MultiLinear, SparseLinear
-from torchwire.merging import merge
+from torchwire.merging import FuseReport, fuse, merge
 from torchwire.wiring import Wiring
 
 __version__ = "0.1.0"
@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockLinear",
     "Concat",
+    "FuseReport",
     "FusedParallel",
     "Map",
     "MultiLinear",
@@ -23,6 +24,7 @@ __all__ = [
     "__version__",
     "backends",
     "functional",
+    "fuse",
     "fuse_parallel",
     "merge",
     "unfuse",
