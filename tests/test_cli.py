@@ -30,6 +30,7 @@ SECTIONS = {
     "cases": ("block_linear", "limit", bench.ALTERNATIVES),
     "sparse": ("sparse_linear", "masked_weight", bench.SPARSE_ALTERNATIVES),
     "branches": (None, "branches", bench.BRANCH_ALTERNATIVES),
+    "merge": (None, "sequential", ("sequential",)),
 }
 BACKEND_SECTIONS = [section for section, (op, _, _) in SECTIONS.items() if op is not None]
 
@@ -67,7 +68,7 @@ def test_run_succeeds(run: dict[str, Any]) -> None:
     assert (env["device"], env["dtype"], env["threads"]) == ("cpu", "float32", 1)
     assert env["quick"] is True
     assert env["repeats"] == REPEATS
-    assert env["sections"] == ["block", "sparse", "branches"]
+    assert env["sections"] == ["block", "sparse", "branches", "merge"]
     assert env["layouts"] == LAYOUTS
     assert env["backends"] == list(torchwire.backends.available("block_linear"))
     assert env["sparse"]["features"] == [FEATURES]
@@ -85,6 +86,23 @@ def test_run_succeeds(run: dict[str, Any]) -> None:
     assert list(env["branches"]) == PROBLEMS
     branches = run["json"]["branches"]
     assert [(case["problem"], case["batch"]) for case in branches] == [(p, 8) for p in PROBLEMS]
+    assert [case["problem"] for case in run["json"]["merge"]] == ["conv3x3-conv5x5"]
+
+
+def test_merge_case_times_the_merged_layer_against_the_chain(run: dict[str, Any]) -> None:
+    (case,) = run["json"]["merge"]
+    assert set(case["methods"]) == {"torchwire", "sequential"}
+    assert case["auto_backend"] == {mode: "Conv2d 7x7" for mode in bench.MODES}
+    assert case["methods"]["torchwire"]["label"] == "torchwire (merge -> Conv2d 7x7)"
+    # 98 weights and 2 biases, against 900 + 100 and 5,000 + 2.
+    assert case["methods"]["torchwire"]["param_bytes"] == 4 * 100
+    assert case["methods"]["sequential"]["param_bytes"] == 4 * 6002
+    for mode in bench.MODES:
+        speedup = (
+            case["methods"]["sequential"][mode]["median_ms"]
+            / case["methods"]["torchwire"][mode]["median_ms"]
+        )
+        assert math.isclose(case["speedup_vs_sequential"][mode], speedup)
 
 
 def test_every_method_for_every_case(run: dict[str, Any]) -> None:
@@ -264,12 +282,14 @@ def test_tables(run: dict[str, Any]) -> None:
     assert "branches summary (" in run["stdout"]
     assert "| method | fwd ms | fwd x branches | fwd+bwd ms |" in run["markdown"]
     progress = run["stderr"].splitlines()
-    assert [line.split(" ")[0] for line in progress] == [f"[{i}/6]" for i in range(1, 7)]
-    assert progress[0].startswith("[1/6] 2x2->2x3 batch=8: ")
-    assert progress[2].startswith(f"[3/6] sparse {FEATURES} 100% batch=8: torchwire (auto -> ")
+    assert [line.split(" ")[0] for line in progress] == [f"[{i}/7]" for i in range(1, 8)]
+    assert progress[0].startswith("[1/7] 2x2->2x3 batch=8: ")
+    assert progress[2].startswith(f"[3/7] sparse {FEATURES} 100% batch=8: torchwire (auto -> ")
     assert progress[4].startswith(
-        "[5/6] branches wide-conv-heads batch=8: torchwire (fuse_parallel -> Conv2d)"
+        "[5/7] branches wide-conv-heads batch=8: torchwire (fuse_parallel -> Conv2d)"
     )
+    assert progress[6].startswith("[7/7] merge conv3x3-conv5x5 batch=8: torchwire (merge -> ")
+    assert "merge summary (" in run["stdout"]
 
 
 def test_sparse_summary_reports_auto_choice(run: dict[str, Any]) -> None:
@@ -289,9 +309,9 @@ def test_sparse_summary_reports_auto_choice(run: dict[str, Any]) -> None:
 def test_branches_summary_reports_speedups(run: dict[str, Any]) -> None:
     lines = run["stdout"].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("branches summary ("))
-    header, _, *rows = lines[start + 1 :]
+    header, _, *rows = lines[start + 1 : start + 3 + len(PROBLEMS)]
     assert header.split()[:4] == ["problem", "batch", "fused", "layer"]
-    assert len(rows) == len(PROBLEMS)
+    assert lines[start + 3 + len(PROBLEMS)] == ""  # the table ends there
     for row, case in zip(rows, run["json"]["branches"], strict=True):
         problem, batch, layer, fwd, fwd_bwd, vs_manual = row.split()
         assert (problem, batch, layer) == (case["problem"], "8", case["auto_backend"]["fwd"])
@@ -310,23 +330,25 @@ def test_branches_summary_reports_speedups(run: dict[str, Any]) -> None:
         ("block", ["--layout", "2,2"]),
         ("sparse", ["--features", "16", "--density", "0.25"]),
         ("branches", ["--problem", "linear-heads"]),
+        ("merge", []),
     ],
 )
 def test_one_section(section: str, argv: list[str], tmp_path: Path) -> None:
     """A grid option alone picks its section; --section names it explicitly."""
-    for args in (argv, ["--section", section, *argv]):
+    alone = [argv] if argv else []  # the merge section has no grid option to pick it
+    for args in [*alone, ["--section", section, *argv]]:
         out = bench_main(["--batch", "4", "--repeats", "1", *args], tmp_path)
         assert out["status"] == 0
         data = out["json"]
         assert data["environment"]["sections"] == [section]
-        counts = {key: len(data[key]) for key in ("cases", "sparse", "branches")}
+        counts = {key: len(data[key]) for key in ("cases", "sparse", "branches", "merge")}
         assert counts == {
             key: int(key == {"block": "cases"}.get(section, section)) for key in counts
         }
         assert ("sparse summary" in out["stdout"]) == (section == "sparse")
         assert ("branches summary" in out["stdout"]) == (section == "branches")
         assert ("x limit" in out["stdout"]) == (section == "block")
-        assert ("auto -> A / B" in out["stdout"]) == (section != "branches")
+        assert ("auto -> A / B" in out["stdout"]) == (section in ("block", "sparse"))
         assert len(out["stderr"].splitlines()) == 1
     assert len(out["stderr"].splitlines()) == 1
 
@@ -411,14 +433,14 @@ def test_parse_layout() -> None:
 
 def test_grids() -> None:
     quick = bench.make_config(quick=True, device=torch.device("cpu"))
-    assert quick.sections == ("block", "sparse", "branches")
+    assert quick.sections == ("block", "sparse", "branches", "merge")
     assert quick.problems == ("vae-conv-heads", "linear-heads")
     assert quick.batches == (64,)
     assert [layout.name for layout in quick.layouts] == ["2x2->2x3", "16x64", "256x8", "8x64+16x32"]
     assert (quick.features, quick.densities) == ((1024,), (0.05, 0.01))
     assert quick.repeats == 5
     full = bench.make_config(device=torch.device("cpu"))
-    assert full.sections == ("block", "sparse", "branches")
+    assert full.sections == ("block", "sparse", "branches", "merge")
     assert full.problems == tuple(p.name for p in bench.BRANCH_PROBLEMS)
     assert len(full.problems) == 4
     assert full.batches == (64, 1024)

@@ -33,6 +33,10 @@ the reference is ``branches``, the heads run one after another. Methods:
   into one output per head).
 - ``manual_split``: the same wide layer followed by ``torch.split``, as written by hand.
 
+**merge**: a case is a chain of linear operators (:data:`MERGE_PROBLEMS`) and a batch size; the
+reference is ``sequential``, the chain as written. ``torchwire`` is the chain merged into one
+layer by :func:`torchwire.merge`.
+
 Timing: all methods of a case are built and warmed up first, then timed in interleaved rounds
 (every method once per round, in a rotating order); each timing runs a method ``k`` times with
 ``k`` chosen so that it lasts at least ``min_time``. Medians are taken across rounds, so all the
@@ -74,6 +78,7 @@ __all__ = [
     "FULL_DENSITIES",
     "FULL_FEATURES",
     "FULL_LAYOUTS",
+    "MERGE_PROBLEMS",
     "MODES",
     "PEAK_BYTES_MEANING",
     "QUICK_BATCHES",
@@ -89,6 +94,8 @@ __all__ = [
     "BranchProblem",
     "CaseResult",
     "Layout",
+    "MergeCaseResult",
+    "MergeProblem",
     "MethodResult",
     "SparseCaseResult",
     "Timing",
@@ -102,9 +109,9 @@ __all__ = [
     "to_dict",
 ]
 
-SECTIONS = ("block", "sparse", "branches")
-"""The sections of the suite: block-diagonal layers, layers with any (random) connectivity, and
-same-input branches fused into one layer."""
+SECTIONS = ("block", "sparse", "branches", "merge")
+"""The sections of the suite: block-diagonal layers, layers with any (random) connectivity,
+same-input branches fused into one layer, and consecutive layers merged into one."""
 MODES = ("fwd", "fwd_bwd")
 """Timed modes: forward under ``torch.no_grad()``; forward, then backward of a dense gradient."""
 ALTERNATIVES = ("modulelist", "masked_dense", "conv1d_groups")
@@ -280,6 +287,34 @@ BRANCH_PROBLEMS = (
 _BRANCH_PROBLEMS = {problem.name: problem for problem in BRANCH_PROBLEMS}
 FULL_BRANCH_PROBLEMS = tuple(_BRANCH_PROBLEMS)
 QUICK_BRANCH_PROBLEMS = ("vae-conv-heads", "linear-heads")
+
+
+@dataclass(frozen=True)
+class MergeProblem:
+    """Two layers in a row, ``first`` then ``second`` (module specs), on a per-sample input of
+    ``shape``."""
+
+    name: str
+    description: str
+    shape: tuple[int, ...]
+    first: Callable[..., nn.Module]
+    second: Callable[..., nn.Module]
+
+    def sequential(self, **factory_kwargs: Any) -> nn.Sequential:
+        return nn.Sequential(self.first(**factory_kwargs), self.second(**factory_kwargs))
+
+
+MERGE_PROBLEMS = (
+    MergeProblem(
+        "conv3x3-conv5x5",
+        "Conv2d(1, 100, 3) then Conv2d(100, 2, 5) on 1x28x28 (5,900 weights; merged: one "
+        "7x7 Conv2d(1, 2), 98)",
+        (1, 28, 28),
+        partial(nn.Conv2d, 1, 100, 3),
+        partial(nn.Conv2d, 100, 2, 5),
+    ),
+)
+"""The merge section's problems: the 3x3 then 5x5 convolution of the merging guide."""
 
 
 def default_device() -> torch.device:
@@ -482,6 +517,30 @@ class SparseCaseResult(_Measured):
 
 
 @dataclass
+class MergeCaseResult(_Measured):
+    """Everything measured for one chain of layers and batch size (reference: ``sequential``,
+    the chain as written). ``auto_backend`` holds the merged layer."""
+
+    reference: ClassVar[str] = "sequential"
+    alternatives: ClassVar[tuple[str, ...]] = ("sequential",)
+
+    problem: MergeProblem
+
+    @staticmethod
+    def chosen(module: nn.Module, x: Tensor, x_grad: Tensor) -> dict[str, str]:
+        merged: Any = module
+        kind = type(merged).__name__
+        if isinstance(merged, nn.modules.conv._ConvNd):
+            kind += f" {'x'.join(map(str, merged.kernel_size))}"
+        return {mode: kind for mode in MODES}
+
+    def label(self, name: str) -> str:
+        if name != "torchwire":
+            return name
+        return f"torchwire (merge -> {self.auto_backend['fwd']})"
+
+
+@dataclass
 class BranchCaseResult(_Measured):
     """Everything measured for one set of same-input heads and batch size (reference:
     ``branches``, the heads one after another). ``auto_backend`` holds the fused layer's type."""
@@ -502,7 +561,7 @@ class BranchCaseResult(_Measured):
         return f"torchwire (fuse_parallel -> {self.auto_backend['fwd']})"
 
 
-_AnyCase = CaseResult | SparseCaseResult | BranchCaseResult
+_AnyCase = CaseResult | SparseCaseResult | BranchCaseResult | MergeCaseResult
 
 
 def _backend_of(name: str) -> str:
@@ -521,6 +580,7 @@ class BenchResult:
     cases: list[CaseResult] = field(default_factory=list)
     sparse: list[SparseCaseResult] = field(default_factory=list)
     branches: list[BranchCaseResult] = field(default_factory=list)
+    merge: list[MergeCaseResult] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -933,6 +993,14 @@ def _run_branch_case(problem: BranchProblem, batch: int, config: BenchConfig) ->
     return _run_case(BranchCaseResult, builders, problem.shape, batch, config, problem=problem)
 
 
+def _run_merge_case(problem: MergeProblem, batch: int, config: BenchConfig) -> MergeCaseResult:
+    builders = {
+        "torchwire": lambda **f: torchwire.merge(*problem.sequential(**f)),
+        "sequential": problem.sequential,
+    }
+    return _run_case(MergeCaseResult, builders, problem.shape, batch, config, problem=problem)
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -982,12 +1050,19 @@ def _environment(
             "masked_weight": "F.linear(x, weight * mask, bias), dense weight and dense mask buffer",
         },
         "branches": {name: _BRANCH_PROBLEMS[name].description for name in config.problems},
+        "merge": {problem.name: problem.description for problem in MERGE_PROBLEMS},
         "peak_bytes": PEAK_BYTES_MEANING.get(config.device.type, PEAK_BYTES_MEANING["cpu"]),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def _progress_line(case: _AnyCase) -> str:
+    if isinstance(case, MergeCaseResult):
+        return (
+            f"merge {case.problem.name} batch={case.batch}: {case.label('torchwire')},"
+            f" fwd {case.speedup_over('sequential', 'fwd'):.2f}x vs sequential"
+            f" ({case.seconds:.1f} s)"
+        )
     if isinstance(case, BranchCaseResult):
         return (
             f"branches {case.problem.name} batch={case.batch}: {case.label('torchwire')},"
@@ -1050,9 +1125,17 @@ def run(config: BenchConfig, *, progress: TextIO | None = None) -> BenchResult:
                 for batch in config.batches
                 for name in config.problems
             ]
+        if "merge" in config.sections:
+            jobs += [
+                partial(_run_merge_case, problem, batch, config)
+                for batch in config.batches
+                for problem in MERGE_PROBLEMS
+            ]
         for index, job in enumerate(jobs, 1):
             case = job()
-            if isinstance(case, BranchCaseResult):
+            if isinstance(case, MergeCaseResult):
+                result.merge.append(case)
+            elif isinstance(case, BranchCaseResult):
                 result.branches.append(case)
             elif isinstance(case, SparseCaseResult):
                 result.sparse.append(case)
@@ -1121,6 +1204,8 @@ def _header(result: BenchResult) -> list[str]:
         ratios.append(f"x masked_weight: time / time of `masked_weight`, {masked_weight}")
     if result.branches:
         ratios.append("x branches: time / time of `branches`, the heads one after another")
+    if result.merge:
+        ratios.append("x sequential: time / time of `sequential`, the layers as written")
     lines = [
         f"torchwire bench: torch {env['torch']}, torchwire {env['torchwire']},"
         f" {env['device']} ({env['device_name']}), {env['dtype']}, {threads}",
@@ -1149,6 +1234,11 @@ def _header(result: BenchResult) -> list[str]:
 
 
 def _case_title(case: _AnyCase) -> str:
+    if isinstance(case, MergeCaseResult):
+        return (
+            f"merge {case.problem.name}: {case.problem.description}, batch {case.batch};"
+            " reference = sequential"
+        )
     if isinstance(case, BranchCaseResult):
         return (
             f"branches {case.problem.name}: {case.problem.description}, batch {case.batch};"
@@ -1236,6 +1326,21 @@ def _branch_summary_rows(result: BenchResult) -> list[list[str]]:
     ]
 
 
+_MERGE_SUMMARY_HEADERS = ("problem", "batch", "merged layer", "speedup fwd", "speedup fwd+bwd")
+
+
+def _merge_summary_rows(result: BenchResult) -> list[list[str]]:
+    return [
+        [
+            case.problem.name,
+            str(case.batch),
+            case.auto_backend["fwd"],
+            *(f"{case.speedup_over(case.reference, mode):.2f}x" for mode in MODES),
+        ]
+        for case in result.merge
+    ]
+
+
 # A section's cases, its summary's title, headers and rows.
 _Section = tuple[Sequence[_AnyCase], str, Sequence[str], list[list[str]]]
 
@@ -1254,6 +1359,9 @@ def _sections(result: BenchResult) -> list[_Section]:
         title = "branches summary (speedup: time of branches / time of torchwire)"
         rows = _branch_summary_rows(result)
         sections.append((result.branches, title, _BRANCH_SUMMARY_HEADERS, rows))
+    if result.merge:
+        title = "merge summary (speedup: time of sequential / time of torchwire)"
+        sections.append((result.merge, title, _MERGE_SUMMARY_HEADERS, _merge_summary_rows(result)))
     return sections
 
 
@@ -1384,9 +1492,22 @@ def to_dict(result: BenchResult) -> dict[str, Any]:
         }
         for case in result.branches
     ]
+    merge = [
+        {
+            "problem": case.problem.name,
+            "description": case.problem.description,
+            "input_shape": list(case.problem.shape),
+            **_case_dict(case),
+            "speedup_vs_sequential": {
+                mode: case.speedup_over(case.reference, mode) for mode in MODES
+            },
+        }
+        for case in result.merge
+    ]
     return {
         "environment": result.environment,
         "cases": cases,
         "sparse": sparse,
         "branches": branches,
+        "merge": merge,
     }

@@ -85,15 +85,16 @@ def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "bench",
         help="time every way of computing block-diagonal, sparse and branching layers here",
         description=(
-            "Three sections. block: torchwire's BlockLinear (auto and every backend forced by "
+            "Four sections. block: torchwire's BlockLinear (auto and every backend forced by "
             "name) against an nn.ModuleList of nn.Linear, a pruned (masked) dense nn.Linear and a "
             "grouped Conv1d, as ratios to one dense GEMM with the same multiply-adds ('limit'). "
             "sparse: torchwire's SparseLinear on random wirings (auto and every backend that can "
             "run the wiring) against a dense weight * mask ('masked_weight', the reference of the "
             "ratios), a pruned (masked) dense nn.Linear and torch.sparse.mm. branches: "
             "same-input heads fused by fuse_parallel against the heads run one after another "
-            "('branches', the reference) and one wide layer split by hand. Progress goes to "
-            "stderr, the tables to stdout."
+            "('branches', the reference) and one wide layer split by hand. merge: layers in a "
+            "row merged into one by torchwire.merge, against the chain as written "
+            "('sequential'). Progress goes to stderr, the tables to stdout."
         ),
     )
     parser.add_argument(
