@@ -65,6 +65,10 @@ def test_parallel_heads_are_fused_and_verified() -> None:
     fused, report = tw.fuse(model, (inputs,))
     assert len(report.fused) == 1
     assert any(isinstance(m, tw.FusedParallel) for m in fused.modules())
+    # Two heads became one layer (the same weights: fusing side by side removes none).
+    linears = [m for m in fused.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 1
+    assert _count(fused) == _count(model)
     for a, b in zip(fused(inputs), model(inputs), strict=True):
         torch.testing.assert_close(a, b)
 
