@@ -113,3 +113,17 @@ def split(x: torch.Tensor, sizes: Sequence[int], dim: int) -> tuple[torch.Tensor
 def conv(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
     """An ``nn.Conv1d/2d/3d`` applied in float64 (a float64 copy of the module)."""
     return copy.deepcopy(module).double()(x.double())
+
+
+def trained_batchnorm(
+    kind: type[torch.nn.Module], channels: int, dtype: torch.dtype = torch.float64
+) -> torch.nn.Module:
+    """A BatchNorm in eval mode holding random running statistics and affine parameters, as a
+    trained one does (a fresh one is the identity, which would hide folding mistakes)."""
+    bn: Any = kind(channels, dtype=dtype)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    return bn.eval()  # type: ignore[no-any-return]

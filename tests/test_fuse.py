@@ -9,6 +9,7 @@ from torch import nn
 
 import torchwire as tw
 import torchwire.merging
+from tests import reference
 
 D = torch.float64
 
@@ -17,22 +18,12 @@ def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _norm(channels: int, kind: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
-    bn = kind(channels, dtype=D)
-    with torch.no_grad():
-        bn.running_mean.uniform_(-1, 1)
-        bn.running_var.uniform_(0.5, 2)
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-1, 1)
-    return bn
-
-
 def test_conv_bn_conv_then_relu_then_two_linears_becomes_smaller_and_equal() -> None:
     """The issue's model: conv -> BN -> conv (no activation) -> ReLU -> linear -> linear."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, dtype=D),
-        _norm(16),
+        reference.trained_batchnorm(nn.BatchNorm2d, 16),
         nn.Conv2d(16, 4, 3, dtype=D),
         nn.ReLU(),
         nn.Flatten(),

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 import torchwire as tw
+from tests import reference
 
 D = torch.float64
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -144,22 +145,14 @@ def test_linear_merges_are_exact(pair: tuple[nn.Module, nn.Module], seed: int) -
     if kinds == {tw.BlockLinear}:
         assert type(merged) is tw.BlockLinear  # groups line up: 2 and 2
     if type(merged) is tw.SparseLinear:
-        assert (
-            merged.wiring == first.wiring.then(second.wiring)
-            if hasattr(first, "wiring") and hasattr(second, "wiring")
-            else True
-        )
+        assert merged.wiring == _wiring(first).then(_wiring(second))
         assert merged.wiring.density <= tw.merging.SPARSE_DENSITY
 
 
-def _trained_norm(norm: type[nn.Module], channels: int) -> nn.Module:
-    bn = norm(channels, dtype=D)
-    with torch.no_grad():
-        bn.running_mean.uniform_(-1, 1)
-        bn.running_var.uniform_(0.5, 2)
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-1, 1)
-    return bn.eval()
+def _wiring(m: Any) -> tw.Wiring:
+    if isinstance(m, nn.Linear):
+        return tw.Wiring.block_diagonal([m.in_features], [m.out_features])
+    return m.wiring
 
 
 @pytest.mark.parametrize("d", [1, 2, 3])
@@ -167,7 +160,7 @@ def _trained_norm(norm: type[nn.Module], channels: int) -> nn.Module:
 def test_conv_then_batchnorm_matches_torch_fuse_conv_bn_eval(d: int, bias: bool) -> None:
     torch.manual_seed(d)
     conv = CONVS[d](4, 6, 3, padding=1, groups=2, bias=bias, dtype=D).eval()
-    bn = _trained_norm(NORMS[d], 6)
+    bn = reference.trained_batchnorm(NORMS[d], 6)
     merged = tw.merge(conv, bn)
     oracle = fuse_conv_bn_eval(copy.deepcopy(conv), bn)  # torch's own fold: an independent oracle
     _close(merged.weight, oracle.weight)
@@ -177,7 +170,7 @@ def test_conv_then_batchnorm_matches_torch_fuse_conv_bn_eval(d: int, bias: bool)
 
 
 def test_linear_then_batchnorm_matches_torch_fuse_linear_bn_eval() -> None:
-    linear, bn = nn.Linear(5, 4, dtype=D).eval(), _trained_norm(nn.BatchNorm1d, 4)
+    linear, bn = nn.Linear(5, 4, dtype=D).eval(), reference.trained_batchnorm(nn.BatchNorm1d, 4)
     merged = tw.merge(linear, bn)
     oracle = fuse_linear_bn_eval(copy.deepcopy(linear), bn)
     _close(merged.weight, oracle.weight)
@@ -196,7 +189,10 @@ def test_structured_layers_fold_a_batchnorm_on_either_side(layer: Callable[[], A
     torch.manual_seed(0)
     m = layer()
     x = torch.randn(5, 6, dtype=D)
-    after, before = _trained_norm(nn.BatchNorm1d, 4), _trained_norm(nn.BatchNorm1d, 6)
+    after, before = (
+        reference.trained_batchnorm(nn.BatchNorm1d, 4),
+        reference.trained_batchnorm(nn.BatchNorm1d, 6),
+    )
     folded = tw.merge(m, after)
     assert type(folded) is type(m)
     _close(folded(x), after(m(x)))
@@ -211,7 +207,7 @@ def test_batchnorm_then_conv_is_exact_where_the_padding_allows(
     padding: int, padding_mode: str
 ) -> None:
     torch.manual_seed(0)
-    bn = _trained_norm(nn.BatchNorm2d, 4)
+    bn = reference.trained_batchnorm(nn.BatchNorm2d, 4)
     conv = nn.Conv2d(4, 6, 3, padding=padding, padding_mode=padding_mode, groups=2, dtype=D)
     x = torch.randn(2, 4, 8, 8, dtype=D)
     if padding and padding_mode == "zeros":
@@ -235,7 +231,7 @@ def test_tensor_functions_compute_in_float64_and_return_the_input_dtype() -> Non
 
 
 def _eval_bn() -> nn.Module:
-    return _trained_norm(nn.BatchNorm1d, 4)
+    return reference.trained_batchnorm(nn.BatchNorm1d, 4)
 
 
 REFUSED: list[tuple[Callable[[], tuple[nn.Module, nn.Module]], type[Exception], str]] = [

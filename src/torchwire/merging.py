@@ -219,17 +219,25 @@ def compose_conv_weights(
     return weight.to(dtype), None if bias is None else bias.to(dtype), dilation, groups
 
 
-def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+def _scale_shift(
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval BatchNorm as ``x * scale + shift`` per channel, in float64."""
-    assert bn.running_mean is not None
-    assert bn.running_var is not None
-    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.detach().double()
-    shift = -bn.running_mean.double() * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.detach().double()
+    scale = torch.rsqrt(var.double() + eps)
+    if weight is not None:
+        scale = scale * weight.detach().double()
+    shift = -mean.double() * scale
+    if bias is not None:
+        shift = shift + bias.detach().double()
     return scale, shift
+
+
+def _bn_scale_shift(bn: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return _scale_shift(bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
 
 
 def fold_batchnorm_weights(
@@ -254,8 +262,7 @@ def fold_batchnorm_weights(
         tensor([[0.5000, 0.5000, 0.5000],
                 [0.5000, 0.5000, 0.5000]])
     """
-    bn = _batchnorm_of(running_mean, running_var, eps, bn_weight, bn_bias)
-    scale, shift = _bn_scale_shift(bn)
+    scale, shift = _scale_shift(running_mean, running_var, eps, bn_weight, bn_bias)
     w = weight.detach().double() * scale.view(-1, *[1] * (weight.dim() - 1))
     b = shift if bias is None else bias.detach().double() * scale + shift
     return w.to(weight.dtype), b.to(weight.dtype)
@@ -283,32 +290,15 @@ def fold_input_batchnorm_weights(
         >>> w, b  # y = (x0 - 1) + (x1 - 1)
         (tensor([[1., 1.]]), tensor([-2.]))
     """
-    bn = _batchnorm_of(running_mean, running_var, eps, bn_weight, bn_bias)
-    scale, shift = _bn_scale_shift(bn)
+    scale, shift = _scale_shift(running_mean, running_var, eps, bn_weight, bn_bias)
+    out, per_group, *kernel = weight.shape
+    # weight[o, j] reads input channel (o // (out / groups)) * per_group + j.
+    in_scale = scale.view(groups, 1, per_group).expand(groups, out // groups, per_group)
+    w = weight.detach().double() * in_scale.reshape(out, per_group, *[1] * len(kernel))
     dense = _ungroup(weight.detach().double(), groups)
-    shape = (1, -1, *[1] * (weight.dim() - 2))
-    per_group = weight.shape[1]
-    in_scale = scale.view(groups, per_group)  # the input channels of each group
-    rows = weight.shape[0] // groups
-    w = weight.detach().double() * in_scale.repeat_interleave(rows, 0).view(
-        weight.shape[0], per_group, *[1] * (weight.dim() - 2)
-    )
-    through = (dense * shift.view(shape)).sum(tuple(range(1, dense.dim())))
+    through = (dense * shift.view(1, -1, *[1] * len(kernel))).sum(tuple(range(1, dense.dim())))
     b = through if bias is None else bias.detach().double() + through
     return w.to(weight.dtype), b.to(weight.dtype)
-
-
-def _batchnorm_of(
-    mean: torch.Tensor,
-    var: torch.Tensor,
-    eps: float,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-) -> nn.modules.batchnorm._BatchNorm:
-    bn = nn.BatchNorm1d(mean.numel(), eps=eps, affine=False, device="meta")
-    bn.running_mean, bn.running_var = mean, var
-    bn.weight, bn.bias = weight, bias  # type: ignore[assignment]
-    return bn
 
 
 def merge(first: nn.Module, second: nn.Module, *, allow_border: bool = False) -> nn.Module:
