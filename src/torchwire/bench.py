@@ -517,12 +517,32 @@ class SparseCaseResult(_Measured):
 
 
 @dataclass
-class MergeCaseResult(_Measured):
+class _ProblemCaseResult(_Measured):
+    """A case of a named problem, where ``torchwire`` is what a surgery function (``surgery``)
+    made of the reference module; ``auto_backend`` holds the layer it made."""
+
+    section: ClassVar[str]
+    surgery: ClassVar[str]
+    headline: ClassVar[str]  # the mode the progress line reports
+
+    problem: BranchProblem | MergeProblem
+
+    def label(self, name: str) -> str:
+        if name != "torchwire":
+            return name
+        return f"torchwire ({self.surgery} -> {self.auto_backend['fwd']})"
+
+
+@dataclass
+class MergeCaseResult(_ProblemCaseResult):
     """Everything measured for one chain of layers and batch size (reference: ``sequential``,
-    the chain as written). ``auto_backend`` holds the merged layer."""
+    the chain as written)."""
 
     reference: ClassVar[str] = "sequential"
     alternatives: ClassVar[tuple[str, ...]] = ("sequential",)
+    section: ClassVar[str] = "merge"
+    surgery: ClassVar[str] = "merge"
+    headline: ClassVar[str] = "fwd"  # merging is for inference
 
     problem: MergeProblem
 
@@ -534,19 +554,17 @@ class MergeCaseResult(_Measured):
             kind += f" {'x'.join(map(str, merged.kernel_size))}"
         return {mode: kind for mode in MODES}
 
-    def label(self, name: str) -> str:
-        if name != "torchwire":
-            return name
-        return f"torchwire (merge -> {self.auto_backend['fwd']})"
-
 
 @dataclass
-class BranchCaseResult(_Measured):
+class BranchCaseResult(_ProblemCaseResult):
     """Everything measured for one set of same-input heads and batch size (reference:
-    ``branches``, the heads one after another). ``auto_backend`` holds the fused layer's type."""
+    ``branches``, the heads one after another)."""
 
     reference: ClassVar[str] = "branches"
     alternatives: ClassVar[tuple[str, ...]] = BRANCH_ALTERNATIVES
+    section: ClassVar[str] = "branches"
+    surgery: ClassVar[str] = "fuse_parallel"
+    headline: ClassVar[str] = "fwd_bwd"
 
     problem: BranchProblem
 
@@ -554,11 +572,6 @@ class BranchCaseResult(_Measured):
     def chosen(module: nn.Module, x: Tensor, x_grad: Tensor) -> dict[str, str]:
         kind = type(cast(torchwire.FusedParallel, module).layer).__name__
         return {mode: kind for mode in MODES}
-
-    def label(self, name: str) -> str:
-        if name != "torchwire":
-            return name
-        return f"torchwire (fuse_parallel -> {self.auto_backend['fwd']})"
 
 
 _AnyCase = CaseResult | SparseCaseResult | BranchCaseResult | MergeCaseResult
@@ -1057,16 +1070,11 @@ def _environment(
 
 
 def _progress_line(case: _AnyCase) -> str:
-    if isinstance(case, MergeCaseResult):
+    if isinstance(case, _ProblemCaseResult):
+        mode, reference = case.headline, case.reference
         return (
-            f"merge {case.problem.name} batch={case.batch}: {case.label('torchwire')},"
-            f" fwd {case.speedup_over('sequential', 'fwd'):.2f}x vs sequential"
-            f" ({case.seconds:.1f} s)"
-        )
-    if isinstance(case, BranchCaseResult):
-        return (
-            f"branches {case.problem.name} batch={case.batch}: {case.label('torchwire')},"
-            f" fwd+bwd {case.speedup_over('branches', 'fwd_bwd'):.2f}x vs branches"
+            f"{case.section} {case.problem.name} batch={case.batch}: {case.label('torchwire')},"
+            f" {mode.replace('_', '+')} {case.speedup_over(reference, mode):.2f}x vs {reference}"
             f" ({case.seconds:.1f} s)"
         )
     if isinstance(case, SparseCaseResult):
@@ -1234,15 +1242,10 @@ def _header(result: BenchResult) -> list[str]:
 
 
 def _case_title(case: _AnyCase) -> str:
-    if isinstance(case, MergeCaseResult):
+    if isinstance(case, _ProblemCaseResult):
         return (
-            f"merge {case.problem.name}: {case.problem.description}, batch {case.batch};"
-            " reference = sequential"
-        )
-    if isinstance(case, BranchCaseResult):
-        return (
-            f"branches {case.problem.name}: {case.problem.description}, batch {case.batch};"
-            " reference = branches"
+            f"{case.section} {case.problem.name}: {case.problem.description}, batch"
+            f" {case.batch}; reference = {case.reference}"
         )
     if isinstance(case, SparseCaseResult):
         return (
@@ -1449,6 +1452,18 @@ def _case_dict(case: _AnyCase) -> dict[str, Any]:
     }
 
 
+def _problem_case_dict(case: BranchCaseResult | MergeCaseResult) -> dict[str, Any]:
+    return {
+        "problem": case.problem.name,
+        "description": case.problem.description,
+        "input_shape": list(case.problem.shape),
+        **_case_dict(case),
+        f"speedup_vs_{case.reference}": {
+            mode: case.speedup_over(case.reference, mode) for mode in MODES
+        },
+    }
+
+
 def to_dict(result: BenchResult) -> dict[str, Any]:
     """Everything in ``result`` as JSON-ready data (times in milliseconds, sizes in bytes):
     ``environment``, the block section's ``cases``, and the ``sparse`` and ``branches``
@@ -1480,30 +1495,9 @@ def to_dict(result: BenchResult) -> dict[str, Any]:
         for case in result.sparse
     ]
     branches = [
-        {
-            "problem": case.problem.name,
-            "description": case.problem.description,
-            "input_shape": list(case.problem.shape),
-            "heads": case.problem.count,
-            **_case_dict(case),
-            "speedup_vs_branches": {
-                mode: case.speedup_over(case.reference, mode) for mode in MODES
-            },
-        }
-        for case in result.branches
+        {**_problem_case_dict(case), "heads": case.problem.count} for case in result.branches
     ]
-    merge = [
-        {
-            "problem": case.problem.name,
-            "description": case.problem.description,
-            "input_shape": list(case.problem.shape),
-            **_case_dict(case),
-            "speedup_vs_sequential": {
-                mode: case.speedup_over(case.reference, mode) for mode in MODES
-            },
-        }
-        for case in result.merge
-    ]
+    merge = [_problem_case_dict(case) for case in result.merge]
     return {
         "environment": result.environment,
         "cases": cases,
