@@ -390,11 +390,16 @@ def _same_layer(
         new = BlockLinear(
             list(m.in_sizes), list(m.out_sizes), bias=bias is not None, backend=m.backend, **factory
         )
+    return _filled(new, values, bias)
+
+
+def _filled(layer: Any, values: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """``layer`` holding ``values`` (in ``wiring.edges()`` order) and ``bias``."""
     with torch.no_grad():
-        new.weight.copy_(values.view_as(new.weight))
+        layer.weight.copy_(values.view_as(layer.weight))
         if bias is not None:
-            new.bias.copy_(bias)
-    return new  # type: ignore[no-any-return]
+            layer.bias.copy_(bias)
+    return layer  # type: ignore[no-any-return]
 
 
 def _merge_linears(first: Any, second: Any) -> nn.Module:
@@ -422,8 +427,7 @@ def _merge_linears(first: Any, second: Any) -> nn.Module:
             dtype=dtype,
         )
         edges = wiring.edges().to(weight.device)
-        values = weight[edges[:, 1], edges[:, 0]]
-        return _same_layer(block, values, bias, dtype)
+        return _filled(block, weight[edges[:, 1], edges[:, 0]], bias)
     if wiring.density <= SPARSE_DENSITY:
         return SparseLinear._with_values(
             wiring, weight.to(dtype), None if bias is None else bias.to(dtype), "auto"
