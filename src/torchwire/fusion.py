@@ -356,6 +356,12 @@ def _any_bias(named: _Named) -> bool:
     return any(m.bias is not None for _, m in named)
 
 
+def _common_backend(named: _Named) -> str:
+    """The backend every branch forces, else ``"auto"`` (``nn.Linear`` counts as auto)."""
+    backends = {getattr(m, "backend", "auto") for _, m in named}
+    return backends.pop() if len(backends) == 1 else "auto"
+
+
 def _cat_rows(named: _Named) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Every ``nn.Linear``'s weight and bias stacked by output rows."""
     weight = torch.cat([m.weight.detach() for _, m in named])
@@ -427,12 +433,11 @@ def _fuse_blocks(named: _Named) -> tuple[nn.Module, list[int] | None, int]:
     first = layers[0]
     per_branch = [_blocks(m) for m in layers]
     blocks = [torch.cat(group) for group in zip(*per_branch, strict=True)]
-    backends = {m.backend for m in layers}
     layer = BlockLinear(
         list(first.in_sizes),
         [b.shape[0] for b in blocks],
         bias=_any_bias(named),
-        backend=backends.pop() if len(backends) == 1 else "auto",
+        backend=_common_backend(named),
         device=first.weight.device,
         dtype=first.weight.dtype,
     )
@@ -457,11 +462,10 @@ def _fuse_sparse(named: _Named) -> SparseLinear:
         offset += w.out_features
     stacked = Wiring.from_edges(torch.cat(edges), wirings[0].in_features, offset)
     weight = values[0]
-    backends = {getattr(m, "backend", "auto") for _, m in named}
     layer = SparseLinear(
         stacked,
         bias=_any_bias(named),
-        backend=backends.pop() if len(backends) == 1 else "auto",
+        backend=_common_backend(named),
         device=weight.device,
         dtype=weight.dtype,
     )
