@@ -744,3 +744,47 @@ def test_repr():
     assert repr(Wiring.from_mapping({"y": ["a"]})) == (
         "Wiring(in_features=1, out_features=1, nnz=1, density=1.0, named=inputs+outputs)"
     )
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n_in=st.integers(1, 9),
+    n_out=st.integers(1, 9),
+    density=st.floats(0, 1),
+    data=st.data(),
+)
+def test_select_is_the_mask_of_the_kept_rows_and_columns(
+    seed: int, n_in: int, n_out: int, density: float, data: st.DataObject
+) -> None:
+    names = [f"i{k}" for k in range(n_in)]
+    w = Wiring.random(n_in, n_out, density=density, seed=seed).with_names(inputs=names)
+    keep_in = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n_in, max_size=n_in)))
+    keep_out = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n_out, max_size=n_out)))
+    sub = w.select(keep_in, keep_out.nonzero()[:, 0])  # a mask and indices
+    assert torch.equal(sub.mask(), w.mask()[keep_out][:, keep_in])
+    assert sub.input_names == tuple(n for n, k in zip(names, keep_in.tolist(), strict=True) if k)
+    # the kept connections' positions, in order: values follow with weight[selected_edges]
+    kept = w.selected_edges(keep_in, keep_out)
+    flat = w.edges()[kept]
+    assert torch.equal(w.mask()[flat[:, 1], flat[:, 0]], torch.ones(len(flat), dtype=torch.bool))
+    assert int(kept.sum()) == sub.nnz
+    order = torch.argsort(flat[:, 1] * n_in + flat[:, 0])
+    assert torch.equal(order, torch.arange(len(flat)))
+    dropped = w.select_edges(~kept)
+    assert (dropped | w.select_edges(kept)) == w
+    assert (dropped & w.select_edges(kept)).nnz == 0
+
+
+def test_select_errors() -> None:
+    w = Wiring.block_diagonal([2, 1], [1, 2])
+    with pytest.raises(ValueError, match="increasing unique indices"):
+        w.select(inputs=[2, 0])
+    with pytest.raises(ValueError, match="increasing unique indices"):
+        w.select(outputs=[3])
+    with pytest.raises(ValueError, match="in_features = 3 entries"):
+        w.select(inputs=torch.ones(2, dtype=torch.bool))
+    with pytest.raises(TypeError, match="bool mask or 1-D integer indices"):
+        w.select(inputs=[0.0, 1.0])
+    with pytest.raises(ValueError, match=r"bool tensor of shape \(nnz,\) = \(4,\)"):
+        w.select_edges(torch.ones(3, dtype=torch.bool))

@@ -1,10 +1,13 @@
 """torchwire: partially connected neural network layers for PyTorch."""
 
-from torchwire import backends, functional
+from torchwire import backends, functional, prune
 from torchwire.containers import Concat, Map, Parallel, Split, Sum
+from torchwire.dynamic import DynamicSparsity
 from torchwire.fusion import FusedParallel, fuse_parallel, unfuse
 from torchwire.layers import BlockLinear, MultiLinear, SparseLinear
 from torchwire.merging import FuseReport, fuse, merge
+from torchwire.prune import sparsify
+from torchwire.serialization import load, save
 from torchwire.wiring import Wiring
 
 __version__ = "0.1.0"
@@ -12,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BlockLinear",
     "Concat",
+    "DynamicSparsity",
     "FuseReport",
     "FusedParallel",
     "Map",
@@ -26,6 +30,10 @@ __all__ = [
     "functional",
     "fuse",
     "fuse_parallel",
+    "load",
     "merge",
+    "prune",
+    "save",
+    "sparsify",
     "unfuse",
 ]

@@ -731,6 +731,17 @@ class SparseLinear(nn.Module):
         self._wiring = wiring
         self._copy_index(wiring)  # recompute the transposed structure rather than trust it
 
+    def _rewire(self, wiring: Wiring) -> None:
+        """Take ``wiring`` (same sizes and connection count) in place: the index buffers are
+        overwritten, the parameters untouched (the caller moves the values)."""
+        if wiring.shape != self._wiring.shape or wiring.nnz != self.nnz:
+            raise ValueError(
+                f"rewiring in place needs the same shape and nnz, got {wiring.shape} with "
+                f"{wiring.nnz} connections for a layer of {self._wiring.shape} with {self.nnz}"
+            )
+        self._wiring = wiring
+        self._copy_index(wiring)
+
     def _copy_index(self, wiring: Wiring) -> None:
         """Write ``wiring``'s index tensors into the buffers (same shapes) and its block
         layout into ``_blocks``."""

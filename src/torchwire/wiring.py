@@ -832,6 +832,78 @@ class Wiring:
             self._input_names,
         )
 
+    def select(self, inputs: Any = None, outputs: Any = None) -> Wiring:
+        """The wiring between a subset of the inputs and a subset of the outputs.
+
+        Kept inputs and outputs are renumbered in their original order and keep their
+        names; a connection survives when both its ends are kept. Its position in the new
+        canonical order is its position among the survivors of the old one, so
+        ``weight[keep]`` with ``keep = w.selected_edges(inputs, outputs)`` gives the values.
+
+        Args:
+            inputs: the inputs to keep, as a bool mask of ``in_features`` entries or
+                increasing indices. Default: ``None`` (all).
+            outputs: the outputs to keep, likewise. Default: ``None`` (all).
+
+        Examples::
+
+            >>> w = Wiring.block_diagonal([2, 1], [1, 2])
+            >>> w.select(inputs=[0, 2]).edges().tolist()
+            [[0, 0], [1, 1], [1, 2]]
+        """
+        keep_in = _keep_mask(inputs, self._in, "inputs", "in_features")
+        keep_out = _keep_mask(outputs, self._out, "outputs", "out_features")
+        kept = keep_in[self._indices.long()] & keep_out[self._rows()]
+        new_in = keep_in.cumsum(0) - 1
+        new_out = keep_out.cumsum(0) - 1
+        return type(self)._trusted(
+            new_out[self._rows()[kept]],
+            new_in[self._indices[kept].long()],
+            int(keep_in.sum()),
+            int(keep_out.sum()),
+            _take_names(self._input_names, keep_in),
+            _take_names(self._output_names, keep_out),
+        )
+
+    def selected_edges(self, inputs: Any = None, outputs: Any = None) -> Tensor:
+        """Bool ``(nnz,)``: which connections :meth:`select` with these arguments keeps.
+
+        Examples::
+
+            >>> Wiring.block_diagonal([2, 1], [1, 2]).selected_edges(inputs=[0, 2]).tolist()
+            [True, False, True, True]
+        """
+        keep_in = _keep_mask(inputs, self._in, "inputs", "in_features")
+        keep_out = _keep_mask(outputs, self._out, "outputs", "out_features")
+        return keep_in[self._indices.long()] & keep_out[self._rows()]
+
+    def select_edges(self, keep: Any) -> Wiring:
+        """The same inputs and outputs with only the connections where ``keep`` is true.
+
+        Args:
+            keep: bool ``(nnz,)`` in canonical order (``keep[k]`` for ``edges()[k]``).
+
+        Examples::
+
+            >>> w = Wiring.block_diagonal([2], [2])
+            >>> w.select_edges(torch.tensor([True, False, False, True])).mask().int().tolist()
+            [[1, 0], [0, 1]]
+        """
+        keep = torch.as_tensor(keep, device=_CPU)
+        if keep.dtype != torch.bool or tuple(keep.shape) != (self.nnz,):
+            raise ValueError(
+                f"select_edges expected a bool tensor of shape (nnz,) = ({self.nnz},), got "
+                f"dtype {keep.dtype} and shape {tuple(keep.shape)}"
+            )
+        return type(self)._trusted(
+            self._rows()[keep],
+            self._indices[keep].long(),
+            self._in,
+            self._out,
+            self._input_names,
+            self._output_names,
+        )
+
     def _combined_names(
         self, other: Wiring, op: str
     ) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
@@ -1086,3 +1158,37 @@ def _checksum(t: Tensor) -> int:
     p = 2_147_483_647
     weights = torch.arange(1, t.numel() + 1, dtype=torch.int64, device=_CPU) % p
     return int((((t.long() % p) * weights) % p).sum())
+
+
+def _keep_mask(keep: object, size: int, arg: str, size_name: str) -> Tensor:
+    """Bool ``(size,)`` from ``None`` (all), a bool mask or increasing unique indices."""
+    if keep is None:
+        return torch.ones(size, dtype=torch.bool, device=_CPU)
+    t = torch.as_tensor(keep, device=_CPU)
+    if t.dtype == torch.bool:
+        if tuple(t.shape) != (size,):
+            raise ValueError(
+                f"{arg} as a bool mask must have {size_name} = {size} entries, "
+                f"got shape {tuple(t.shape)}"
+            )
+        return t.clone()
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.ndim != 1:
+        raise TypeError(
+            f"{arg} must be a bool mask or 1-D integer indices, got dtype {t.dtype} "
+            f"and shape {tuple(t.shape)}"
+        )
+    t = t.long()
+    if t.numel() and (bool((t[1:] <= t[:-1]).any()) or int(t[0]) < 0 or int(t[-1]) >= size):
+        raise ValueError(
+            f"{arg} must be increasing unique indices in [0, {size_name}) = [0, {size}), "
+            f"got {t.tolist()[:10]}{' ...' if t.numel() > 10 else ''}"
+        )
+    mask = torch.zeros(size, dtype=torch.bool, device=_CPU)
+    mask[t] = True
+    return mask
+
+
+def _take_names(names: tuple[str, ...] | None, keep: Tensor) -> tuple[str, ...] | None:
+    if names is None:
+        return None
+    return tuple(name for name, k in zip(names, keep.tolist(), strict=True) if k)

@@ -1,0 +1,304 @@
+"""Dynamic sparse training: drop weak connections, grow new ones, keep the optimizer valid.
+
+:class:`DynamicSparsity` rewires the :class:`~torchwire.SparseLinear` layers of a model
+during training (SET grows at random, RigL where the gradient is largest) while every layer
+keeps its number of connections, its ``Parameter`` objects and the optimizer's per-connection
+state, moved to follow each surviving connection.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchwire.layers import SparseLinear
+from torchwire.wiring import Wiring
+
+__all__ = ["DynamicSparsity"]
+
+_CHUNK_ELEMENTS = 1 << 22  # dense gradient scores are computed this many at a time
+_DENSE_CANDIDATES = 1 << 24  # random growth lists absent connections up to this many
+
+
+class DynamicSparsity:
+    r"""Prune-and-regrow for the :class:`~torchwire.SparseLinear` layers of a model.
+
+    Call :meth:`step` after every ``optimizer.step()``. Every ``update_every`` steps each
+    layer drops its ``f`` weakest connections (smallest ``|w|``) and grows ``f`` new ones
+    where there was none, so its connection count stays constant; new connections start at
+    zero. ``f`` is ``drop_fraction`` of the layer's connections, decayed with a cosine to
+    zero at ``end_step`` (RigL's schedule); after ``end_step`` nothing changes. With
+    ``end_step=None`` it stays at ``drop_fraction`` for the whole run.
+
+    Growth by ``"gradient"`` (RigL) picks the absent connections with the largest
+    :math:`|\partial L / \partial w|` of the last step, computed from the layer's input and
+    output gradient in chunks of rows, never as one dense ``(out, in)`` gradient; the
+    forward and backward of the step before an update are recorded for it. ``"random"``
+    (SET) picks uniformly among absent connections.
+
+    Rewiring happens in place: the layers keep their ``weight`` and ``bias`` Parameter
+    objects (so the optimizer keeps updating them) and every optimizer state tensor shaped
+    like a weight (momentum, Adam's moments, ...) and the gradient are remapped: a surviving
+    connection keeps its state, a new one starts at zero. Nothing happens while the model
+    is in eval mode.
+
+    Args:
+        model: the model; all its SparseLinear layers are rewired.
+        optimizer: the optimizer updating them (every layer's weight must be in it).
+        update_every: steps between rewirings. Default: ``100``.
+        drop_fraction: fraction of each layer's connections replaced at the first update,
+            in ``(0, 1]``. Default: ``0.3``.
+        end_step: last step that rewires (the fraction reaches zero there); ``None`` for
+            no end and no decay. Default: ``None``.
+        grow: ``"gradient"`` (RigL) or ``"random"`` (SET). Default: ``"gradient"``.
+        seed: seed of the random growth (and tie-breaking). Default: ``None``.
+
+    Examples::
+
+        >>> model = nn.Sequential(
+        ...     torchwire.SparseLinear(torchwire.Wiring.random(20, 30, density=0.1, seed=0)),
+        ...     nn.ReLU(),
+        ...     nn.Linear(30, 2),
+        ... )
+        >>> optimizer = torch.optim.Adam(model.parameters())
+        >>> rewire = torchwire.DynamicSparsity(model, optimizer, update_every=2)
+        >>> before = model[0].wiring
+        >>> for _ in range(2):
+        ...     loss = model(torch.randn(16, 20)).square().mean()
+        ...     optimizer.zero_grad()
+        ...     loss.backward()
+        ...     optimizer.step()
+        ...     rewire.step()
+        >>> model[0].nnz, model[0].wiring != before
+        (60, True)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        update_every: int = 100,
+        drop_fraction: float = 0.3,
+        end_step: int | None = None,
+        grow: str = "gradient",
+        seed: int | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"DynamicSparsity expected an nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"DynamicSparsity expected a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        _check_int(update_every, "update_every", 1)
+        if end_step is not None:
+            _check_int(end_step, "end_step", 0)
+        _check_fraction(drop_fraction)
+        if grow not in ("gradient", "random"):
+            raise ValueError(f"grow must be 'gradient' or 'random', got {grow!r}")
+        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, SparseLinear)}
+        if not self.layers:
+            raise ValueError(
+                f"DynamicSparsity found no SparseLinear layer in {type(model).__name__}; "
+                "convert layers first, e.g. with torchwire.sparsify(model, density=0.1)"
+            )
+        optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for name, m in self.layers.items():
+            if id(m.weight) not in optimized:
+                raise ValueError(
+                    f"the weight of SparseLinear {name!r} is not in the optimizer; build the "
+                    "optimizer from model.parameters() before creating DynamicSparsity"
+                )
+        self.model = model
+        self.optimizer = optimizer
+        self.update_every = int(update_every)
+        self.drop_fraction = float(drop_fraction)
+        self.end_step = None if end_step is None else int(end_step)
+        self.grow = grow
+        if seed is None:
+            seed = int(torch.randint(2**62, (1,)))
+        self._generator = torch.Generator().manual_seed(seed)
+        self.step_count = 0
+        self._records: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._handles = [
+            m.register_forward_hook(self._recorder(name))
+            for name, m in self.layers.items()
+            if grow == "gradient"
+        ]
+
+    def fraction(self, step: int) -> float:
+        """The fraction of connections replaced by an update at ``step`` (0 if none)."""
+        if step % self.update_every or (self.end_step is not None and step > self.end_step):
+            return 0.0
+        if self.end_step is None:
+            return self.drop_fraction
+        return self.drop_fraction / 2 * (1 + math.cos(math.pi * step / max(self.end_step, 1)))
+
+    def step(self) -> None:
+        """Count one optimizer step; rewire when an update is due (training mode only)."""
+        self.step_count += 1
+        records, self._records = self._records, {}
+        if self.model.training:
+            fraction = self.fraction(self.step_count)
+            if fraction > 0:
+                for name, layer in self.layers.items():
+                    self._update(name, layer, fraction, records.get(name, []))
+
+    def _recording(self) -> bool:
+        """Whether the coming forward and backward are those of an update step."""
+        return self.model.training and self.fraction(self.step_count + 1) > 0
+
+    def _recorder(self, name: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+            if not (self._recording() and output.requires_grad):
+                return
+            x = inputs[0].detach()
+
+            def keep(grad: torch.Tensor) -> None:
+                self._records.setdefault(name, []).append((x, grad.detach()))
+
+            output.register_hook(keep)
+
+        return hook
+
+    def _update(
+        self,
+        name: str,
+        layer: SparseLinear,
+        fraction: float,
+        records: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> None:
+        wiring = layer.wiring
+        count = min(
+            round(fraction * wiring.nnz), wiring.in_features * wiring.out_features - wiring.nnz
+        )
+        if count <= 0:
+            return
+        values = layer.weight.detach()
+        order = torch.sort(values.abs().cpu(), stable=True).indices
+        keep = torch.ones(wiring.nnz, dtype=torch.bool)
+        keep[order[:count]] = False
+        present = _flat(wiring)
+        if self.grow == "random":
+            grown = _random_absent(present, wiring, count, self._generator)
+        else:
+            if not records:
+                raise RuntimeError(
+                    f"DynamicSparsity(grow='gradient') saw no backward pass through {name!r} "
+                    "on this update step; call loss.backward(), optimizer.step(), then "
+                    "DynamicSparsity.step(), in training mode"
+                )
+            grown = _largest_gradients(present, wiring, count, records)
+        flat, _ = torch.sort(torch.cat([present[keep], grown]))
+        new = Wiring.from_edges(
+            torch.stack([flat % wiring.in_features, flat // wiring.in_features], 1),
+            wiring.in_features,
+            wiring.out_features,
+        ).with_names(wiring.input_names, wiring.output_names)
+        where = torch.searchsorted(flat, present[keep]).to(values.device)
+        kept = keep.to(values.device)
+        layer._rewire(new)
+        with torch.no_grad():
+            _remap(layer.weight, where, kept)
+            if layer.weight.grad is not None:
+                _remap(layer.weight.grad, where, kept)
+            for state in self.optimizer.state.get(layer.weight, {}).values():
+                if isinstance(state, torch.Tensor) and state.shape == layer.weight.shape:
+                    _remap(state, where, kept)
+
+    def remove(self) -> None:
+        """Detach the recording hooks from the layers (no more updates can grow by gradient)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step count and random state, to resume a run (the wirings live in the model)."""
+        return {"step_count": self.step_count, "generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step_count"])
+        self._generator.set_state(state["generator"])
+
+    def __repr__(self) -> str:
+        return (
+            f"DynamicSparsity(layers={len(self.layers)}, update_every={self.update_every}, "
+            f"drop_fraction={self.drop_fraction}, end_step={self.end_step}, grow={self.grow!r})"
+        )
+
+
+def _check_int(value: object, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}, got {value}")
+
+
+def _check_fraction(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"drop_fraction must be a float, got {type(value).__name__}")
+    if not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"drop_fraction must be in (0, 1], got {value}")
+
+
+def _flat(wiring: Wiring) -> torch.Tensor:
+    """Connections as sorted ids ``output * in_features + input`` (canonical order)."""
+    pairs = wiring.edges()
+    return pairs[:, 1] * wiring.in_features + pairs[:, 0]
+
+
+def _remap(t: torch.Tensor, where: torch.Tensor, kept: torch.Tensor) -> None:
+    """In place: survivor ``kept`` values move to positions ``where``; the rest become 0."""
+    survivors = t[kept].clone()
+    t.zero_()
+    t[where] = survivors
+
+
+def _random_absent(
+    present: torch.Tensor, wiring: Wiring, count: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``count`` distinct absent connection ids, uniformly at random."""
+    total = wiring.in_features * wiring.out_features
+    if total <= _DENSE_CANDIDATES:
+        absent = torch.ones(total, dtype=torch.bool)
+        absent[present] = False
+        candidates = absent.nonzero()[:, 0]
+        return candidates[torch.randperm(candidates.numel(), generator=generator)[:count]]
+    found = torch.zeros(0, dtype=torch.int64)
+    while found.numel() < count:
+        draws = torch.randint(total, (2 * count + 16,), generator=generator)
+        draws = draws[~torch.isin(draws, present)]
+        found = torch.unique(torch.cat([found, draws]))
+    return found[torch.randperm(found.numel(), generator=generator)[:count]]
+
+
+def _largest_gradients(
+    present: torch.Tensor,
+    wiring: Wiring,
+    count: int,
+    records: list[tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """The ``count`` absent connection ids of largest ``|sum_b g_b^T x_b|``, computed a
+    chunk of output rows at a time."""
+    n_in, n_out = wiring.in_features, wiring.out_features
+    pairs = [(x.reshape(-1, n_in), g.reshape(-1, n_out)) for x, g in records]
+    rows = max(1, _CHUNK_ELEMENTS // max(n_in, 1))
+    best_scores = torch.zeros(0, dtype=torch.float64)
+    best_ids = torch.zeros(0, dtype=torch.int64)
+    for start in range(0, n_out, rows):
+        stop = min(start + rows, n_out)
+        grad = sum(g[:, start:stop].T.double() @ x.double() for x, g in pairs)
+        scores = grad.abs().flatten().cpu()  # type: ignore[union-attr]
+        inside = present[(present >= start * n_in) & (present < stop * n_in)] - start * n_in
+        scores[inside] = -1.0  # present connections are not candidates
+        top = torch.topk(scores, min(count, scores.numel()))
+        best_scores = torch.cat([best_scores, top.values])
+        best_ids = torch.cat([best_ids, top.indices + start * n_in])
+        if best_scores.numel() > count:
+            keep = torch.topk(best_scores, count).indices
+            best_scores, best_ids = best_scores[keep], best_ids[keep]
+    return best_ids  # absent ids only: at least `count` absent connections score >= 0

@@ -1,0 +1,212 @@
+"""Saving models whose layers changed shape (pruned, sparsified, rewired), without pickle.
+
+``torch.save(model)`` pickles classes and breaks when code moves; a plain ``state_dict``
+cannot be loaded back into the original model class once pruning has changed layer sizes
+or types. :func:`save` writes the ``state_dict`` together with each layer's topology (type,
+sizes, wiring) as plain containers and tensors; :func:`load` rebuilds those layers inside a
+freshly constructed model of the original class, then loads the weights. The file loads
+with ``torch.load(path, weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchwire.layers import BlockLinear, SparseLinear
+from torchwire.wiring import Wiring
+
+__all__ = ["load", "save"]
+
+_FORMAT = "torchwire.model/1"
+_CONVS = {cls.__name__: cls for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d)}
+_NORMS = {cls.__name__: cls for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)}
+Path = str | os.PathLike[str]
+
+
+def save(model: nn.Module, path: Path) -> None:
+    """Save ``model``'s weights and the topology of its layers to ``path``.
+
+    The topology of every ``nn.Linear``, :class:`~torchwire.BlockLinear`,
+    :class:`~torchwire.SparseLinear`, ``nn.Conv1d/2d/3d`` and ``nn.BatchNorm1d/2d/3d`` is
+    kept: its type, sizes and wiring (read from the index buffers of the ``state_dict``,
+    so nothing is stored twice). Only dicts, lists, strings, numbers and tensors are written.
+
+    Args:
+        model: the model, for example the result of :func:`torchwire.prune.neurons`.
+        path: the file to write.
+
+    Examples::
+
+        >>> import tempfile, os
+        >>> model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        >>> pruned = torchwire.prune.dead_neurons(torchwire.sparsify(model, density=0.05))
+        >>> path = os.path.join(tempfile.mkdtemp(), "pruned.pt")
+        >>> torchwire.save(pruned, path)
+        >>> fresh = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        >>> restored = torchwire.load(path, fresh)
+        >>> x = torch.randn(3, 16)
+        >>> torch.equal(restored(x), pruned(x))
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"save expected an nn.Module, got {type(model).__name__}")
+    topology = {}
+    for name, module in model.named_modules():
+        spec = _spec(module)
+        if spec is not None:
+            topology[name] = spec
+    payload = {"format": _FORMAT, "topology": topology, "state_dict": model.state_dict()}
+    torch.save(payload, path)
+
+
+def load(
+    path: Path, model: nn.Module, *, map_location: Any = None, strict: bool = True
+) -> nn.Module:
+    """Load a file written by :func:`save` into ``model``, a new instance of the saved class.
+
+    Every layer whose saved topology differs from ``model``'s is rebuilt to the saved one
+    (on the device and dtype of the layer it replaces), then the ``state_dict`` is loaded.
+    Reads with ``torch.load(weights_only=True)``: no code from the file runs.
+
+    Args:
+        path: the file.
+        model: a model of the class that was saved (typically freshly constructed); it is
+            changed in place and returned.
+        map_location: passed to ``torch.load``.
+        strict: passed to ``load_state_dict``.
+
+    Returns:
+        ``model``, holding the saved layers and weights.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load expected an nn.Module to load into, got {type(model).__name__}")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ValueError(
+            f"{os.fspath(path)!r} was not written by torchwire.save (expected format "
+            f"{_FORMAT!r}); load a plain state_dict with model.load_state_dict(torch.load(...))"
+        )
+    state = payload["state_dict"]
+    for name, spec in payload["topology"].items():
+        try:
+            current = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(
+                f"the saved model has a {spec['type']} at {name!r}, but {type(model).__name__} "
+                "has no such submodule; load into an instance of the class that was saved"
+            ) from None
+        if _spec(current) != spec:
+            _set(model, name, _build(spec, state, name, current))
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def _spec(m: Any) -> dict[str, Any] | None:
+    """The topology of a supported layer as plain values, or ``None``."""
+    kind = type(m)
+    if kind is nn.Linear:
+        return {
+            "type": "Linear",
+            "in_features": m.in_features,
+            "out_features": m.out_features,
+            "bias": m.bias is not None,
+        }
+    if kind is BlockLinear:
+        return {
+            "type": "BlockLinear",
+            "in_sizes": list(m.in_sizes),
+            "out_sizes": list(m.out_sizes),
+            "shared": m.shared,
+            "bias": m.bias is not None,
+            "backend": m.backend,
+        }
+    if kind is SparseLinear:
+        return {
+            "type": "SparseLinear",
+            "in_features": m.in_features,
+            "out_features": m.out_features,
+            "nnz": m.nnz,
+            "bias": m.bias is not None,
+            "backend": m.backend,
+        }
+    if kind.__name__ in _CONVS and kind is _CONVS[kind.__name__]:
+        return {
+            "type": kind.__name__,
+            "in_channels": m.in_channels,
+            "out_channels": m.out_channels,
+            "kernel_size": list(m.kernel_size),
+            "stride": list(m.stride),
+            "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+            "dilation": list(m.dilation),
+            "groups": m.groups,
+            "bias": m.bias is not None,
+            "padding_mode": m.padding_mode,
+        }
+    if kind.__name__ in _NORMS and kind is _NORMS[kind.__name__]:
+        return {
+            "type": kind.__name__,
+            "num_features": m.num_features,
+            "eps": m.eps,
+            "momentum": m.momentum,
+            "affine": m.affine,
+            "track_running_stats": m.track_running_stats,
+        }
+    return None
+
+
+def _build(spec: dict[str, Any], state: dict[str, Any], name: str, like: nn.Module) -> nn.Module:
+    """A new layer of ``spec``, on ``like``'s device and dtype, in its train/eval mode."""
+    tensors = [*like.parameters(), *like.buffers()]
+    floats = [t for t in tensors if t.is_floating_point()]
+    factory: dict[str, Any] = {
+        "device": tensors[0].device if tensors else None,
+        "dtype": floats[0].dtype if floats else None,
+    }
+    kind = spec["type"]
+    new: nn.Module
+    if kind == "Linear":
+        new = nn.Linear(spec["in_features"], spec["out_features"], spec["bias"], **factory)
+    elif kind == "BlockLinear":
+        new = BlockLinear(
+            spec["in_sizes"],
+            spec["out_sizes"],
+            shared=spec["shared"],
+            bias=spec["bias"],
+            backend=spec["backend"],
+            **factory,
+        )
+    elif kind == "SparseLinear":
+        prefix = f"{name}." if name else ""
+        extra = state.get(prefix + "_extra_state", {})
+        wiring = Wiring(
+            state[prefix + "indptr"].cpu(),
+            state[prefix + "indices"].cpu(),
+            spec["in_features"],
+            spec["out_features"],
+            input_names=extra.get("input_names"),
+            output_names=extra.get("output_names"),
+        )
+        new = SparseLinear(wiring, spec["bias"], backend=spec["backend"], **factory)
+    elif kind in _CONVS:
+        args = {k: v for k, v in spec.items() if k not in ("type", "in_channels", "out_channels")}
+        new = _CONVS[kind](spec["in_channels"], spec["out_channels"], **args, **factory)
+    elif kind in _NORMS:
+        args = {k: v for k, v in spec.items() if k not in ("type", "num_features")}
+        new = _NORMS[kind](spec["num_features"], **args, **factory)
+    else:
+        raise ValueError(f"unknown layer type {kind!r} in the saved topology of {name!r}")
+    return new.train(like.training)
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    if name == "":
+        raise ValueError(
+            f"the saved model is itself a {type(new).__name__} of another shape; construct "
+            "it with the saved sizes instead of loading into a different one"
+        )
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, new)
