@@ -242,3 +242,20 @@ def test_state_dict_resumes_the_schedule_and_randomness() -> None:
         runs.append(model[0].wiring)
     assert runs[0] == runs[1]
     assert "update_every=2" in repr(rewire)
+
+
+def test_compiled_model_rewires_like_eager() -> None:
+    wirings = []
+    for compiled in (False, True):
+        model = _model(seed=6)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        rewire = tw.DynamicSparsity(model, optimizer, update_every=2, seed=0)  # before compile
+        run = torch.compile(model) if compiled else model
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            _train_step(run, optimizer, rewire, torch.randn(8, 12, dtype=D, generator=generator))
+        wirings.append((model[0].wiring, model[2].wiring))
+        x = torch.randn(3, 12, dtype=D)
+        torch.testing.assert_close(run(x), model(x))
+    assert wirings[0] == wirings[1]
+    assert wirings[0][0] != _model(seed=6)[0].wiring

@@ -44,7 +44,9 @@ class DynamicSparsity:
     objects (so the optimizer keeps updating them) and every optimizer state tensor shaped
     like a weight (momentum, Adam's moments, ...) and the gradient are remapped: a surviving
     connection keeps its state, a new one starts at zero. Nothing happens while the model
-    is in eval mode.
+    is in eval mode. With ``torch.compile``, create it before compiling the model (gradient
+    growth records through forward hooks, which a compiled graph only sees if they exist
+    when it is traced).
 
     Args:
         model: the model; all its SparseLinear layers are rewired.
@@ -190,7 +192,8 @@ class DynamicSparsity:
                 raise RuntimeError(
                     f"DynamicSparsity(grow='gradient') saw no backward pass through {name!r} "
                     "on this update step; call loss.backward(), optimizer.step(), then "
-                    "DynamicSparsity.step(), in training mode"
+                    "DynamicSparsity.step(), in training mode (with torch.compile, create "
+                    "DynamicSparsity before compiling the model: it records through hooks)"
                 )
             grown = _largest_gradients(present, wiring, count, records)
         flat, _ = torch.sort(torch.cat([present[keep], grown]))
