@@ -204,7 +204,7 @@ def test_schedule_eval_mode_and_end_step() -> None:
 def test_errors_say_what_to_do() -> None:
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="found no SparseLinear layer"):
+    with pytest.raises(ValueError, match="found no trainable SparseLinear layer"):
         tw.DynamicSparsity(nn.Linear(2, 2), optimizer)
     with pytest.raises(ValueError, match="is not in the optimizer"):
         tw.DynamicSparsity(model, torch.optim.SGD(model[2].parameters(), lr=0.1))
@@ -223,6 +223,31 @@ def test_errors_say_what_to_do() -> None:
     rewire = tw.DynamicSparsity(model, optimizer, update_every=1)
     with pytest.raises(RuntimeError, match="saw no backward pass"):
         rewire.step()
+    # a layer missed on an update step: refused before any layer changes
+    model(torch.randn(2, 12, dtype=D)).sum().backward()
+    rewire.remove()
+    rewire = tw.DynamicSparsity(model, optimizer, update_every=1)
+    before = [model[0].wiring, model[2].wiring]
+    model[0](torch.randn(2, 12, dtype=D)).sum().backward()  # only the first layer runs
+    with pytest.raises(RuntimeError, match=r"through \['2'\]"):
+        rewire.step()
+    assert [model[0].wiring, model[2].wiring] == before
+
+
+def test_frozen_layers_are_left_out_and_keyword_calls_are_recorded() -> None:
+    model = _model()
+    model[2].weight.requires_grad_(False)
+    optimizer = torch.optim.SGD([model[0].weight, model[0].bias], lr=0.1)
+    rewire = tw.DynamicSparsity(model, optimizer, update_every=1)
+    assert list(rewire.layers) == ["0"]
+    frozen = model[2].wiring
+    hidden = torch.relu(model[0](input=torch.randn(4, 12, dtype=D)))
+    before = model[0].wiring
+    model[2](hidden).sum().backward()
+    optimizer.step()
+    rewire.step()
+    assert model[0].wiring != before
+    assert model[2].wiring == frozen
 
 
 def test_state_dict_resumes_the_schedule_and_randomness() -> None:

@@ -535,3 +535,33 @@ def test_dead_neurons_reads_torch_pruned_layers_and_keeps_border_constants() -> 
     assert cleaned[0].out_channels == 3
     x = torch.randn(2, 2, 7, dtype=D)
     _close(cleaned(x), conv(x))
+
+
+def test_constants_follow_in_place_and_shared_activations() -> None:
+    """Regressions: an in-place activation once overwrote the kept bias; a module listed
+    twice in a Sequential was skipped in the chain."""
+    torch.manual_seed(13)
+    act = nn.ReLU()
+    for model in (
+        nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 3)),
+        nn.Sequential(nn.Linear(4, 8), act, nn.Linear(8, 8), act, nn.Linear(8, 2)),
+    ):
+        model = model.double().eval()
+        with torch.no_grad():
+            model[0].bias.uniform_(-1, 1)  # kept units with negative biases
+            model[0].weight[1] = 0  # a dead unit: its constant goes through the activation
+            model[2].weight[1] = 0
+            model[2].bias[1] = -1.0
+        x = torch.randn(3, 4, dtype=D)
+        _close(tw.prune.dead_neurons(model)(x), model(x))
+    shared = nn.LayerNorm(8)
+    model = nn.Sequential(nn.Linear(4, 8), shared, nn.Linear(8, 8), shared, nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="found no prunable hidden units"):
+        tw.prune.neurons(model, amount=1)
+
+
+def test_a_bare_layer_can_be_the_model() -> None:
+    layer = nn.Linear(8, 4)
+    assert isinstance(tw.sparsify(layer, density=0.5), tw.SparseLinear)
+    assert tw.prune.global_edges(layer, amount=3).nnz == 29
+    assert type(layer) is nn.Linear

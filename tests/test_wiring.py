@@ -778,6 +778,7 @@ def test_select_is_the_mask_of_the_kept_rows_and_columns(
 
 def test_select_errors() -> None:
     w = Wiring.block_diagonal([2, 1], [1, 2])
+    assert w.select(inputs=[]).shape == (3, 0)
     with pytest.raises(ValueError, match="increasing unique indices"):
         w.select(inputs=[2, 0])
     with pytest.raises(ValueError, match="increasing unique indices"):

@@ -49,15 +49,19 @@ class DynamicSparsity:
     when it is traced).
 
     Args:
-        model: the model; all its SparseLinear layers are rewired.
-        optimizer: the optimizer updating them (every layer's weight must be in it).
+        model: the model; its SparseLinear layers whose weight requires grad are rewired
+            (freeze a layer with ``weight.requires_grad_(False)`` to leave it out).
+        optimizer: the optimizer updating them (every such layer's weight must be in it).
         update_every: steps between rewirings. Default: ``100``.
-        drop_fraction: fraction of each layer's connections replaced at the first update,
-            in ``(0, 1]``. Default: ``0.3``.
-        end_step: last step that rewires (the fraction reaches zero there); ``None`` for
-            no end and no decay. Default: ``None``.
+        drop_fraction: fraction of each layer's connections replaced, in ``(0, 1]``: at
+            every update without ``end_step``, else the start of the cosine (an update at
+            step ``t`` replaces ``drop_fraction / 2 * (1 + cos(pi * t / end_step))``).
+            Default: ``0.3``.
+        end_step: where the fraction reaches zero: no rewiring from this step on; ``None``
+            for no end and no decay. Default: ``None``.
         grow: ``"gradient"`` (RigL) or ``"random"`` (SET). Default: ``"gradient"``.
-        seed: seed of the random growth (and tie-breaking). Default: ``None``.
+        seed: seed of the random growth. Default: ``None`` (drawn from torch's global
+            generator). Ties in magnitude drop the earlier connection first.
 
     Examples::
 
@@ -102,18 +106,24 @@ class DynamicSparsity:
         _check_fraction(drop_fraction)
         if grow not in ("gradient", "random"):
             raise ValueError(f"grow must be 'gradient' or 'random', got {grow!r}")
-        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, SparseLinear)}
+        self.layers = {
+            name: m
+            for name, m in model.named_modules()
+            if isinstance(m, SparseLinear) and m.weight.requires_grad
+        }
         if not self.layers:
             raise ValueError(
-                f"DynamicSparsity found no SparseLinear layer in {type(model).__name__}; "
-                "convert layers first, e.g. with torchwire.sparsify(model, density=0.1)"
+                f"DynamicSparsity found no trainable SparseLinear layer in "
+                f"{type(model).__name__}; convert layers first, e.g. with "
+                "torchwire.sparsify(model, density=0.1)"
             )
         optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
         for name, m in self.layers.items():
             if id(m.weight) not in optimized:
                 raise ValueError(
                     f"the weight of SparseLinear {name!r} is not in the optimizer; build the "
-                    "optimizer from model.parameters() before creating DynamicSparsity"
+                    "optimizer from model.parameters(), or freeze the layer "
+                    "(weight.requires_grad_(False)) to leave it out of rewiring"
                 )
         self.model = model
         self.optimizer = optimizer
@@ -127,14 +137,14 @@ class DynamicSparsity:
         self.step_count = 0
         self._records: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._handles = [
-            m.register_forward_hook(self._recorder(name))
+            m.register_forward_hook(self._recorder(name), with_kwargs=True)
             for name, m in self.layers.items()
             if grow == "gradient"
         ]
 
     def fraction(self, step: int) -> float:
         """The fraction of connections replaced by an update at ``step`` (0 if none)."""
-        if step % self.update_every or (self.end_step is not None and step > self.end_step):
+        if step % self.update_every or (self.end_step is not None and step >= self.end_step):
             return 0.0
         if self.end_step is None:
             return self.drop_fraction
@@ -147,18 +157,29 @@ class DynamicSparsity:
         if self.model.training:
             fraction = self.fraction(self.step_count)
             if fraction > 0:
+                missing = [name for name in self.layers if not records.get(name)]
+                if self.grow == "gradient" and missing:  # checked before any layer changes
+                    raise RuntimeError(
+                        f"DynamicSparsity(grow='gradient') saw no backward pass through "
+                        f"{missing} on this update step; call loss.backward(), "
+                        "optimizer.step(), then DynamicSparsity.step(), in training mode "
+                        "(with torch.compile, create DynamicSparsity before compiling the "
+                        "model: it records through hooks)"
+                    )
                 for name, layer in self.layers.items():
-                    self._update(name, layer, fraction, records.get(name, []))
+                    self._update(layer, fraction, records.get(name, []))
 
     def _recording(self) -> bool:
         """Whether the coming forward and backward are those of an update step."""
         return self.model.training and self.fraction(self.step_count + 1) > 0
 
     def _recorder(self, name: str) -> Any:
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        def hook(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: torch.Tensor
+        ) -> None:
             if not (self._recording() and output.requires_grad):
                 return
-            x = inputs[0].detach()
+            x = (args[0] if args else kwargs["input"]).detach()
 
             def keep(grad: torch.Tensor) -> None:
                 self._records.setdefault(name, []).append((x, grad.detach()))
@@ -169,7 +190,6 @@ class DynamicSparsity:
 
     def _update(
         self,
-        name: str,
         layer: SparseLinear,
         fraction: float,
         records: list[tuple[torch.Tensor, torch.Tensor]],
@@ -188,13 +208,6 @@ class DynamicSparsity:
         if self.grow == "random":
             grown = _random_absent(present, wiring, count, self._generator)
         else:
-            if not records:
-                raise RuntimeError(
-                    f"DynamicSparsity(grow='gradient') saw no backward pass through {name!r} "
-                    "on this update step; call loss.backward(), optimizer.step(), then "
-                    "DynamicSparsity.step(), in training mode (with torch.compile, create "
-                    "DynamicSparsity before compiling the model: it records through hooks)"
-                )
             grown = _largest_gradients(present, wiring, count, records)
         flat, _ = torch.sort(torch.cat([present[keep], grown]))
         new = Wiring.from_edges(

@@ -158,7 +158,7 @@ def global_edges(
         if not bool(mine.all()):
             old = new.get_submodule(name)
             pruned = _sparse_with(old, wiring.select_edges(mine), values[mine.to(values.device)])
-            _replace(new, old, pruned)
+            new = _replace(new, old, pruned)
     return new
 
 
@@ -193,7 +193,7 @@ def sparsify(model: nn.Module, density: float, *, filter: Filter | None = None) 
     for name, module in layers:
         total = module.in_features * module.out_features
         old = new.get_submodule(name)
-        _replace(new, old, edges(old, amount=total - round(float(density) * total)))
+        new = _replace(new, old, edges(old, amount=total - round(float(density) * total)))
     return new
 
 
@@ -212,7 +212,9 @@ def neurons(
     For each layer whose outputs feed other layers (see the module docstring), the units
     with the lowest ``criterion`` score go: the layer's output rows, a BatchNorm's channels
     and the next layers' input columns are cut out of the stored weights. A removed unit's
-    constant part (its bias, through the activation) is folded into the next layer's bias.
+    constant part (its bias, through the activation) is folded into the next layer's bias,
+    so the result computes what the model with the removed units' incoming weights zeroed
+    computes (``torch.nn.utils.prune.ln_structured``'s masked model), physically smaller.
 
     Args:
         model: the model; modules holding hooks or parametrizations other than
@@ -340,6 +342,8 @@ class _Plan:
         for norm in link.chain:
             if isinstance(norm, nn.modules.batchnorm._BatchNorm):
                 self._cut(norm).keep_out = keep
+        # A removed unit's incoming weights count as zero (all of them, also those from
+        # units removed upstream), so it sends its bias through the chain: the masked model.
         constants = torch.where(remove, _constants(link), 0.0)
         for consumer in link.consumers:
             cut = self._cut(consumer)
@@ -356,7 +360,7 @@ class _Plan:
 
     def apply(self, model: nn.Module) -> nn.Module:
         for module, cut in self.layers.values():
-            _replace(model, module, _shrunk(module, cut))
+            model = _replace(model, module, _shrunk(module, cut))
         return model
 
 
@@ -382,18 +386,24 @@ def _links(model: nn.Module) -> list[_Link]:
             if j == len(leaves):
                 continue
             consumers = _entries(leaves[j][1], kind, units)
+            if not consumers:
+                continue
             chain = [m for _, m in leaves[i + 1 : j]]
-            if not consumers or any(
-                counts[id(m)] > 1 or not _plain(m) for m in [producer, *chain, *consumers]
-            ):
+            stateful = [producer, *consumers, *(m for m in chain if _has_state(m))]
+            if any(counts[id(m)] > 1 for m in stateful):
+                continue  # a module used twice: shrinking it would break its other use
+            if not all(_plain(m) for m in [producer, *chain, *consumers]):
                 continue
             links.append(_Link(name, producer, chain, consumers))
     return links
 
 
 def _flatten(seq: nn.Module, prefix: str, covered: set[str]) -> list[tuple[str, nn.Module]]:
+    """The modules ``seq`` runs, in order (a module listed twice appears twice)."""
     leaves = []
-    for name, child in seq.named_children():
+    for name, child in seq._modules.items():
+        if child is None:
+            continue
         if type(child) is nn.Sequential:
             covered.add(prefix + name)
             leaves += _flatten(child, f"{prefix}{name}.", covered)
@@ -446,6 +456,10 @@ def _entries(m: Any, kind: type, units: int) -> list[nn.Module] | None:
             found += entries
         return found or None
     return None
+
+
+def _has_state(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
 
 
 def _plain(m: nn.Module) -> bool:
@@ -514,7 +528,8 @@ def _constants(link: _Link) -> torch.Tensor:
     bias (or zero) through ``chain`` in eval mode."""
     m: Any = link.producer
     units = _units(m)
-    bias = m.bias.detach() if m.bias is not None else m.weight.new_zeros(units)
+    # a copy: an in-place activation in the chain must not write into the bias
+    bias = m.bias.detach().clone() if m.bias is not None else m.weight.new_zeros(units)
     spatial = m.weight.ndim - 2 if type(m) in _CONVS else 0
     x = bias.view(1, units, *([1] * spatial))
     with torch.no_grad():
@@ -754,11 +769,13 @@ def _copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    """Put ``new`` at every place ``model`` holds ``old``."""
+def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> nn.Module:
+    """Put ``new`` at every place ``model`` holds ``old``; returns the model (``new`` when
+    ``old`` is the model itself)."""
+    if model is old:
+        return new
     names = [n for n, m in model.named_modules(remove_duplicate=False) if m is old]
     for name in names:
-        if name == "":
-            raise ValueError("cannot replace the model itself; pass the model that holds it")
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, new)
+    return model

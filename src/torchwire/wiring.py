@@ -1165,6 +1165,8 @@ def _keep_mask(keep: object, size: int, arg: str, size_name: str) -> Tensor:
     if keep is None:
         return torch.ones(size, dtype=torch.bool, device=_CPU)
     t = torch.as_tensor(keep, device=_CPU)
+    if t.numel() == 0 and t.ndim == 1:  # [] keeps nothing
+        return torch.zeros(size, dtype=torch.bool, device=_CPU)
     if t.dtype == torch.bool:
         if tuple(t.shape) != (size,):
             raise ValueError(
