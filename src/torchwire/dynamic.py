@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from torchwire.layers import SparseLinear
+from torchwire.prune import _lowest
 from torchwire.wiring import Wiring
 
 __all__ = ["DynamicSparsity"]
@@ -201,20 +202,21 @@ class DynamicSparsity:
         if count <= 0:
             return
         values = layer.weight.detach()
-        order = torch.sort(values.abs().cpu(), stable=True).indices
         keep = torch.ones(wiring.nnz, dtype=torch.bool)
-        keep[order[:count]] = False
-        present = _flat(wiring)
+        keep[_lowest(values.abs().cpu(), count)] = False
+        present = wiring._flat()  # sorted ids output * in_features + input
         if self.grow == "random":
             grown = _random_absent(present, wiring, count, self._generator)
         else:
             grown = _largest_gradients(present, wiring, count, records)
         flat, _ = torch.sort(torch.cat([present[keep], grown]))
-        new = Wiring.from_edges(
-            torch.stack([flat % wiring.in_features, flat // wiring.in_features], 1),
+        new = Wiring._from_flat(
+            flat,
             wiring.in_features,
             wiring.out_features,
-        ).with_names(wiring.input_names, wiring.output_names)
+            wiring.input_names,
+            wiring.output_names,
+        )
         where = torch.searchsorted(flat, present[keep]).to(values.device)
         kept = keep.to(values.device)
         layer._rewire(new)
@@ -259,12 +261,6 @@ def _check_fraction(value: object) -> None:
         raise TypeError(f"drop_fraction must be a float, got {type(value).__name__}")
     if not 0.0 < float(value) <= 1.0:
         raise ValueError(f"drop_fraction must be in (0, 1], got {value}")
-
-
-def _flat(wiring: Wiring) -> torch.Tensor:
-    """Connections as sorted ids ``output * in_features + input`` (canonical order)."""
-    pairs = wiring.edges()
-    return pairs[:, 1] * wiring.in_features + pairs[:, 0]
 
 
 def _remap(t: torch.Tensor, where: torch.Tensor, kept: torch.Tensor) -> None:

@@ -770,6 +770,22 @@ def _check_backend(op: str, backend: str) -> str:
     return backend
 
 
+# The layers model surgery (merging, pruning, saving) understands, by kind; exact types only.
+_LINEARS = (nn.Linear, BlockLinear, SparseLinear)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
+
+
+def _filled(layer: Any, values: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """``layer`` holding ``values`` (its weight's elements in order: ``wiring.edges()`` order
+    for torchwire layers) and ``bias``."""
+    with torch.no_grad():
+        layer.weight.copy_(values.view_as(layer.weight))
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer  # type: ignore[no-any-return]
+
+
 def _dense_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     """An ``nn.Linear`` holding copies of a dense ``(out, in)`` ``weight`` and ``bias``."""
     out_features, in_features = weight.shape

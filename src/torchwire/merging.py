@@ -47,7 +47,16 @@ from torch.utils._pytree import tree_leaves
 
 from torchwire.containers import Parallel
 from torchwire.fusion import FusedParallel, fuse_parallel
-from torchwire.layers import BlockLinear, SparseLinear, _dense_linear, _edge_values
+from torchwire.layers import (
+    _CONVS,
+    _LINEARS,
+    _NORMS,
+    BlockLinear,
+    SparseLinear,
+    _dense_linear,
+    _edge_values,
+    _filled,
+)
 from torchwire.wiring import Wiring
 
 __all__ = [
@@ -60,9 +69,6 @@ __all__ = [
     "merge",
 ]
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
-_LINEARS = (nn.Linear, BlockLinear, SparseLinear)
 SPARSE_DENSITY = 0.1
 """A merge of structured linear layers stays a ``SparseLinear`` up to this density."""
 _SUPPORTED = (
@@ -391,15 +397,6 @@ def _same_layer(
             list(m.in_sizes), list(m.out_sizes), bias=bias is not None, backend=m.backend, **factory
         )
     return _filled(new, values, bias)
-
-
-def _filled(layer: Any, values: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    """``layer`` holding ``values`` (in ``wiring.edges()`` order) and ``bias``."""
-    with torch.no_grad():
-        layer.weight.copy_(values.view_as(layer.weight))
-        if bias is not None:
-            layer.bias.copy_(bias)
-    return layer  # type: ignore[no-any-return]
 
 
 def _merge_linears(first: Any, second: Any) -> nn.Module:

@@ -30,14 +30,20 @@ from torch import nn
 from torch.nn.utils.prune import BasePruningMethod
 
 from torchwire.containers import Parallel
-from torchwire.layers import BlockLinear, SparseLinear, _dense_linear, _edge_values
+from torchwire.layers import (
+    _CONVS,
+    _LINEARS,
+    _NORMS,
+    BlockLinear,
+    SparseLinear,
+    _dense_linear,
+    _edge_values,
+    _filled,
+)
 from torchwire.wiring import Wiring
 
 __all__ = ["dead_neurons", "edges", "global_edges", "neurons", "sparsify"]
 
-_LINEARS = (nn.Linear, BlockLinear, SparseLinear)
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
 _ELEMENTWISE = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
@@ -293,12 +299,12 @@ def dead_neurons(model: nn.Module) -> nn.Module:
     while True:
         plan = _Plan()
         for link in _links(new):
-            dead = _fan_in(link.producer) == 0
+            dead = _fan(link.producer, "in") == 0
             if any(_zero_padded(c) for c in link.consumers):
                 dead &= _constants(link) == 0
             unread = torch.ones_like(dead)
             for consumer in link.consumers:
-                unread &= _fan_out(consumer) == 0
+                unread &= _fan(consumer, "out") == 0
             dead |= unread
             if bool(dead.all()):
                 dead[0] = False  # keep one unit: a zero-width layer helps nobody
@@ -499,20 +505,13 @@ def _unit_scores(link: _Link, criterion: Any) -> torch.Tensor:
     return sums.cpu() ** (1.0 / power)
 
 
-def _fan_in(m: Any) -> torch.Tensor:
-    """Connections into each output unit (nonzero weights for dense layers)."""
+def _fan(m: Any, side: str) -> torch.Tensor:
+    """Connections into each output (``side="in"``) or out of each input (``"out"``);
+    for dense layers a connection is a nonzero weight."""
     if isinstance(m, (SparseLinear, BlockLinear)):
-        return m.wiring.fan_in()
+        return m.wiring.fan_in() if side == "in" else m.wiring.fan_out()
     nonzero: torch.Tensor = m.weight.detach() != 0
-    return nonzero.flatten(1).sum(1).cpu()
-
-
-def _fan_out(m: Any) -> torch.Tensor:
-    """Connections out of each input unit (nonzero weights for dense layers)."""
-    if isinstance(m, (SparseLinear, BlockLinear)):
-        return m.wiring.fan_out()
-    nonzero: torch.Tensor = m.weight.detach() != 0
-    return nonzero.transpose(0, 1).flatten(1).sum(1).cpu()
+    return (nonzero if side == "in" else nonzero.transpose(0, 1)).flatten(1).sum(1).cpu()
 
 
 def _zero_padded(m: Any) -> bool:
@@ -581,11 +580,7 @@ def _shrunk(m: Any, cut: _Cut) -> Any:
             device=weight.device,
             dtype=weight.dtype,
         )
-        with torch.no_grad():
-            new.weight.copy_(weight)
-            if bias is not None:
-                new.bias.copy_(bias)
-        return _like(new, m)
+        return _like(_filled(new, weight, bias), m)
     wiring, values = _edge_values(m)
     kept = wiring.selected_edges(cut.keep_in, cut.keep_out)
     sub = wiring.select(cut.keep_in, cut.keep_out)
@@ -594,7 +589,7 @@ def _shrunk(m: Any, cut: _Cut) -> Any:
         new = _dense_linear(values.view(sub.out_features, sub.in_features), bias)
     elif isinstance(m, BlockLinear) and sub.block_sizes is not None:
         in_sizes, out_sizes = sub.block_sizes
-        new = BlockLinear(
+        block = BlockLinear(
             list(in_sizes),
             list(out_sizes),
             bias=bias is not None,
@@ -602,10 +597,7 @@ def _shrunk(m: Any, cut: _Cut) -> Any:
             device=values.device,
             dtype=values.dtype,
         )
-        with torch.no_grad():
-            new.weight.copy_(values.view_as(new.weight))
-            if bias is not None and new.bias is not None:
-                new.bias.copy_(bias)
+        new = _filled(block, values, bias)
     else:
         new = _sparse(sub, values, bias, m.backend if isinstance(m, SparseLinear) else "auto")
     return _like(new, m)
@@ -643,6 +635,11 @@ def _check_linear(module: object, where: str) -> None:
             "removing connections group by group would store more weights, not fewer; untie "
             "it first with SparseLinear.from_block(layer) if that is what you want"
         )
+
+
+def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` lowest scores; ties broken by position (stable)."""
+    return torch.sort(scores, stable=True).indices[:count]
 
 
 def _check_method(method: object, allowed: tuple[str, ...]) -> None:
@@ -689,11 +686,6 @@ def _scores(values: torch.Tensor, method: str, seed: int | None) -> torch.Tensor
     return torch.rand(values.numel(), generator=generator, dtype=torch.float64)
 
 
-def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the ``count`` lowest scores; ties broken by position (stable)."""
-    return torch.sort(scores, stable=True).indices[:count]
-
-
 def _layers(
     model: nn.Module,
     filter: Filter | None,
@@ -715,12 +707,7 @@ def _layers(
             f"{' or '.join(k.__name__ for k in kinds)} layer (or filter selected none)"
         )
     for name, m in layers:
-        if isinstance(m, BlockLinear) and m.shared:
-            raise ValueError(
-                f"{where}: filter selected {name!r}, a shared BlockLinear; its one block "
-                "serves every group, so pruning it group by group would store more weights, "
-                "not fewer; untie it first with SparseLinear.from_block(layer)"
-            )
+        _check_linear(m, f"{where} (filter selected {name!r})")
     return layers
 
 
@@ -734,11 +721,7 @@ def _sparse(wiring: Wiring, values: torch.Tensor, bias: torch.Tensor | None, bac
     layer = SparseLinear(
         wiring, bias is not None, backend=backend, device=values.device, dtype=values.dtype
     )
-    with torch.no_grad():
-        layer.weight.copy_(values)
-        if bias is not None and layer.bias is not None:
-            layer.bias.copy_(bias)
-    return layer
+    return _filled(layer, values, bias)
 
 
 def _sparse_with(module: Any, wiring: Wiring, values: torch.Tensor) -> SparseLinear:

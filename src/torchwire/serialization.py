@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchwire.layers import BlockLinear, SparseLinear
+from torchwire.layers import _CONVS, _NORMS, BlockLinear, SparseLinear
 from torchwire.wiring import Wiring
 
 __all__ = ["load", "save"]
 
 _FORMAT = "torchwire.model/1"
-_CONVS = {cls.__name__: cls for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d)}
-_NORMS = {cls.__name__: cls for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)}
+_CONVS_BY_NAME = {cls.__name__: cls for cls in _CONVS}
+_NORMS_BY_NAME = {cls.__name__: cls for cls in _NORMS.values()}
 Path = str | os.PathLike[str]
 
 
@@ -133,7 +133,7 @@ def _spec(m: Any) -> dict[str, Any] | None:
             "bias": m.bias is not None,
             "backend": m.backend,
         }
-    if kind.__name__ in _CONVS and kind is _CONVS[kind.__name__]:
+    if kind in _CONVS:
         return {
             "type": kind.__name__,
             "in_channels": m.in_channels,
@@ -146,7 +146,7 @@ def _spec(m: Any) -> dict[str, Any] | None:
             "bias": m.bias is not None,
             "padding_mode": m.padding_mode,
         }
-    if kind.__name__ in _NORMS and kind is _NORMS[kind.__name__]:
+    if kind in _NORMS.values():
         return {
             "type": kind.__name__,
             "num_features": m.num_features,
@@ -191,12 +191,12 @@ def _build(spec: dict[str, Any], state: dict[str, Any], name: str, like: nn.Modu
             output_names=extra.get("output_names"),
         )
         new = SparseLinear(wiring, spec["bias"], backend=spec["backend"], **factory)
-    elif kind in _CONVS:
+    elif kind in _CONVS_BY_NAME:
         args = {k: v for k, v in spec.items() if k not in ("type", "in_channels", "out_channels")}
-        new = _CONVS[kind](spec["in_channels"], spec["out_channels"], **args, **factory)
-    elif kind in _NORMS:
+        new = _CONVS_BY_NAME[kind](spec["in_channels"], spec["out_channels"], **args, **factory)
+    elif kind in _NORMS_BY_NAME:
         args = {k: v for k, v in spec.items() if k not in ("type", "num_features")}
-        new = _NORMS[kind](spec["num_features"], **args, **factory)
+        new = _NORMS_BY_NAME[kind](spec["num_features"], **args, **factory)
     else:
         raise ValueError(f"unknown layer type {kind!r} in the saved topology of {name!r}")
     return new.train(like.training)

@@ -851,9 +851,7 @@ class Wiring:
             >>> w.select(inputs=[0, 2]).edges().tolist()
             [[0, 0], [1, 1], [1, 2]]
         """
-        keep_in = _keep_mask(inputs, self._in, "inputs", "in_features")
-        keep_out = _keep_mask(outputs, self._out, "outputs", "out_features")
-        kept = keep_in[self._indices.long()] & keep_out[self._rows()]
+        keep_in, keep_out, kept = self._selection(inputs, outputs)
         new_in = keep_in.cumsum(0) - 1
         new_out = keep_out.cumsum(0) - 1
         return type(self)._trusted(
@@ -873,9 +871,7 @@ class Wiring:
             >>> Wiring.block_diagonal([2, 1], [1, 2]).selected_edges(inputs=[0, 2]).tolist()
             [True, False, True, True]
         """
-        keep_in = _keep_mask(inputs, self._in, "inputs", "in_features")
-        keep_out = _keep_mask(outputs, self._out, "outputs", "out_features")
-        return keep_in[self._indices.long()] & keep_out[self._rows()]
+        return self._selection(inputs, outputs)[2]
 
     def select_edges(self, keep: Any) -> Wiring:
         """The same inputs and outputs with only the connections where ``keep`` is true.
@@ -903,6 +899,12 @@ class Wiring:
             self._input_names,
             self._output_names,
         )
+
+    def _selection(self, inputs: Any, outputs: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """Bool masks of the kept inputs, the kept outputs and the kept connections."""
+        keep_in = _keep_mask(inputs, self._in, "inputs", "in_features")
+        keep_out = _keep_mask(outputs, self._out, "outputs", "out_features")
+        return keep_in, keep_out, keep_in[self._indices.long()] & keep_out[self._rows()]
 
     def _combined_names(
         self, other: Wiring, op: str
