@@ -309,7 +309,7 @@ def available(op: str, problem: Any = None) -> tuple[str, ...]:
     Example:
         >>> import torchwire
         >>> torchwire.backends.available("block_linear")
-        ('dense', 'bmm', 'bmm_packed', 'bmm_t')
+        ('dense', 'bmm', 'bmm_packed', 'bmm_t', 'bmm_autograd')
     """
     backends = _backends(op)
     if problem is None:

@@ -2,7 +2,7 @@
 per position of a repeating pattern of shapes).
 
 The products are cheap; moving activations between the natural row-major layout
-``(M, G * i)`` and a layout batched GEMM accepts is what costs. Three layouts, each a
+``(M, G * i)`` and a layout batched GEMM accepts is what costs. Four ways, each a
 registered backend because each wins somewhere (see ``torchwire bench``):
 
 * ``bmm`` (strided): no copies at all. The GEMMs read strided views of the input and write
@@ -12,9 +12,13 @@ registered backend because each wins somewhere (see ``torchwire bench``):
   batched GEMM takes all blocks in one call. Best for mid-sized blocks at small batches.
 * ``bmm_t`` (transposed): copies activations feature-major ``(G, i, M)`` with the fast 2-D
   transpose, so each block is a wide GEMM over the batch. Best for small blocks (8 wide).
+* ``bmm_autograd``: plain differentiable ops (strided reads, a contiguous group-major result,
+  one copy back), differentiated by autograd's C++ formulas with no Python backward. Least
+  fixed cost per call: best for mid-sized blocks at small batches, above all in inference.
 
-Forward and backward are written by hand (three batched products per call). When double
-backward is requested, backward uses plain differentiable ops instead of ``out=`` ones.
+The first three write forward and backward by hand (three batched products per call). When
+double backward is requested, their backward uses ``bmm_autograd``'s ops instead of ``out=``
+ones.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from torchwire.backends import (
     register,
 )
 
-STRIDED, PACKED, TRANSPOSED = "strided", "packed", "transposed"
+STRIDED, PACKED, TRANSPOSED, AUTOGRAD = "strided", "packed", "transposed", "autograd"
 _CHUNK_ROWS = 128  # rows packed at a time: (128, G * i) floats stay in a core's L2 cache
 
 
@@ -177,17 +181,27 @@ def _forward(
 def _plain(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
 ) -> torch.Tensor:
-    """:func:`_forward` in plain differentiable ops: for torch.compile (dynamo takes no
-    strided ``out=``; inductor chooses layouts itself), torch.func and double backward."""
+    """:func:`_forward` in plain differentiable ops, so autograd's C++ formulas do the
+    backward: the ``bmm_autograd`` backend, and the path for torch.compile (dynamo takes no
+    strided ``out=``; inductor chooses layouts itself), torch.func and double backward.
+
+    Each batched call reads strided views of ``x`` and writes a contiguous group-major
+    ``(n, M, o)`` result; one copy per call puts it back in row-major order."""
     xs, ws = _pieces(layout, x, "in"), _pieces(layout, weight, "weight")
     bs = [None] * len(xs) if bias is None else _pieces(layout, bias, "bias")
     ys = []
     for xp, wp, bp in zip(xs, ws, bs, strict=True):
-        yp = torch.bmm(xp.transpose(0, 1), wp.transpose(1, 2)).transpose(0, 1)
-        ys.append(yp if bp is None else yp + bp)
+        if bp is None:
+            yp = torch.bmm(xp.transpose(0, 1), wp.transpose(1, 2))
+        else:
+            yp = torch.baddbmm(bp.unsqueeze(1), xp.transpose(0, 1), wp.transpose(1, 2))
+        ys.append(yp.transpose(0, 1))
+    rows = x.shape[0]
+    if len(ys) == 1:
+        return ys[0].reshape(rows, layout.out_features)
     if layout.plan == PATTERN:  # (M, repeats, o_p) per position: join within each repeat
-        return torch.cat(ys, dim=-1).reshape(x.shape[0], layout.out_features)
-    return torch.cat([yp.reshape(x.shape[0], -1) for yp in ys], dim=-1)
+        return torch.cat(ys, dim=-1).reshape(rows, layout.out_features)
+    return torch.cat([yp.flatten(1) for yp in ys], dim=-1)
 
 
 class _BlockMatmul(torch.autograd.Function):
@@ -267,7 +281,11 @@ def _block_linear(
             needs_grad,
         )
         return gathered.index_select(1, positions)
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if (
+        mode == AUTOGRAD
+        or torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+    ):
         return _plain(input, weight, bias, layout)
     if needs_grad:
         y: torch.Tensor = _BlockMatmul.apply(input, weight, bias, layout, mode)
@@ -312,14 +330,20 @@ def _backend(name: str, mode: str) -> Backend:
 # CPU: a block's multiply-adds cost more the smaller its narrowest side (short BLAS loops;
 # least in the transposed layout, where each block is a GEMM as wide as the batch); strided
 # calls pay per block and, reading rows of only a block's width, per activation element of
-# narrow blocks; packing and transposing pay for each activation element they copy (5
-# copies in forward+backward), more once the activations leave the cache, and packing more
-# for narrow blocks (short rows). CUDA: launch-bound at the sizes people use, so the
-# model counts launches. Fitted to `torchwire bench` runs of every backend on a 2-core
-# AVX-512 CPU (MKL) and an H100; the recorded runs are in benchmarks/results/.
-_SMALL = {STRIDED: 32.0, PACKED: 16.0, TRANSPOSED: 1.0}
+# narrow blocks (autograd's calls only read strided: half that); packing and transposing
+# pay for each activation element they copy (5 copies in forward+backward, autograd 2),
+# more once the activations leave the cache (autograd, copying whole tensors rather than
+# chunks, twice more), and packing more for narrow blocks (short rows). CUDA: launch-bound
+# at the sizes people use, so the model counts launches (autograd's untested there: counted
+# like packing's, so the H100-fitted choice stands). Fitted to `torchwire bench` runs of
+# every backend on a 2-core AVX-512 CPU (MKL) and an H100 (benchmarks/results/).
+_SMALL = {STRIDED: 32.0, PACKED: 16.0, TRANSPOSED: 1.0, AUTOGRAD: 16.0}
 _SHORT_ROWS = 16.0  # a block width at which short-row access costs as much as a copy
-_PER_BLOCK = {STRIDED: 2_000.0, PACKED: 0.0, TRANSPOSED: 0.0}
+_PER_BLOCK = {STRIDED: 2_000.0, PACKED: 0.0, TRANSPOSED: 0.0, AUTOGRAD: 0.0}
+_COPIES = {STRIDED: (0, 0), PACKED: (2, 5), TRANSPOSED: (2, 5), AUTOGRAD: (1, 2)}  # fwd, +bwd
+# Python per layer call beyond autograd's (hand-written backward, chunk loops), fwd / +bwd:
+# measured on the 2x2->2x3 layer, where nothing else counts.
+_PYTHON = {STRIDED: (6e5, 1.5e6), PACKED: (6e5, 3e6), TRANSPOSED: (6e5, 2e6), AUTOGRAD: (0.0, 0.0)}
 _PER_CALL = 20_000.0
 _COPY_IN_CACHE, _COPY_OUT_OF_CACHE, _CACHE_BYTES = 5.0, 20.0, 2**20
 
@@ -336,11 +360,13 @@ def _cost_for(problem: BlockProblem, mode: str) -> float:
         return launches * LAUNCH_CUDA + passes * problem.rows * layout.connections
     if layout.shared:
         return passes * (problem.rows * layout.connections + _PER_CALL)
-    copies = 0 if mode == STRIDED else (5 if problem.requires_grad else 2)
+    copies = _COPIES[mode][problem.requires_grad]
     activations = problem.rows * (layout.in_features + layout.out_features)
     in_cache = activations * problem.dtype.itemsize <= _CACHE_BYTES
     per_copy = _COPY_IN_CACHE if in_cache else _COPY_OUT_OF_CACHE
-    total = passes * layout.calls * _PER_CALL
+    total = passes * layout.calls * _PER_CALL + _PYTHON[mode][problem.requires_grad]
+    if mode == AUTOGRAD and layout.calls > 1:  # the calls' results are joined by torch.cat
+        copies += 1
     if layout.plan == GATHER:  # index copies of inputs and outputs, there and back
         total += (4 if problem.requires_grad else 2) * per_copy * activations / 2
     for count, in_size, out_size in layout.classes if layout.plan == GATHER else layout.runs:
@@ -348,9 +374,13 @@ def _cost_for(problem: BlockProblem, mode: str) -> float:
         macs = problem.rows * count * in_size * out_size
         elements = problem.rows * count * (in_size + out_size) / 2
         total += passes * (macs * (1 + _SMALL[mode] / narrow) + count * _PER_BLOCK[mode])
-        if mode == STRIDED:
-            total += passes * 4 * per_copy * _SHORT_ROWS / narrow * elements
-        else:
+        if mode in (STRIDED, AUTOGRAD):  # autograd's calls only read strided, not write
+            reads = 4 if mode == STRIDED else 2
+            total += passes * reads * per_copy * _SHORT_ROWS / narrow * elements
+        if mode == AUTOGRAD:  # whole activations at once, not in cache-sized chunks
+            element = per_copy * (1 + _SHORT_ROWS / narrow) * (1 if in_cache else 2)
+            total += copies * element * elements
+        elif mode != STRIDED:
             element = per_copy * (4.0 if mode == TRANSPOSED else 1 + _SHORT_ROWS / narrow)
             total += copies * element * elements
     return total
@@ -359,3 +389,4 @@ def _cost_for(problem: BlockProblem, mode: str) -> float:
 register(_backend("bmm", STRIDED))
 register(_backend("bmm_packed", PACKED))
 register(_backend("bmm_t", TRANSPOSED))
+register(_backend("bmm_autograd", AUTOGRAD))
