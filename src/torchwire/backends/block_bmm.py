@@ -377,12 +377,10 @@ def _cost_for(problem: BlockProblem, mode: str) -> float:
         if mode in (STRIDED, AUTOGRAD):  # autograd's calls only read strided, not write
             reads = 4 if mode == STRIDED else 2
             total += passes * reads * per_copy * _SHORT_ROWS / narrow * elements
-        if mode == AUTOGRAD:  # whole activations at once, not in cache-sized chunks
-            element = per_copy * (1 + _SHORT_ROWS / narrow) * (1 if in_cache else 2)
-            total += copies * element * elements
-        elif mode != STRIDED:
-            element = per_copy * (4.0 if mode == TRANSPOSED else 1 + _SHORT_ROWS / narrow)
-            total += copies * element * elements
+        element = per_copy * (4.0 if mode == TRANSPOSED else 1 + _SHORT_ROWS / narrow)
+        if mode == AUTOGRAD and not in_cache:  # whole activations, not cache-sized chunks
+            element *= 2
+        total += copies * element * elements
     return total
 
 
