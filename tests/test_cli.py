@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import torchwire
+import torchwire._overhead
 from torchwire import bench
 from torchwire.cli import main
 
@@ -68,7 +69,13 @@ def test_run_succeeds(run: dict[str, Any]) -> None:
     assert (env["device"], env["dtype"], env["threads"]) == ("cpu", "float32", 1)
     assert env["quick"] is True
     assert env["repeats"] == REPEATS
-    assert env["sections"] == ["block", "sparse", "branches", "merge"]
+    assert env["sections"] == ["overhead", "block", "sparse", "branches", "merge"]
+    overhead = run["json"]["overhead"]
+    assert [row["case"] for row in overhead] == [c.name for c in torchwire._overhead.CASES]
+    for row in overhead:
+        for mode in ("fwd", "fwd_bwd"):
+            assert row["ratio"][mode] == pytest.approx(row["us"][mode] / row["reference_us"][mode])
+        assert row["aten_ops"]["fwd"] >= 1
     assert env["layouts"] == LAYOUTS
     assert env["backends"] == list(torchwire.backends.available("block_linear"))
     assert env["sparse"]["features"] == [FEATURES]
@@ -281,7 +288,12 @@ def test_tables(run: dict[str, Any]) -> None:
             assert case["methods"]["torchwire"]["label"] in text
     assert "branches summary (" in run["stdout"]
     assert "| method | fwd ms | fwd x branches | fwd+bwd ms |" in run["markdown"]
-    progress = run["stderr"].splitlines()
+    assert "overhead (per call at tiny shapes" in run["stdout"]
+    assert "## Overhead (per call at tiny shapes" in run["markdown"]
+    for case in torchwire._overhead.CASES:
+        assert case.description in run["stdout"]
+    overhead, *progress = run["stderr"].splitlines()
+    assert overhead == f"overhead: {len(torchwire._overhead.CASES)} cases"
     assert [line.split(" ")[0] for line in progress] == [f"[{i}/7]" for i in range(1, 8)]
     assert progress[0].startswith("[1/7] 2x2->2x3 batch=8: ")
     assert progress[2].startswith(f"[3/7] sparse {FEATURES} 100% batch=8: torchwire (auto -> ")
@@ -433,14 +445,14 @@ def test_parse_layout() -> None:
 
 def test_grids() -> None:
     quick = bench.make_config(quick=True, device=torch.device("cpu"))
-    assert quick.sections == ("block", "sparse", "branches", "merge")
+    assert quick.sections == ("overhead", "block", "sparse", "branches", "merge")
     assert quick.problems == ("vae-conv-heads", "linear-heads")
     assert quick.batches == (64,)
     assert [layout.name for layout in quick.layouts] == ["2x2->2x3", "16x64", "256x8", "8x64+16x32"]
     assert (quick.features, quick.densities) == ((1024,), (0.05, 0.01))
     assert quick.repeats == 5
     full = bench.make_config(device=torch.device("cpu"))
-    assert full.sections == ("block", "sparse", "branches", "merge")
+    assert full.sections == ("overhead", "block", "sparse", "branches", "merge")
     assert full.problems == tuple(p.name for p in bench.BRANCH_PROBLEMS)
     assert len(full.problems) == 4
     assert full.batches == (64, 1024)

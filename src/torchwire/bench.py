@@ -1,6 +1,8 @@
 r"""The benchmark suite behind ``torchwire bench``.
 
-The suite has three sections; each times every way of computing its cases' layers and
+The suite has five sections. **overhead** (see :mod:`torchwire._overhead`) times one call of
+each layer and container at tiny shapes against the torch code it replaces, and counts its
+ATen ops. Each of the others times every way of computing its cases' layers and
 reports each time as a ratio to the case's *reference* method.
 
 **block**: a case is a block-diagonal layout (group :math:`i` maps ``in_sizes[i]`` inputs to
@@ -67,6 +69,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import torchwire
+from torchwire import _overhead
 from torchwire.backends import available
 
 __all__ = [
@@ -109,7 +112,7 @@ __all__ = [
     "to_dict",
 ]
 
-SECTIONS = ("block", "sparse", "branches", "merge")
+SECTIONS = ("overhead", "block", "sparse", "branches", "merge")
 """The sections of the suite: block-diagonal layers, layers with any (random) connectivity,
 same-input branches fused into one layer, and consecutive layers merged into one."""
 MODES = ("fwd", "fwd_bwd")
@@ -594,6 +597,7 @@ class BenchResult:
     sparse: list[SparseCaseResult] = field(default_factory=list)
     branches: list[BranchCaseResult] = field(default_factory=list)
     merge: list[MergeCaseResult] = field(default_factory=list)
+    overhead: list[_overhead.OverheadResult] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1114,6 +1118,10 @@ def run(config: BenchConfig, *, progress: TextIO | None = None) -> BenchResult:
         backends, sparse_backends = available("block_linear"), available("sparse_linear")
         result = BenchResult(_environment(config, backends, sparse_backends))
         jobs: list[Callable[[], _AnyCase]] = []
+        if "overhead" in config.sections:  # per-call host cost, at tiny shapes
+            result.overhead = _overhead.run(config.repeats)
+            if progress is not None:
+                print(f"overhead: {len(result.overhead)} cases", file=progress, flush=True)
         if "block" in config.sections:
             jobs += [
                 partial(_run_block_case, layout, batch, backends, config)
@@ -1393,10 +1401,21 @@ def _markdown_table(headers: Sequence[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _overhead_title() -> str:
+    modes = "; ".join(f"{m}: {t}" for m, t in _overhead.MODE_TEXT.items())
+    return (
+        "overhead (per call at tiny shapes, median us; x against: time / time of the torch code"
+        f" it replaces; {modes}; ATen ops counted by a TorchDispatchMode)"
+    )
+
+
 def format_text(result: BenchResult) -> str:
     """Render ``result`` as plain-text tables: header, then per section one table per case and
     a summary."""
     lines = _header(result)
+    if result.overhead:
+        table = _text_table(_overhead.HEADERS, _overhead.rows(result.overhead))
+        lines += ["", f"{_overhead_title()}:", *table]
     for cases, title, headers, rows in _sections(result):
         for case in cases:
             lines += ["", _case_title(case), *_text_table(*_case_table(case))]
@@ -1410,6 +1429,9 @@ def format_markdown(result: BenchResult) -> str:
     """Render ``result`` as markdown: the same tables as :func:`format_text`."""
     header = _header(result)
     lines = ["# torchwire bench", "", header[0], "", *(f"- {line}" for line in header[1:])]
+    if result.overhead:
+        table = _markdown_table(_overhead.HEADERS, _overhead.rows(result.overhead))
+        lines += ["", f"## {_overhead_title().capitalize()}", "", *table]
     for cases, title, headers, rows in _sections(result):
         for case in cases:
             lines += ["", f"## {_case_title(case)}", "", *_markdown_table(*_case_table(case))]
@@ -1500,6 +1522,7 @@ def to_dict(result: BenchResult) -> dict[str, Any]:
     merge = [_problem_case_dict(case) for case in result.merge]
     return {
         "environment": result.environment,
+        "overhead": [_overhead.to_dict(r) for r in result.overhead],
         "cases": cases,
         "sparse": sparse,
         "branches": branches,

@@ -55,13 +55,13 @@ def _check_tuple(value: object, module: str) -> None:
         raise TypeError(f"{module} expected a tuple of tensors, got {type(value).__name__}")
 
 
-def _merge(outputs: Sequence[torch.Tensor], merge: str | None, dim: int) -> Any:
+def _merge(outputs: list[torch.Tensor], merge: str | None, dim: int) -> Any:
     if merge is None:
         return tuple(outputs)
     if merge == "cat":
-        return torch.cat(tuple(outputs), dim)
+        return torch.cat(outputs, dim)
     if merge == "stack":
-        return torch.stack(tuple(outputs), dim)
+        return torch.stack(outputs, dim)
     total = _sum_tensors(tuple(outputs))
     return total if merge == "sum" else total / len(outputs)
 
@@ -191,6 +191,7 @@ class Split(nn.Module):
             ):
                 raise ValueError(f"Split expected positive part sizes, got {list(parts)}")
             self.sizes = parts
+        self._total = self.sizes if isinstance(self.sizes, int) else sum(self.sizes)
         self.dim = dim
 
     def forward(self, input: Any) -> tuple[torch.Tensor, ...]:
@@ -207,13 +208,15 @@ class Split(nn.Module):
                     f"Split cannot cut dimension {self.dim} of size {size} into {self.sizes} "
                     f"equal parts; pass part sizes instead, e.g. Split({example})"
                 )
-            return torch.tensor_split(input, self.sizes, self.dim)
-        if sum(self.sizes) != size:
+            parts: tuple[torch.Tensor, ...] = input.split(size // self.sizes, self.dim)
+            return parts
+        if self._total != size:
             raise ValueError(
-                f"Split sizes {list(self.sizes)} sum to {sum(self.sizes)}, but dimension "
+                f"Split sizes {list(self.sizes)} sum to {self._total}, but dimension "
                 f"{self.dim} of the input has size {size} (input shape {tuple(input.shape)})"
             )
-        return torch.tensor_split(input, self._split_points(), self.dim)
+        cut: tuple[torch.Tensor, ...] = input.split(self.sizes, self.dim)
+        return cut
 
     def _split_points(self) -> int | list[int]:
         """``tensor_split``'s argument: the number of parts, or the indices between parts."""
@@ -254,8 +257,7 @@ class Concat(nn.Module):
 
     def forward(self, inputs: Any) -> torch.Tensor:
         _check_tuple(inputs, "Concat")
-        parts: Any = inputs if isinstance(inputs, torch.fx.Proxy) else tuple(inputs)
-        joined: torch.Tensor = torch.cat(parts, self.dim)
+        joined: torch.Tensor = torch.cat(inputs, self.dim)
         return joined
 
     def extra_repr(self) -> str:
@@ -298,13 +300,15 @@ class Map(nn.Module):
 
     def forward(self, inputs: Sequence[Any]) -> tuple[Any, ...]:
         _check_tuple(inputs, "Map")
-        modules = list(self._modules.values())
-        if not isinstance(inputs, torch.fx.Proxy) and len(inputs) != len(modules):
+        modules = self._modules.values()
+        if isinstance(inputs, torch.fx.Proxy):
+            return tuple(module(inputs[i]) for i, module in enumerate(modules))  # type: ignore[misc]
+        if len(inputs) != len(modules):
             raise ValueError(
                 f"Map has {len(modules)} modules but got a tuple of {len(inputs)} elements; "
                 "give one module per element"
             )
-        return tuple(module(inputs[i]) for i, module in enumerate(modules))  # type: ignore[misc]
+        return tuple([module(x) for module, x in zip(modules, inputs, strict=True)])  # type: ignore[misc]
 
     def __len__(self) -> int:
         return len(self._modules)

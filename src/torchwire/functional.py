@@ -60,39 +60,86 @@ def block_linear(
         >>> block_linear(x, w, in_sizes=[2, 2], out_sizes=[3, 1]).shape
         torch.Size([5, 4])
     """
-    dtype = _autocast_dtype(input)
-    if dtype is not None:
-        with torch.autocast(input.device.type, enabled=False):
-            input, weight, bias = _cast(dtype, input, weight, bias)
-            return block_linear(
-                input, weight, bias, in_sizes, out_sizes, groups=groups, backend=backend
-            )
-    chosen, problem = _block_plan(input, weight, bias, in_sizes, out_sizes, groups, backend)
-    layout = problem.layout
+    return _block_call(
+        input, weight, bias, _layout_of(input, weight, in_sizes, out_sizes, groups), backend
+    )
+
+
+def _block_call(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    layout: BlockLayout,
+    backend: str,
+) -> torch.Tensor:
+    """:func:`block_linear` once the weight is known to fit ``layout`` (what
+    :class:`~torchwire.BlockLinear` calls, its layout built at construction)."""
+    if torch._C._is_any_autocast_enabled():
+        dtype = _autocast_dtype(input)
+        if dtype is not None:
+            with torch.autocast(input.device.type, enabled=False):
+                input, weight, bias = _cast(dtype, input, weight, bias)
+                return _block_call(input, weight, bias, layout, backend)
+    traits = _traits("block_linear", input, weight, bias, layout.in_features, layout.out_features)
+    chosen, problem = backends.plan("block_linear", backend, (layout, *traits), _block_problem)
+    if input.dim() == 2:
+        return chosen.fn(input, weight, bias, problem)
+    shape = input.shape
     y = chosen.fn(input.reshape(-1, layout.in_features), weight, bias, problem)
-    return y.reshape(*input.shape[:-1], layout.out_features)
+    return y.reshape(*shape[:-1], layout.out_features)
 
 
 def _block_plan(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    in_sizes: Sequence[int] | None,
-    out_sizes: Sequence[int] | None,
-    groups: int | None,
+    layout: BlockLayout,
     backend: str,
 ) -> tuple[backends.Backend, BlockProblem]:
-    """Validate a block_linear call and choose its backend (the only place that does)."""
-    layout = _layout_of(input, weight, in_sizes, out_sizes, groups)
-    _check_tensors(input, weight, bias, layout.in_features, layout.out_features)
-    problem = BlockProblem(
-        layout=layout,
-        rows=input.numel() // layout.in_features,
-        dtype=input.dtype,
-        device_type=input.device.type,
-        requires_grad=_requires_grad(input, weight, bias),
+    """Check a block_linear call (integer and identity comparisons only; the full checks
+    run to word an error) and choose its backend (the only place that does)."""
+    traits = _traits("block_linear", input, weight, bias, layout.in_features, layout.out_features)
+    return backends.plan("block_linear", backend, (layout, *traits), _block_problem)
+
+
+def _block_problem(
+    layout: BlockLayout, rows: int, dtype: torch.dtype, device: torch.device, grad: bool
+) -> BlockProblem:
+    return BlockProblem(layout, rows, dtype, device.type, grad)
+
+
+def _traits(
+    op: str,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    out_features: int,
+) -> tuple[int, torch.dtype, torch.device, bool]:
+    """The input's rows, dtype, device and whether the call records a graph, after checking
+    shapes, dtypes and devices against the weight's (comparisons only; the full checks run
+    to word an error)."""
+    if not isinstance(input, torch.Tensor):
+        _check_is_tensor(input, weight, op)  # type: ignore[unreachable]
+    shape = input.shape
+    dtype = input.dtype
+    device = input.device
+    if (
+        not shape
+        or shape[-1] != in_features
+        or dtype != weight.dtype
+        or device != weight.device
+        or (
+            bias is not None
+            and (bias.shape != (out_features,) or bias.dtype != dtype or bias.device != device)
+        )
+    ):
+        _check_tensors(input, weight, bias, in_features, out_features)
+    rows = shape[0] if len(shape) == 2 else input.numel() // in_features
+    grad = torch.is_grad_enabled() and (
+        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
-    return backends.select("block_linear", problem, backend), problem
+    return rows, dtype, device, grad
 
 
 def _autocast_dtype(input: object) -> torch.dtype | None:
@@ -107,12 +154,6 @@ def _cast(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The three tensors in ``dtype`` (as ``F.linear`` casts them under autocast)."""
     return input.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
-
-
-def _requires_grad(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and (
-        input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    )
 
 
 def _check_is_tensor(input: object, weight: object, op: str) -> None:
@@ -304,61 +345,98 @@ def sparse_linear(
         >>> sparse_linear(x, torch.tensor([10.0, 1.0, 5.0]), w)  # y0 = 10 x0 + x2, y1 = 5 x1
         tensor([[13., 10.]])
     """
-    dtype = _autocast_dtype(input)
-    if dtype is not None:
-        with torch.autocast(input.device.type, enabled=False):
-            input, weight, bias = _cast(dtype, input, weight, bias)
-            return sparse_linear(input, weight, wiring, bias, backend)
-    chosen, problem, index = _sparse_plan(input, weight, wiring, bias, backend)
+    _check_is_tensor(input, weight, "sparse_linear")
+    return _sparse_call(input, weight, _index_of(wiring, weight), bias, backend)
+
+
+def _index_of(wiring: Wiring | SparseIndex, weight: torch.Tensor) -> SparseIndex:
+    """``wiring``'s index tensors on the weight's device (built once per device)."""
+    if isinstance(wiring, SparseIndex):
+        return wiring
+    if not isinstance(wiring, Wiring):
+        raise TypeError(
+            "sparse_linear expected wiring to be a torchwire.Wiring (or its SparseIndex), got "
+            f"{type(wiring).__name__}"
+        )
+    if torch.compiler.is_compiling():
+        raise TypeError(
+            "under torch.compile, sparse_linear needs the wiring's index tensors: pass "
+            "torchwire.backends.sparse_index(wiring, device) built outside the compiled "
+            "function, or use torchwire.SparseLinear (which keeps them as buffers)"
+        )
+    device = weight.device
+    return backends.cached_for_device(
+        "sparse_index", wiring, device, lambda: backends.sparse_index(wiring, device)
+    )
+
+
+def _sparse_call(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    index: SparseIndex,
+    bias: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    """:func:`sparse_linear` with the index tensors at hand (what
+    :class:`~torchwire.SparseLinear` calls)."""
+    if torch._C._is_any_autocast_enabled():
+        dtype = _autocast_dtype(input)
+        if dtype is not None:
+            with torch.autocast(input.device.type, enabled=False):
+                input, weight, bias = _cast(dtype, input, weight, bias)
+                return _sparse_call(input, weight, index, bias, backend)
+    chosen, problem = _sparse_plan(input, weight, index, bias, backend)
+    if input.dim() == 2:
+        return chosen.fn(input, weight, bias, index, problem)
+    shape = input.shape
     y = chosen.fn(input.reshape(-1, index.in_features), weight, bias, index, problem)
-    return y.reshape(*input.shape[:-1], index.out_features)
+    return y.reshape(*shape[:-1], index.out_features)
 
 
 def _sparse_plan(
     input: torch.Tensor,
     weight: torch.Tensor,
-    wiring: Wiring | SparseIndex,
+    index: SparseIndex,
     bias: torch.Tensor | None,
     backend: str,
-) -> tuple[backends.Backend, SparseProblem, SparseIndex]:
-    """Validate a sparse_linear call and choose its backend (the only place that does)."""
-    _check_is_tensor(input, weight, "sparse_linear")
-    if isinstance(wiring, Wiring):
-        if torch.compiler.is_compiling():
-            raise TypeError(
-                "under torch.compile, sparse_linear needs the wiring's index tensors: pass "
-                "torchwire.backends.sparse_index(wiring, device) built outside the compiled "
-                "function, or use torchwire.SparseLinear (which keeps them as buffers)"
-            )
-        device = weight.device
-        index = backends.cached_for_device(
-            "sparse_index", wiring, device, lambda: backends.sparse_index(wiring, device)
-        )
-    elif isinstance(wiring, SparseIndex):
-        index = wiring
-    else:
-        raise TypeError(
-            "sparse_linear expected wiring to be a torchwire.Wiring (or its SparseIndex), got "
-            f"{type(wiring).__name__}"
-        )
-    if weight.dim() != 1 or weight.shape[0] != index.nnz:
+) -> tuple[backends.Backend, SparseProblem]:
+    """Check a sparse_linear call (integer and identity comparisons only; the full checks
+    run to word an error) and choose its backend (the only place that does)."""
+    if not isinstance(weight, torch.Tensor):
+        _check_is_tensor(input, weight, "sparse_linear")  # type: ignore[unreachable]
+    nnz = index.indices.shape[0]
+    if weight.dim() != 1 or weight.shape[0] != nnz:
         raise ValueError(
-            f"sparse_linear expected a 1-D weight of {index.nnz} values (one per connection, "
+            f"sparse_linear expected a 1-D weight of {nnz} values (one per connection, "
             f"in wiring.edges() order), got shape {tuple(weight.shape)}"
         )
-    _check_tensors(input, weight, bias, index.in_features, index.out_features)
-    problem = SparseProblem(
-        in_features=index.in_features,
-        out_features=index.out_features,
-        nnz=index.nnz,
-        blocks=index.blocks,
-        rows=input.numel() // index.in_features,
-        dtype=input.dtype,
-        device_type=input.device.type,
-        requires_grad=_requires_grad(input, weight, bias),
-        functorch=torch._C._are_functorch_transforms_active(),
+    n_in = index.in_features
+    traits = _traits("sparse_linear", input, weight, bias, n_in, index.out_features)
+    key = (
+        n_in,
+        index.out_features,
+        nnz,
+        index.blocks,
+        *traits,
+        torch._C._are_functorch_transforms_active(),
     )
-    return backends.select("sparse_linear", problem, backend), problem, index
+    return backends.plan("sparse_linear", backend, key, _sparse_problem)
+
+
+def _sparse_problem(
+    in_features: int,
+    out_features: int,
+    nnz: int,
+    blocks: BlockLayout | None,
+    rows: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    grad: bool,
+    functorch: bool,
+) -> SparseProblem:
+    return SparseProblem(
+        in_features, out_features, nnz, blocks, rows, dtype, device.type, grad, functorch
+    )
 
 
 def multi_linear(
@@ -384,33 +462,44 @@ def multi_linear(
         >>> torch.allclose(y, torch.cat([x1, x2], -1) @ torch.cat([w1, w2], 1).T)
         True
     """
-    inputs, weights = tuple(inputs), tuple(weights)
-    if not inputs or len(inputs) != len(weights):
+    if type(inputs) is not tuple:
+        inputs = tuple(inputs)
+    if type(weights) is not tuple:
+        weights = tuple(weights)
+    count = len(inputs)
+    if not count or count != len(weights):
         raise ValueError(
-            f"multi_linear expected one weight per input (at least one), got {len(inputs)} "
+            f"multi_linear expected one weight per input (at least one), got {count} "
             f"inputs and {len(weights)} weights"
         )
-    for k, (x, w) in enumerate(zip(inputs, weights, strict=True)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(
-                f"multi_linear expected input {k} to be a Tensor, got {type(x).__name__}"
-            )
-        if x.dim() == 0 or w.dim() != 2 or x.shape[-1] != w.shape[1]:
-            raise ValueError(
-                f"multi_linear expected input {k} of shape (*, {w.shape[-1]}) for its weight of "
-                f"shape {tuple(w.shape)}, got {tuple(x.shape)}"
-            )
-    y = torch.nn.functional.linear(inputs[0], weights[0], bias)
-    rows = y.shape[:-1]
-    flat = y.reshape(-1, y.shape[-1])
-    for x, w in zip(inputs[1:], weights[1:], strict=True):
+    first = inputs[0]
+    _check_multi_input(0, first, weights[0])
+    y = torch.nn.functional.linear(first, weights[0], bias)
+    if count == 1:
+        return y
+    rows = first.shape[:-1]
+    flat = y if y.dim() == 2 else y.reshape(-1, y.shape[-1])
+    for k in range(1, count):
+        x, w = inputs[k], weights[k]
+        _check_multi_input(k, x, w)
         if x.shape[:-1] != rows:
             raise ValueError(
                 "multi_linear expected inputs with the same leading dimensions, got "
                 f"{[tuple(t.shape) for t in inputs]}"
             )
-        flat = torch.addmm(flat, x.reshape(-1, x.shape[-1]), w.t())  # one GEMM, accumulated
-    return flat.reshape(y.shape)
+        # One GEMM, accumulated into the output.
+        flat = torch.addmm(flat, x if x.dim() == 2 else x.reshape(-1, x.shape[-1]), w.t())
+    return flat if y.dim() == 2 else flat.reshape(y.shape)
+
+
+def _check_multi_input(k: int, x: object, w: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"multi_linear expected input {k} to be a Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or w.dim() != 2 or x.shape[-1] != w.shape[1]:
+        raise ValueError(
+            f"multi_linear expected input {k} of shape (*, {w.shape[-1]}) for its weight of "
+            f"shape {tuple(w.shape)}, got {tuple(x.shape)}"
+        )
 
 
 # Under torch.fx symbolic tracing each functional is one leaf node of the graph: it validates
@@ -418,3 +507,5 @@ def multi_linear(
 torch.fx.wrap("block_linear")
 torch.fx.wrap("sparse_linear")
 torch.fx.wrap("multi_linear")
+torch.fx.wrap("_block_call")
+torch.fx.wrap("_sparse_call")

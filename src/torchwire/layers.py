@@ -108,7 +108,6 @@ class BlockLinear(nn.Module):
             )
         self.shared = shared
         self.backend = _check_backend("block_linear", backend)
-        self._stacked = equal  # equal groups keep a 3-D weight (blocks stacked)
         if equal:
             shape: tuple[int, ...] = (
                 1 if shared else self.groups,
@@ -117,12 +116,20 @@ class BlockLinear(nn.Module):
             )
         else:
             shape = (sum(i * o for i, o in zip(self.in_sizes, self.out_sizes, strict=True)),)
+        self._weight_shape = torch.Size(shape)
+        self._layout = backends.block_layout(self.in_sizes, self.out_sizes, shared)
         self.weight = nn.Parameter(torch.empty(shape, **factory_kwargs))
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_features, **factory_kwargs))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_layout" not in state:  # pickled by a version that derived it on every call
+            self._weight_shape = self.weight.shape
+            self._layout = backends.block_layout(self.in_sizes, self.out_sizes, self.shared)
 
     def reset_parameters(self) -> None:
         """Initialise each group like ``nn.Linear(in_g, out_g)``: U(-1/sqrt(in_g), 1/sqrt(in_g))."""
@@ -146,26 +153,15 @@ class BlockLinear(nn.Module):
                 self.bias.uniform_(-1.0, 1.0).mul_(per_out.to(self.bias.device))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.block_linear(
-            input,
-            self.weight,
-            self.bias,
-            *self._size_args(),
-            groups=self.groups,
-            backend=self.backend,
-        )
+        weight, bias = _tensor(self, "weight"), _tensor(self, "bias")
+        if weight.shape != self._weight_shape:
+            _wrong_weight(self, weight)
+        return F._block_call(input, weight, bias, self._layout, self.backend)
 
     def resolve_backend(self, input: torch.Tensor) -> str:
         """Name of the backend this layer runs for ``input`` (what ``backend="auto"`` picks)."""
-        chosen, _ = F._block_plan(
-            input, self.weight, self.bias, *self._size_args(), self.groups, self.backend
-        )
+        chosen, _ = F._block_plan(input, self.weight, self.bias, self._layout, self.backend)
         return chosen.name
-
-    def _size_args(self) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
-        if self._stacked:
-            return None, None
-        return self.in_sizes, self.out_sizes
 
     def get_extra_state(self) -> dict[str, Any]:
         """The group layout, saved in ``state_dict`` so a checkpoint cannot load into a layer
@@ -190,8 +186,7 @@ class BlockLinear(nn.Module):
 
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` computing the same function (zeros outside the blocks)."""
-        layout = backends.block_layout(self.in_sizes, self.out_sizes, self.shared)
-        return _dense_linear(dense_weight(self.weight, layout), self.bias)
+        return _dense_linear(dense_weight(self.weight, self._layout), self.bias)
 
     @classmethod
     def from_linears(cls, linears: Sequence[nn.Linear], *, backend: str = "auto") -> BlockLinear:
@@ -458,12 +453,18 @@ class SparseLinear(nn.Module):
             self.register_buffer(name, torch.empty(size, dtype=index_dtype, device=device))
         self._wiring = wiring  # the buffers are filled from it by reset_parameters
         self._blocks: backends.BlockLayout | None = None
+        self._cached_index: SparseIndex | None = None  # the buffers as one SparseIndex
+        self._index_versions: tuple[int, int] = (-1, -1)
         self.weight = nn.Parameter(torch.empty(wiring.nnz, **factory_kwargs))
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_features, **factory_kwargs))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._cached_index = None  # also for layers pickled before the cache existed
 
     def reset_parameters(self) -> None:
         """Initialise each output like ``nn.Linear(fan_in, 1)``: weights and bias from
@@ -491,23 +492,48 @@ class SparseLinear(nn.Module):
                 self.bias.uniform_(-1.0, 1.0).mul_((bounds * (fan_in > 0)).to(self.bias))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.sparse_linear(input, self.weight, self._index(), self.bias, self.backend)
+        weight, bias = _tensor(self, "weight"), _tensor(self, "bias")
+        return F._sparse_call(input, weight, self._index(), bias, self.backend)
 
     def resolve_backend(self, input: torch.Tensor) -> str:
         """Name of the backend this layer runs for ``input`` (what ``backend="auto"`` picks)."""
-        chosen, _, _ = F._sparse_plan(input, self.weight, self._index(), self.bias, self.backend)
+        chosen, _ = F._sparse_plan(input, self.weight, self._index(), self.bias, self.backend)
         return chosen.name
 
     def _index(self) -> SparseIndex:
+        """The index buffers as a :class:`SparseIndex`, kept (with what backends derive from
+        it) while the buffers are the same tensors, unchanged in place."""
+        buffers = self._buffers
+        if torch.compiler.is_compiling():  # a traced graph holds its own copies
+            return self._new_index(None)
+        index = self._cached_index
+        if (
+            index is not None
+            and index.indptr is buffers["indptr"]
+            and index.indices is buffers["indices"]
+            and index.t_indptr is buffers["t_indptr"]
+            and index.t_indices is buffers["t_indices"]
+            and index.perm is buffers["perm"]
+            and self._index_versions == (index.indptr._version, index.indices._version)
+        ):
+            return index
+        index = self._cached_index = self._new_index({})
+        self._index_versions = (index.indptr._version, index.indices._version)
+        return index
+
+    def _new_index(self, cache: dict[str, Any] | None) -> SparseIndex:
+        buffers = self._buffers
+        indptr, indices, t_indptr, t_indices, perm = (buffers[name] for name in _INDEX_FIELDS)
         return SparseIndex(
-            self.indptr,
-            self.indices,
-            self.t_indptr,
-            self.t_indices,
-            self.perm,
+            indptr,  # type: ignore[arg-type]
+            indices,  # type: ignore[arg-type]
+            t_indptr,  # type: ignore[arg-type]
+            t_indices,  # type: ignore[arg-type]
+            perm,  # type: ignore[arg-type]
             self.in_features,
             self.out_features,
             self._blocks,
+            cache,
         )
 
     @property
@@ -747,6 +773,7 @@ class SparseLinear(nn.Module):
         layout into ``_blocks``."""
         index = backends.sparse_index(wiring)
         self._blocks = index.blocks
+        self._cached_index = None
         with torch.no_grad():
             for name, tensor in zip(SparseIndex._fields, index.tensors, strict=False):
                 getattr(self, name).copy_(tensor)
@@ -759,6 +786,26 @@ class SparseLinear(nn.Module):
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
+
+
+_INDEX_FIELDS = SparseIndex._fields[:5]
+_MISSING: Any = object()
+
+
+def _tensor(module: nn.Module, name: str) -> Any:
+    """``getattr(module, name)``, read from ``_parameters`` where it is a plain parameter
+    (or None), skipping ``nn.Module.__getattr__``, a large share of a small layer's call;
+    else as an attribute (pruned or parametrized layers)."""
+    value = module._parameters.get(name, _MISSING)
+    return getattr(module, name) if value is _MISSING else value
+
+
+def _wrong_weight(module: BlockLinear, weight: torch.Tensor) -> None:
+    raise ValueError(
+        f"{module!r} expected a weight of shape {tuple(module._weight_shape)}, got "
+        f"{tuple(weight.shape)}; assign a weight of the layer's shape, or build a layer of "
+        "the new sizes"
+    )
 
 
 def _check_backend(op: str, backend: str) -> str:
@@ -933,7 +980,10 @@ class MultiLinear(nn.Module):
                     else ""
                 )
             )
-        return F.multi_linear(xs, list(self.weights), self.bias)
+        weights: tuple[torch.Tensor, ...] = tuple(self.weights._parameters.values())  # type: ignore[arg-type]
+        if len(weights) != len(self.in_features):  # parametrized: read them one by one
+            weights = tuple(self.weights)
+        return F.multi_linear(xs, weights, _tensor(self, "bias"))
 
     def to_dense(self) -> nn.Linear:
         """The ``nn.Linear(sum(in_features), out_features)`` over the concatenated inputs."""

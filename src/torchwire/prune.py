@@ -362,7 +362,10 @@ class _Plan:
                         "border",
                         stacklevel=3,
                     )
-                cut.bias_add = _bias_contribution(consumer, constants)
+                add = _bias_contribution(consumer, constants)
+                # Through no connection, the constants add nothing: create no bias for it.
+                if getattr(consumer, "bias", None) is not None or bool(add.any()):
+                    cut.bias_add = add
 
     def apply(self, model: nn.Module) -> nn.Module:
         for module, cut in self.layers.values():

@@ -29,6 +29,7 @@ __all__ = [
     "block_layout",
     "cached_for_device",
     "equal_block_layout",
+    "plan",
     "register",
     "select",
     "sparse_index",
@@ -179,6 +180,9 @@ class SparseIndex(NamedTuple):
     and ``perm`` the canonical position of each of its connections, so ``weight[perm]`` are
     the transpose's values. All five share one integer dtype (int32 where sizes allow).
     ``blocks`` is the :class:`BlockLayout` when the wiring is block diagonal, else ``None``.
+    ``cache`` holds what backends derive from these tensors once (such as the dense
+    backend's scatter positions), or is ``None`` to derive it on every call; whoever changes
+    the tensors in place builds a new index (:class:`torchwire.SparseLinear` does).
     """
 
     indptr: torch.Tensor
@@ -189,6 +193,7 @@ class SparseIndex(NamedTuple):
     in_features: int
     out_features: int
     blocks: BlockLayout | None
+    cache: dict[str, Any] | None = None
 
     @property
     def nnz(self) -> int:
@@ -225,6 +230,7 @@ def sparse_index(wiring: Wiring, device: torch.device | str | None = None) -> Sp
         wiring.in_features,
         wiring.out_features,
         None if blocks is None else block_layout(*blocks),
+        {},
     )
 
 
@@ -294,13 +300,38 @@ LAUNCH_CUDA = 1e9
 
 _REGISTRY: dict[str, dict[str, Backend]] = {}
 _CHOSEN: dict[tuple[str, Any], Backend] = {}  # select()'s memo of "auto" choices
+_PLANS: dict[tuple[Any, ...], tuple[Backend, Any]] = {}  # plan()'s memo
+_MEMO_SIZE = 4096
 
 
 def register(backend: Backend) -> Backend:
     """Add ``backend`` to the registry (replacing one of the same op and name)."""
     _REGISTRY.setdefault(backend.op, {})[backend.name] = backend
     _CHOSEN.clear()
+    _PLANS.clear()
     return backend
+
+
+P = TypeVar("P")
+
+
+def plan(
+    op: str, backend: str, key: tuple[Any, ...], problem: Callable[..., P]
+) -> tuple[Backend, P]:
+    """``(select(op, problem(*key), backend), problem(*key))``, memoised on the plain tuple
+    ``key`` (which must determine the problem): what a layer's call does instead of building
+    and hashing a problem, so choosing costs one dictionary lookup."""
+    memo = (op, backend, key)
+    hit = _PLANS.get(memo)
+    if hit is not None:
+        return hit
+    built = problem(*key)
+    chosen = select(op, built, backend)
+    if not torch.compiler.is_compiling():
+        if len(_PLANS) >= _MEMO_SIZE:
+            _PLANS.clear()
+        _PLANS[memo] = (chosen, built)
+    return chosen, built
 
 
 def available(op: str, problem: Any = None) -> tuple[str, ...]:
@@ -349,7 +380,7 @@ def select(op: str, problem: Any, backend: str = "auto") -> Backend:
     if best is None:
         raise RuntimeError(f"no registered backend can compute this {op}: {problem}")
     if not compiling:
-        if len(_CHOSEN) > 4096:
+        if len(_CHOSEN) >= _MEMO_SIZE:
             _CHOSEN.clear()
         _CHOSEN[(op, problem)] = best
     return best

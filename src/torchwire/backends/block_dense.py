@@ -7,6 +7,10 @@ extra multiply-adds: assembling the weight is one scatter, whatever the number o
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -27,9 +31,17 @@ _CALL_CPU = 20_000.0
 def dense_weight(weight: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     """The ``(out_features, in_features)`` block-diagonal matrix of a block weight."""
     values = weight.expand(layout.groups, -1, -1) if layout.shared else weight
-    flat = weight.new_zeros(layout.out_features * layout.in_features)
-    flat = flat.index_put((_positions(layout, weight.device),), values.reshape(-1))
-    return flat.view(layout.out_features, layout.in_features)
+    dense = weight.new_zeros((layout.out_features, layout.in_features))
+    return _put(dense, _positions(layout, weight.device), values)
+
+
+def _put(dense: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``dense`` (fresh zeros) with ``values`` at its flat ``positions``: ``put_``, the
+    cheapest scatter (no views; its backward is one ``take``), out of place under torch.func
+    transforms (a batched value cannot go into an unbatched tensor in place)."""
+    if torch._C._are_functorch_transforms_active():
+        return torch.put(dense, positions, values)
+    return dense.put_(positions, values)
 
 
 def _positions(layout: BlockLayout, device: torch.device) -> torch.Tensor:
@@ -55,7 +67,53 @@ def _positions(layout: BlockLayout, device: torch.device) -> torch.Tensor:
 def block_linear_dense(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, problem: BlockProblem
 ) -> torch.Tensor:
-    return F.linear(input, dense_weight(weight, problem.layout), bias)
+    layout = problem.layout
+    values = weight.expand(layout.groups, -1, -1) if layout.shared else weight
+    if not problem.requires_grad and use_scratch(layout):
+        store = _SCRATCH.get(layout)
+        if store is None:
+            if len(_SCRATCH) >= 256:
+                _SCRATCH.clear()
+            store = _SCRATCH[layout] = {}
+        matrix, positions = scratch(store, layout, weight, _positions)
+        return F.linear(input, matrix.put_(positions, values), bias)
+    return F.linear(input, dense_weight(weight, layout), bias)
+
+
+# Small dense weights built without autograd reuse one zero-filled matrix per structure,
+# dtype, device and thread: each call writes only the connections (the rest stays zero), so
+# it is two kernels, not three, and one lookup finds the matrix and the positions.
+SCRATCH_ELEMENTS = 2**16
+_SCRATCH: dict[BlockLayout, dict[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
+def use_scratch(structure: Any) -> bool:
+    """Whether a call without autograd builds ``structure``'s dense weight in a scratch
+    matrix (small ones, outside torch.compile and torch.func)."""
+    return (
+        structure.out_features * structure.in_features <= SCRATCH_ELEMENTS
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+    )
+
+
+def scratch(
+    store: dict[Any, Any],
+    structure: Any,
+    like: torch.Tensor,
+    positions: Callable[[Any, torch.device], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A zero-filled ``(out_features, in_features)`` matrix of ``like``'s dtype and device for
+    ``structure`` (a BlockLayout or SparseIndex), and the flat ``positions(structure,
+    device)`` of its connections, kept in ``store`` (one per structure). Callers write the
+    connections into the matrix and consume it at once: no autograd graph may keep it."""
+    key = (like.dtype, like.device, threading.get_ident())
+    found = store.get(key)
+    if found is None:
+        with torch.inference_mode(False):  # writable inside and outside inference mode
+            matrix = like.new_zeros((structure.out_features, structure.in_features))
+        found = store[key] = (matrix, positions(structure, like.device))
+    return found
 
 
 def _supports(problem: BlockProblem) -> str | None:

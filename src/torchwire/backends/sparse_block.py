@@ -15,17 +15,17 @@ from torchwire.backends import (
     BlockProblem,
     SparseIndex,
     SparseProblem,
+    plan,
     register,
-    select,
 )
 
 
-def _block_problem(problem: SparseProblem) -> BlockProblem:
+def _block_plan(problem: SparseProblem) -> tuple[Backend, BlockProblem]:
+    """The block-linear backend and problem of a block-diagonal sparse problem."""
     if problem.blocks is None:
         raise ValueError(f"backend 'block' needs a block-diagonal wiring: {_supports(problem)}")
-    return BlockProblem(
-        problem.blocks, problem.rows, problem.dtype, problem.device_type, problem.requires_grad
-    )
+    key = (problem.blocks, problem.rows, problem.dtype, problem.device_type, problem.requires_grad)
+    return plan("block_linear", "auto", key, BlockProblem)
 
 
 def sparse_linear_block(
@@ -35,8 +35,8 @@ def sparse_linear_block(
     index: SparseIndex,
     problem: SparseProblem,
 ) -> torch.Tensor:
-    block_problem = _block_problem(problem)
-    return select("block_linear", block_problem).fn(input, weight, bias, block_problem)
+    chosen, block_problem = _block_plan(problem)
+    return chosen.fn(input, weight, bias, block_problem)
 
 
 def _supports(problem: SparseProblem) -> str | None:
@@ -46,8 +46,8 @@ def _supports(problem: SparseProblem) -> str | None:
 
 
 def _cost(problem: SparseProblem) -> float:
-    block_problem = _block_problem(problem)
-    return select("block_linear", block_problem).cost(block_problem)
+    chosen, block_problem = _block_plan(problem)
+    return chosen.cost(block_problem)
 
 
 register(Backend("block", "sparse_linear", sparse_linear_block, _supports, _cost))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from torchwire.backends import LAUNCH_CUDA, Backend, SparseIndex, SparseProblem, register
+from torchwire.backends.block_dense import _put, scratch, use_scratch
 
 # Cost model, in units of one multiply-add of a large GEMM (shared by every backend), as
 # (forward, forward+backward) pairs. CPU: besides the GEMMs, each element of the dense weight
@@ -31,14 +32,31 @@ _PER_CALL_CPU = (3.3e6, 6.0e6)
 def dense_weight(weight: torch.Tensor, index: SparseIndex) -> torch.Tensor:
     """The ``(out_features, in_features)`` matrix with ``weight`` at the connections and
     zeros elsewhere (differentiable with respect to ``weight``)."""
+    dense = weight.new_zeros((index.out_features, index.in_features))
+    return _put(dense, positions(index), weight)
+
+
+def positions(index: SparseIndex, device: object = None) -> torch.Tensor:
+    """Row-major int64 positions of the connections in the dense ``(out, in)`` matrix, in
+    canonical order, on the index's device (``device`` is ignored: the signature
+    :func:`~torchwire.backends.block_dense.scratch` calls). Built once per index (kept in
+    ``index.cache``, 8 bytes a connection while the dense backend runs), or on every call
+    for an index without a cache."""
+    cache = index.cache
+    if cache is not None:
+        found = cache.get("dense_positions")
+        if found is None:
+            found = cache["dense_positions"] = _positions(index)
+        return found
+    return _positions(index)
+
+
+def _positions(index: SparseIndex) -> torch.Tensor:
+    # Each output's start, repeated over its connections, plus the input.
     n_in, n_out = index.in_features, index.out_features
-    # Row-major positions (int64, scatter's index type): each output's start, repeated over
-    # its connections, plus the input. scatter, not index_put: 2-5x faster on CPU, and its
-    # backward is one gather.
-    starts = torch.arange(0, n_out * n_in, n_in, device=weight.device)
-    positions = starts.repeat_interleave(index.indptr.diff(), output_size=index.nnz)
-    positions = positions + index.indices
-    return weight.new_zeros(n_out * n_in).scatter(0, positions, weight).view(n_out, n_in)
+    starts = torch.arange(0, n_out * n_in, n_in, device=index.indices.device)
+    starts = starts.repeat_interleave(index.indptr.diff(), output_size=index.nnz)
+    return starts + index.indices
 
 
 def sparse_linear_dense(
@@ -48,6 +66,9 @@ def sparse_linear_dense(
     index: SparseIndex,
     problem: SparseProblem,
 ) -> torch.Tensor:
+    if not problem.requires_grad and index.cache is not None and use_scratch(index):
+        matrix, found = scratch(index.cache, index, weight, positions)
+        return F.linear(input, matrix.put_(found, weight), bias)
     return F.linear(input, dense_weight(weight, index), bias)
 
 

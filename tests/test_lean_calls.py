@@ -1,0 +1,174 @@
+"""Lean calls: the ATen ops a call runs are pinned, nothing on the call path synchronises
+with the host, and what a layer derives once (plans, index views, positions, scratch
+matrices) follows every change of the structure or the values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+import torchwire as tw
+from torchwire import _overhead
+from torchwire._overhead import OpCounter
+
+# ATen ops a call runs beyond nn.Linear(4, 6)'s (no-grad forward; forward+backward), at the
+# bench's overhead shapes. A layer with a small dense product builds its dense weight: one
+# put_ into a kept zero matrix without autograd, zeros plus put_ with it (whose backward is
+# one take); MultiLinear adds one GEMM per extra input. Containers add nothing.
+EXTRA_OPS = {
+    "block_equal": (1, 4),
+    "block_uneven": (1, 4),
+    "sparse_random": (1, 4),
+    "sparse_block": (1, 4),
+    "multi": (2, 10),
+    "parallel": (0, 0),
+    "split": (0, 0),
+    "map": (0, 0),
+    "concat": (0, 0),
+}
+SYNCING = {"_local_scalar_dense", "item", "nonzero", "tolist", "_assert_async"}
+
+
+def _totals(counts: dict[str, Any]) -> tuple[int, int]:
+    fwd = sum(counts["fwd"].values())
+    return fwd, sum(counts["forward"].values()) + sum(counts["backward"].values())
+
+
+def test_every_overhead_case_has_pinned_op_counts() -> None:
+    assert sorted(EXTRA_OPS) == sorted(case.name for case in _overhead.CASES)
+
+
+@pytest.mark.parametrize("case", _overhead.CASES, ids=lambda c: c.name)
+def test_op_counts_are_pinned(case: _overhead.OverheadCase) -> None:
+    module, module_args, reference, reference_args = case.build()
+    ops = _totals(_overhead.op_counts(module, module_args))
+    against = _totals(_overhead.op_counts(reference, reference_args))
+    assert (ops[0] - against[0], ops[1] - against[1]) == EXTRA_OPS[case.name]
+
+
+def _layers() -> list[tuple[str, nn.Module]]:
+    layers: list[tuple[str, nn.Module]] = []
+    for backend in tw.backends.available("block_linear"):
+        layers.append((f"block-{backend}", tw.BlockLinear([8, 8, 4], [4, 4, 8], backend=backend)))
+    layers.append(("block-shared", tw.BlockLinear(16, 8, groups=4, shared=True)))
+    wiring = tw.Wiring.random(20, 12, density=0.3, seed=0)
+    for backend in ("dense", "csr"):
+        layers.append((f"sparse-{backend}", tw.SparseLinear(wiring, backend=backend)))
+    blocks = tw.Wiring.block_diagonal([8, 8, 4], [4, 4, 8])
+    layers.append(("sparse-block", tw.SparseLinear(blocks, backend="block")))
+    return layers
+
+
+@pytest.mark.parametrize(("name", "layer"), _layers(), ids=[n for n, _ in _layers()])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_no_host_synchronisation_on_the_call_path(name: str, layer: nn.Module, batch: int) -> None:
+    x = torch.randn(batch, layer.in_features, requires_grad=True)  # type: ignore[arg-type]
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            layer(x)  # warm up: plans and index tensors are built here, once
+            with OpCounter() as counter:
+                y = layer(x)
+                if grad:
+                    y.sum().backward()
+        assert counter.total > 0
+        assert not SYNCING & set(counter.counts), dict(counter.counts)
+
+
+def _sparse_reference(layer: tw.SparseLinear, x: torch.Tensor) -> torch.Tensor:
+    weight = torch.zeros(layer.out_features, layer.in_features, dtype=x.dtype)
+    for (i, o), value in zip(layer.wiring.edges().tolist(), layer.weight.tolist(), strict=True):
+        weight[o, i] = value
+    bias = layer.bias.detach() if layer.bias is not None else None
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+@pytest.mark.parametrize("backend", ["dense", "csr", "auto"])
+def test_sparse_layer_follows_a_loaded_checkpoint_of_other_connections(backend: str) -> None:
+    torch.manual_seed(0)
+    a = tw.SparseLinear(tw.Wiring.random(6, 5, nnz=12, seed=1), backend=backend).double()
+    b = tw.SparseLinear(tw.Wiring.random(6, 5, nnz=12, seed=2), backend=backend).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    with torch.no_grad():
+        a(x)  # the index (and its positions) are built and kept
+        a.load_state_dict(b.state_dict())  # written into the same buffers, in place
+        torch.testing.assert_close(a(x), b(x))
+        torch.testing.assert_close(a(x), _sparse_reference(b, x))
+
+
+def test_sparse_layer_follows_buffers_written_in_place() -> None:
+    layer = tw.SparseLinear(tw.Wiring.from_edges([[0, 0], [2, 1]], 3, 2), bias=False).double()
+    other = tw.SparseLinear(tw.Wiring.from_edges([[1, 0], [2, 1]], 3, 2), bias=False)
+    x = torch.tensor([[1.0, 10.0, 100.0]], dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+        torch.testing.assert_close(layer(x), torch.tensor([[1.0, 100.0]], dtype=torch.float64))
+        # Another rank's connections broadcast into the buffers: the layer computes with
+        # what they hold, not with what it derived from them before.
+        for name, tensor in other.named_buffers():
+            getattr(layer, name).copy_(tensor)
+        torch.testing.assert_close(layer(x), torch.tensor([[10.0, 100.0]], dtype=torch.float64))
+
+
+def test_functional_call_with_other_buffers_uses_them() -> None:
+    a = tw.SparseLinear(tw.Wiring.random(6, 5, nnz=10, seed=1), bias=False).double()
+    b = tw.SparseLinear(tw.Wiring.random(6, 5, nnz=10, seed=2), bias=False).double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    a(x)
+    tensors = {k: v for k, v in b.state_dict(keep_vars=True).items() if k != "_extra_state"}
+    swapped = functional_call(a, tensors, (x,))
+    torch.testing.assert_close(swapped, b(x))
+    torch.testing.assert_close(a(x), _sparse_reference(a, x))  # and a itself is unchanged
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tw.BlockLinear([2, 2], [3, 1]),
+        lambda: tw.SparseLinear(tw.Wiring.random(4, 6, density=0.5, seed=0)),
+    ],
+    ids=["block", "sparse"],
+)
+def test_inference_calls_follow_the_values(make: Any) -> None:
+    torch.manual_seed(0)
+    first, second = make().double(), make().double()  # the same structure: one scratch
+    with torch.no_grad():
+        second.weight.mul_(-3.0)
+    x = torch.randn(2, first.in_features, dtype=torch.float64)
+    expected = [m.to_dense()(x).detach() for m in (first, second)]
+    with torch.no_grad():
+        for _ in range(2):  # alternating layers of one structure
+            torch.testing.assert_close(first(x), expected[0])
+            torch.testing.assert_close(second(x), expected[1])
+        first.weight.add_(1.0)  # an optimizer step, in place
+        torch.testing.assert_close(first(x), first.to_dense()(x))
+    with torch.inference_mode():
+        torch.testing.assert_close(first(x), first.to_dense()(x))
+    with torch.no_grad():  # what inference mode used stays writable outside it
+        torch.testing.assert_close(second(x), expected[1])
+    y = first(x.requires_grad_())  # with autograd, a fresh matrix: the graph keeps it
+    with torch.no_grad():
+        second(x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, first.to_dense().weight.sum(0).expand_as(x).detach())
+
+
+def test_block_layer_refuses_a_weight_of_another_shape() -> None:
+    layer = tw.BlockLinear(4, 6, groups=2)
+    layer.weight = nn.Parameter(torch.randn(2, 2, 3))  # transposed blocks, same numel
+    with pytest.raises(ValueError, match=r"weight of shape \(2, 3, 2\), got \(2, 2, 3\)"):
+        layer(torch.randn(1, 4))
+
+
+def test_pruned_layers_still_read_their_masked_weight() -> None:
+    layer = tw.BlockLinear(4, 6, groups=2).double()
+    torch.nn.utils.prune.random_unstructured(layer, "weight", amount=0.5)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    dense = tw.BlockLinear(4, 6, groups=2).double()
+    with torch.no_grad():
+        dense.weight.copy_(layer.weight)
+        dense.bias.copy_(layer.bias)
+    torch.testing.assert_close(layer(x), dense(x))
