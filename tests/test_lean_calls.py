@@ -172,3 +172,22 @@ def test_pruned_layers_still_read_their_masked_weight() -> None:
         dense.weight.copy_(layer.weight)
         dense.bias.copy_(layer.bias)
     torch.testing.assert_close(layer(x), dense(x))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(6,), (1, 6), (3, 6), (2, 1, 6)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_csr_inference_matches_the_dense_reference(
+    bias: bool, shape: tuple[int, ...], dtype: torch.dtype
+) -> None:
+    torch.manual_seed(0)
+    layer = tw.SparseLinear(tw.Wiring.random(6, 5, nnz=13, seed=3), bias=bias, backend="csr")
+    layer = layer.to(dtype)
+    x = torch.randn(shape, dtype=dtype)
+    with torch.no_grad():
+        y = layer(x)
+    expected = _sparse_reference(layer.double(), x.double().reshape(-1, 6))
+    assert y.shape == (*shape[:-1], 5)
+    assert y.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 2e-2
+    torch.testing.assert_close(y.double().reshape(-1, 5), expected, rtol=tol, atol=tol)

@@ -69,14 +69,10 @@ def block_linear_dense(
 ) -> torch.Tensor:
     layout = problem.layout
     values = weight.expand(layout.groups, -1, -1) if layout.shared else weight
-    if not problem.requires_grad and use_scratch(layout):
-        store = _SCRATCH.get(layout)
-        if store is None:
-            if len(_SCRATCH) >= 256:
-                _SCRATCH.clear()
-            store = _SCRATCH[layout] = {}
-        matrix, positions = scratch(store, layout, weight, _positions)
-        return F.linear(input, matrix.put_(positions, values), bias)
+    if not problem.requires_grad:
+        found = scratch(_SCRATCH, layout, layout, weight, _positions)
+        if found is not None:
+            return F.linear(input, found[0].put_(found[1], values), bias)
     return F.linear(input, dense_weight(weight, layout), bias)
 
 
@@ -84,35 +80,36 @@ def block_linear_dense(
 # dtype, device and thread: each call writes only the connections (the rest stays zero), so
 # it is two kernels, not three, and one lookup finds the matrix and the positions.
 SCRATCH_ELEMENTS = 2**16
-_SCRATCH: dict[BlockLayout, dict[Any, tuple[torch.Tensor, torch.Tensor]]] = {}
-
-
-def use_scratch(structure: Any) -> bool:
-    """Whether a call without autograd builds ``structure``'s dense weight in a scratch
-    matrix (small ones, outside torch.compile and torch.func)."""
-    return (
-        structure.out_features * structure.in_features <= SCRATCH_ELEMENTS
-        and not torch.compiler.is_compiling()
-        and not torch._C._are_functorch_transforms_active()
-    )
+_SCRATCH: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def scratch(
     store: dict[Any, Any],
+    key: Any,
     structure: Any,
     like: torch.Tensor,
     positions: Callable[[Any, torch.device], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A zero-filled ``(out_features, in_features)`` matrix of ``like``'s dtype and device for
-    ``structure`` (a BlockLayout or SparseIndex), and the flat ``positions(structure,
-    device)`` of its connections, kept in ``store`` (one per structure). Callers write the
-    connections into the matrix and consume it at once: no autograd graph may keep it."""
-    key = (like.dtype, like.device, threading.get_ident())
-    found = store.get(key)
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A zero-filled ``(out_features, in_features)`` matrix of ``like``'s dtype and device
+    for ``structure`` (a BlockLayout or SparseIndex), and the flat ``positions(structure,
+    device)`` of its connections, kept in ``store`` under ``key`` (and the dtype, device and
+    thread). Callers write the connections into the matrix and consume it at once: no
+    autograd graph may keep it. None for large matrices, and while torch.compile traces or
+    torch.func transforms run."""
+    if (
+        structure.out_features * structure.in_features > SCRATCH_ELEMENTS
+        or torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+    ):
+        return None
+    full_key = (key, like.dtype, like.device, threading.get_ident())
+    found = store.get(full_key)
     if found is None:
+        if len(store) >= 256:
+            store.clear()
         with torch.inference_mode(False):  # writable inside and outside inference mode
             matrix = like.new_zeros((structure.out_features, structure.in_features))
-        found = store[key] = (matrix, positions(structure, like.device))
+        found = store[full_key] = (matrix, positions(structure, like.device))
     return found
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from torchwire.backends import LAUNCH_CUDA, Backend, SparseIndex, SparseProblem, register
-from torchwire.backends.block_dense import _put, scratch, use_scratch
+from torchwire.backends.block_dense import _put, scratch
 
 # Cost model, in units of one multiply-add of a large GEMM (shared by every backend), as
 # (forward, forward+backward) pairs. CPU: besides the GEMMs, each element of the dense weight
@@ -66,9 +66,11 @@ def sparse_linear_dense(
     index: SparseIndex,
     problem: SparseProblem,
 ) -> torch.Tensor:
-    if not problem.requires_grad and index.cache is not None and use_scratch(index):
-        matrix, found = scratch(index.cache, index, weight, positions)
-        return F.linear(input, matrix.put_(found, weight), bias)
+    cache = index.cache
+    if not problem.requires_grad and cache is not None:
+        found = scratch(cache, "scratch", index, weight, positions)
+        if found is not None:
+            return F.linear(input, found[0].put_(found[1], weight), bias)
     return F.linear(input, dense_weight(weight, index), bias)
 
 
