@@ -282,8 +282,10 @@ def dead_neurons(model: nn.Module) -> nn.Module:
     A unit is dead when nothing reaches it (no incoming connection: its layer's row is empty,
     or all zero for dense layers) or nothing reads it (no outgoing connection in any next
     layer). Typical after edge pruning. A dead unit's constant output (its bias through the
-    activation) is folded into the next layer's bias. Removal repeats until no dead unit is
-    left, since removing one can leave others without connections.
+    activation) is folded into the next layer's bias; where that would create biases with
+    more parameters than the removal saves, units with a nonzero constant are kept. The
+    model never grows. Removal repeats until no dead unit is left, since removing one can
+    leave others without connections.
 
     Computed as in eval mode; units whose constant would reach a zero-padded conv (where it
     is not constant at the border) are kept.
@@ -297,22 +299,36 @@ def dead_neurons(model: nn.Module) -> nn.Module:
     """
     new = _copy(model)
     while True:
-        plan = _Plan()
-        for link in _links(new):
-            dead = _fan(link.producer, "in") == 0
-            if any(_zero_padded(c) for c in link.consumers):
-                dead &= _constants(link) == 0
-            unread = torch.ones_like(dead)
-            for consumer in link.consumers:
-                unread &= _fan(consumer, "out") == 0
-            dead |= unread
-            if bool(dead.all()):
-                dead[0] = False  # keep one unit: a zero-width layer helps nobody
-            if bool(dead.any()):
-                plan.remove(link, dead, warn=False)
+        plan = _dead_plan(new, new_biases=True)
+        if plan.growth() > 0:
+            # The biases that would fold the removed units' constants outweigh what the
+            # removal saves: keep the units whose constant needs a new bias.
+            plan = _dead_plan(new, new_biases=False)
         if not plan.layers:
             return new
         new = plan.apply(new)
+
+
+def _dead_plan(model: nn.Module, *, new_biases: bool) -> _Plan:
+    """The plan removing ``model``'s dead units (see :func:`dead_neurons`); with
+    ``new_biases=False``, a unit whose constant output would need a bias its consumer does
+    not have is kept."""
+    plan = _Plan()
+    for link in _links(model):
+        dead = _fan(link.producer, "in") == 0
+        if any(_zero_padded(c) for c in link.consumers) or (
+            not new_biases and any(getattr(c, "bias", None) is None for c in link.consumers)
+        ):
+            dead &= _constants(link) == 0
+        unread = torch.ones_like(dead)
+        for consumer in link.consumers:
+            unread &= _fan(consumer, "out") == 0
+        dead |= unread
+        if bool(dead.all()):
+            dead[0] = False  # keep one unit: a zero-width layer helps nobody
+        if bool(dead.any()):
+            plan.remove(link, dead, warn=False)
+    return plan
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -367,10 +383,21 @@ class _Plan:
                 if getattr(consumer, "bias", None) is not None or bool(add.any()):
                     cut.bias_add = add
 
+    def growth(self) -> int:
+        """How many parameters applying the plan adds (negative: removes)."""
+        return sum(
+            _parameter_count(_shrunk(module, cut)) - _parameter_count(module)
+            for module, cut in self.layers.values()
+        )
+
     def apply(self, model: nn.Module) -> nn.Module:
         for module, cut in self.layers.values():
             model = _replace(model, module, _shrunk(module, cut))
         return model
+
+
+def _parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def _links(model: nn.Module) -> list[_Link]:
