@@ -11,7 +11,9 @@ For a layer :math:`y = x A^T` whose weight :math:`A` has ``nnz`` connections:
 Each is ``rows * nnz`` multiply-adds, against ``rows * in * out`` for a dense GEMM. The two
 operations are registered as torch custom ops (``torch.ops.torchwire.csr_linear`` and
 ``csr_sampled``) whose derivatives are again these two ops, so gradients of any order exist,
-and ``torch.compile(fullgraph=True)`` treats them as opaque calls. The sparse tensors are
+and ``torch.compile(fullgraph=True)`` treats them as opaque calls. Eager calls skip the
+custom ops' dispatch: without autograd the kernel runs on the weight directly, with autograd
+through a plain ``autograd.Function`` on the same kernels. The sparse tensors are
 temporary views built inside the ops: nothing outside sees ``torch.sparse``. ATen's sparse
 kernels (MKL on CPU, cuSPARSE on CUDA) take float32 and float64; half-precision inputs are
 computed in float32 and rounded once at the end.
@@ -82,8 +84,7 @@ def _csr_linear_fake(
     return x.new_empty(n, x.shape[0]).t()
 
 
-@torch.library.custom_op("torchwire::csr_sampled", mutates_args=())
-def csr_sampled(
+def _sampled(
     a: Tensor,
     b: Tensor,
     indptr: Tensor,
@@ -100,6 +101,9 @@ def csr_sampled(
     product = torch.sparse.sampled_addmm(pattern, a.to(dtype).t(), b.to(dtype), beta=0.0)
     values: Tensor = product.values()
     return values.to(a.dtype)
+
+
+csr_sampled = torch.library.custom_op("torchwire::csr_sampled", _sampled, mutates_args=())
 
 
 @csr_sampled.register_fake
@@ -144,6 +148,46 @@ csr_linear.register_autograd(_backward_linear, setup_context=_setup_linear)
 csr_sampled.register_autograd(_backward_sampled, setup_context=_setup_sampled)
 
 
+class _CsrLinear(torch.autograd.Function):
+    """``csr_linear(x, values, *index, False)`` in eager mode: the same kernels without a
+    custom op's dispatch (tens of microseconds a call, three calls a step). Double backward
+    goes through the custom ops, which are differentiable to any order."""
+
+    @staticmethod
+    def forward(
+        x: Tensor,
+        values: Tensor,
+        indptr: Tensor,
+        indices: Tensor,
+        t_indptr: Tensor,
+        t_indices: Tensor,
+        perm: Tensor,
+    ) -> Tensor:
+        return _linear(x, values, indptr, indices, t_indptr, t_indices, perm, False)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, values, indptr, indices, t_indptr, t_indices, perm = ctx.saved_tensors
+        index = (indptr, indices, t_indptr, t_indices, perm)
+        need_x, need_values = ctx.needs_input_grad[:2]
+        grad_x = grad_values = None
+        if torch.is_grad_enabled():  # double backward: the differentiable ops
+            if need_x:
+                grad_x = csr_linear(grad, values, *index, True)
+            if need_values:
+                grad_values = csr_sampled(grad, x, *index)
+        else:
+            if need_x:
+                grad_x = _linear(grad, values, *index, True)
+            if need_values:
+                grad_values = _sampled(grad, x, *index)
+        return grad_x, grad_values, None, None, None, None, None
+
+
 def sparse_linear_csr(
     input: Tensor,
     weight: Tensor,
@@ -151,8 +195,10 @@ def sparse_linear_csr(
     index: SparseIndex,
     problem: SparseProblem,
 ) -> Tensor:
-    if problem.requires_grad or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # graphs keep the custom op, an opaque call
         y: Tensor = csr_linear(input, weight, *index.tensors, False)
+    elif problem.requires_grad:
+        y = _CsrLinear.apply(input, weight, *index.tensors)
     elif input.dtype in _NATIVE:  # no graph to record: no custom op, no casts, bias fused
         matrix = _csr(index.indptr, index.indices, weight, (index.out_features, index.in_features))
         if input.shape[0] == 1:  # one row: the sparse matrix-vector kernel, about 2x faster
@@ -162,7 +208,7 @@ def sparse_linear_csr(
         if bias is None:
             return torch.mm(matrix, input.t()).t()
         return torch.addmm(bias.unsqueeze(1), matrix, input.t()).t()
-    else:  # no graph to record: skip the custom op's dispatch (about 60 us a call)
+    else:  # no graph to record: skip the custom op's dispatch
         y = _linear(input, weight, *index.tensors, False)
     return y if bias is None else y + bias
 
