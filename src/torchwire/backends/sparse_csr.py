@@ -22,6 +22,7 @@ computed in float32 and rounded once at the end.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -117,16 +118,22 @@ def _setup_linear(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
     ctx.transpose = transpose
 
 
-def _backward_linear(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+def _linear_grads(
+    ctx: Any, grad: Tensor, linear: Callable[..., Tensor], sampled: Callable[..., Tensor]
+) -> tuple[Tensor | None, ...]:
     # y = x A^T: dx = dy A,   dA_e = sum_n dy[n, o_e] x[n, i_e]
     # y = x A:   dx = dy A^T, dA_e = sum_n x[n, o_e] dy[n, i_e]
     x, values, *index = ctx.saved_tensors
     grad_x = grad_v = None
     if ctx.needs_input_grad[0]:
-        grad_x = csr_linear(grad, values, *index, not ctx.transpose)
+        grad_x = linear(grad, values, *index, not ctx.transpose)
     if ctx.needs_input_grad[1]:
-        grad_v = csr_sampled(x, grad, *index) if ctx.transpose else csr_sampled(grad, x, *index)
+        grad_v = sampled(x, grad, *index) if ctx.transpose else sampled(grad, x, *index)
     return grad_x, grad_v, None, None, None, None, None, None
+
+
+def _backward_linear(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    return _linear_grads(ctx, grad, csr_linear, csr_sampled)
 
 
 def _setup_sampled(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -149,43 +156,18 @@ csr_sampled.register_autograd(_backward_sampled, setup_context=_setup_sampled)
 
 
 class _CsrLinear(torch.autograd.Function):
-    """``csr_linear(x, values, *index, False)`` in eager mode: the same kernels without a
-    custom op's dispatch (tens of microseconds a call, three calls a step). Double backward
-    goes through the custom ops, which are differentiable to any order."""
+    """:func:`csr_linear` in eager mode: the same kernels and derivatives without a custom
+    op's dispatch (tens of microseconds a call, three calls a step). Double backward goes
+    through the custom ops, which are differentiable to any order."""
 
-    @staticmethod
-    def forward(
-        x: Tensor,
-        values: Tensor,
-        indptr: Tensor,
-        indices: Tensor,
-        t_indptr: Tensor,
-        t_indices: Tensor,
-        perm: Tensor,
-    ) -> Tensor:
-        return _linear(x, values, indptr, indices, t_indptr, t_indices, perm, False)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        ctx.save_for_backward(*inputs)
+    forward = staticmethod(_linear)
+    setup_context = staticmethod(_setup_linear)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, values, indptr, indices, t_indptr, t_indices, perm = ctx.saved_tensors
-        index = (indptr, indices, t_indptr, t_indices, perm)
-        need_x, need_values = ctx.needs_input_grad[:2]
-        grad_x = grad_values = None
         if torch.is_grad_enabled():  # double backward: the differentiable ops
-            if need_x:
-                grad_x = csr_linear(grad, values, *index, True)
-            if need_values:
-                grad_values = csr_sampled(grad, x, *index)
-        else:
-            if need_x:
-                grad_x = _linear(grad, values, *index, True)
-            if need_values:
-                grad_values = _sampled(grad, x, *index)
-        return grad_x, grad_values, None, None, None, None, None
+            return _backward_linear(ctx, grad)
+        return _linear_grads(ctx, grad, _linear, _sampled)
 
 
 def sparse_linear_csr(
@@ -198,7 +180,7 @@ def sparse_linear_csr(
     if torch.compiler.is_compiling():  # graphs keep the custom op, an opaque call
         y: Tensor = csr_linear(input, weight, *index.tensors, False)
     elif problem.requires_grad:
-        y = _CsrLinear.apply(input, weight, *index.tensors)
+        y = _CsrLinear.apply(input, weight, *index.tensors, False)
     elif input.dtype in _NATIVE:  # no graph to record: no custom op, no casts, bias fused
         matrix = _csr(index.indptr, index.indices, weight, (index.out_features, index.in_features))
         if input.shape[0] == 1:  # one row: the sparse matrix-vector kernel, about 2x faster
