@@ -174,12 +174,11 @@ def test_functional_gradcheck_and_gradgradcheck_per_backend(wiring_id: str, back
     ],
     ids=["4096-1pct", "1000x100", "nnz5", "nnz0", "block", "named"],
 )
-def test_storage_is_16_bytes_per_connection_plus_the_sizes(wiring: tw.Wiring) -> None:
+def test_storage_is_8_bytes_per_connection_plus_the_sizes(wiring: tw.Wiring) -> None:
     m = tw.SparseLinear(wiring)
     n_in, n_out, nnz = wiring.in_features, wiring.out_features, wiring.nnz
-    # weight 4, indices 4, t_indices 4, perm 4 per connection; indptr and t_indptr
-    # (out + 1 and in + 1 int32s); bias 4 per output.
-    bound = 16 * nnz + 4 * (n_in + n_out + 2) + 4 * n_out
+    # weight 4 and indices 4 per connection; indptr (out + 1 int32s); bias 4 per output.
+    bound = 8 * nnz + 4 * (n_out + 1) + 4 * n_out
     assert _bytes(m) <= bound
     assert _bytes(tw.SparseLinear(wiring, bias=False)) <= bound - 4 * n_out
     for name, tensor in [*m.named_parameters(), *m.named_buffers()]:
@@ -597,9 +596,59 @@ def test_loading_a_checkpoint_of_other_sizes_is_a_clear_error() -> None:
         tw.SparseLinear(tw.Wiring.random(6, 4, nnz=11, seed=1)).load_state_dict(state)
 
 
+@pytest.mark.parametrize("density", [0.01, 0.1, 0.5, 0.62])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_storage_never_exceeds_a_dense_weight_and_a_bool_mask(
+    density: float, dtype: torch.dtype
+) -> None:
+    # What a user replaces: nn.Linear's weight plus a torch.bool mask of its shape.
+    m = tw.SparseLinear(tw.Wiring.random(512, 256, density=density, seed=0), bias=False)
+    m = m.to(dtype)
+    dense_and_mask = 512 * 256 * (dtype.itemsize + 1)
+    assert _bytes(m) <= dense_and_mask
+
+
+@given(
+    n_in=st.integers(1, 12),
+    n_out=st.integers(1, 12),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_transposed_structure_is_the_transpose(
+    n_in: int, n_out: int, density: float, seed: int
+) -> None:
+    wiring = tw.Wiring.random(n_in, n_out, density=density, seed=seed)
+    index = tw.backends.sparse_index(wiring)
+    t_indptr, t_indices, perm = index.transposed()
+    edges = wiring.edges()  # (input, output), canonical order: by output, then input
+    by_input = sorted(range(wiring.nnz), key=lambda k: (int(edges[k, 0]), int(edges[k, 1])))
+    assert perm.tolist() == by_input
+    assert t_indices.tolist() == [int(edges[k, 1]) for k in by_input]
+    counts = torch.bincount(edges[:, 0], minlength=n_in)
+    assert t_indptr.tolist() == [0, *counts.cumsum(0).tolist()]
+    assert {t.dtype for t in (t_indptr, t_indices, perm)} == {index.indices.dtype}
+    assert index.transposed()[0] is t_indptr  # derived once
+
+
+def test_checkpoints_with_the_transposed_buffers_still_load() -> None:
+    # torchwire 0.1 saved the transposed structure as three more buffers; it is derived now.
+    source = tw.SparseLinear(tw.Wiring.random(6, 4, nnz=12, seed=2), dtype=F64)
+    state = source.state_dict()
+    index = tw.backends.sparse_index(source.wiring)
+    state.update(zip(("t_indptr", "t_indices", "perm"), index.transposed(), strict=True))
+    target = tw.SparseLinear(tw.Wiring.random(6, 4, nnz=12, seed=1), dtype=F64)
+    target.load_state_dict(state)  # strict: the old keys are consumed, not unexpected
+    assert target.wiring == source.wiring
+    x = torch.randn(3, 6, dtype=F64, requires_grad=True)
+    for backend in ("dense", "csr"):
+        target.backend = backend
+        torch.testing.assert_close(target(x), source(x))
+
+
 def test_a_failed_load_leaves_the_layer_consistent() -> None:
     # Same sizes, fewer connections: torch reports the size mismatches, after copying the
-    # tensors whose shapes happen to match (indptr, t_indptr; and bias, as for any module).
+    # tensors whose shapes happen to match (indptr; and bias, as for any module).
     # The layer must still be the layer of its wiring: its index buffers and its outputs.
     # (Checked before any forward: a CSR kernel reading a mismatched structure can crash.)
     wiring = tw.Wiring.random(6, 4, nnz=12, seed=1)
@@ -609,8 +658,8 @@ def test_a_failed_load_leaves_the_layer_consistent() -> None:
         target.load_state_dict(source.state_dict())
     assert target.wiring == wiring
     index = tw.backends.sparse_index(wiring)
-    for name, tensor in zip(tw.backends.SparseIndex._fields, index.tensors, strict=False):
-        assert torch.equal(getattr(target, name), tensor), f"{name} no longer matches the wiring"
+    for name in ("indptr", "indices"):
+        assert torch.equal(getattr(target, name), getattr(index, name)), f"{name} changed"
     x = torch.randn(3, 6, dtype=F64)
     for backend in ("dense", "csr"):
         target.backend = backend

@@ -3,8 +3,9 @@ the torch code it replaces, at shapes so small that host work is all there is, a
 ATen ops it runs (counted with a ``TorchDispatchMode``; deterministic, so tests pin them).
 
 Layers are compared with ``nn.Linear`` of the same in/out (4 -> 6): a no-grad forward at
-batch 1 and a forward+backward at batch 64. Containers are compared with calling their
-modules (or the torch function they wrap) directly, on the same shapes.
+batch 1 and a forward+backward at batch 64. Containers are compared with the ``nn.Module``
+users write by hand for them: their branches (or the torch function they wrap) called
+directly in its ``forward``, on the same shapes.
 """
 
 from __future__ import annotations
@@ -72,22 +73,37 @@ def _layer(module: Callable[[], nn.Module], args: Arguments = _whole) -> Any:
     return build
 
 
+class Written(nn.Module):
+    """What users write today in place of a container: an ``nn.Module`` whose ``forward`` is
+    the direct code (an ``nn.Sequential`` takes modules, not functions)."""
+
+    def __init__(self, forward: Callable[..., Any], *modules: nn.Module) -> None:
+        super().__init__()
+        self.code = forward
+        self.parts = nn.ModuleList(modules)
+
+    def forward(self, *args: Any) -> Any:
+        return self.code(*args)
+
+
 def _parallel() -> tuple[nn.Module, Arguments, Callable[..., Any], Arguments]:
     a, b = nn.Linear(IN_FEATURES, 3), nn.Linear(IN_FEATURES, 3)
-    return tw.Parallel(a, b, merge="cat"), _whole, lambda x: torch.cat([a(x), b(x)], -1), _whole
+    written = Written(lambda x: torch.cat([a(x), b(x)], -1), a, b)
+    return tw.Parallel(a, b, merge="cat"), _whole, written, _whole
 
 
 def _split() -> tuple[nn.Module, Arguments, Callable[..., Any], Arguments]:
-    return tw.Split([2, 2]), _whole, lambda x: x.split([2, 2], -1), _whole
+    return tw.Split([2, 2]), _whole, Written(lambda x: x.split([2, 2], -1)), _whole
 
 
 def _map() -> tuple[nn.Module, Arguments, Callable[..., Any], Arguments]:
     a, b = nn.Linear(2, 3), nn.Linear(2, 3)
-    return tw.Map(a, b), _pair, lambda parts: (a(parts[0]), b(parts[1])), _pair
+    written = Written(lambda parts: (a(parts[0]), b(parts[1])), a, b)
+    return tw.Map(a, b), _pair, written, _pair
 
 
 def _concat() -> tuple[nn.Module, Arguments, Callable[..., Any], Arguments]:
-    return tw.Concat(), _pair, lambda parts: torch.cat(parts, -1), _pair
+    return tw.Concat(), _pair, Written(lambda parts: torch.cat(parts, -1)), _pair
 
 
 LAYERS = (
@@ -126,13 +142,17 @@ LAYERS = (
 
 CONTAINERS = (
     OverheadCase(
-        "parallel", "Parallel(Linear(4, 3), Linear(4, 3), merge='cat')", "direct", _parallel
+        "parallel",
+        "Parallel(Linear(4, 3), Linear(4, 3), merge='cat')",
+        "module: cat([a(x), b(x)], -1)",
+        _parallel,
     ),
-    OverheadCase("split", "Split([2, 2])", "x.split([2, 2], -1)", _split),
-    OverheadCase("map", "Map(Linear(2, 3), Linear(2, 3))", "direct", _map),
-    OverheadCase("concat", "Concat()", "torch.cat(parts, -1)", _concat),
+    OverheadCase("split", "Split([2, 2])", "module: x.split([2, 2], -1)", _split),
+    OverheadCase("map", "Map(Linear(2, 3), Linear(2, 3))", "module: (a(x1), b(x2))", _map),
+    OverheadCase("concat", "Concat()", "module: cat(parts, -1)", _concat),
 )
-"""Containers, each against calling its modules (or the torch function it wraps) directly."""
+"""Containers, each against the module users write for it by hand (:class:`Written`): its
+branches called directly inside one ``nn.Module``, so both pay one module call."""
 
 CASES = LAYERS + CONTAINERS
 

@@ -122,7 +122,9 @@ class Parallel(nn.Module):
         self.add_module(name, module)
 
     def forward(self, input: Any) -> Any:
-        outputs = [module(input) for module in self]
+        outputs = [module(input) for module in self._modules.values()]  # type: ignore[misc]
+        if self.merge == "cat":
+            return torch.cat(outputs, self.dim)
         return _merge(outputs, self.merge, self.dim)
 
     def append(self, module: nn.Module) -> Parallel:
@@ -191,16 +193,19 @@ class Split(nn.Module):
             ):
                 raise ValueError(f"Split expected positive part sizes, got {list(parts)}")
             self.sizes = parts
-        self._total = self.sizes if isinstance(self.sizes, int) else sum(self.sizes)
+        self._sizes_sum = -1 if isinstance(self.sizes, int) else sum(self.sizes)
         self.dim = dim
 
     def forward(self, input: Any) -> tuple[torch.Tensor, ...]:
-        _check_tensor(input, "Split")
-        if isinstance(input, torch.fx.Proxy):  # symbolic tracing: no sizes to check
-            split: Any = torch.tensor_split
+        if not isinstance(input, torch.Tensor):
+            _check_tensor(input, "Split")
+            split: Any = torch.tensor_split  # symbolic tracing: no sizes to check
             traced: tuple[torch.Tensor, ...] = split(input, self._split_points(), self.dim)
             return traced
         size = input.shape[self.dim]
+        if size == self._sizes_sum:  # the sizes given fit (the common case)
+            cut: tuple[torch.Tensor, ...] = input.split(self.sizes, self.dim)
+            return cut
         if isinstance(self.sizes, int):
             if size % self.sizes:
                 example = _example(size, self.sizes)
@@ -210,13 +215,10 @@ class Split(nn.Module):
                 )
             parts: tuple[torch.Tensor, ...] = input.split(size // self.sizes, self.dim)
             return parts
-        if self._total != size:
-            raise ValueError(
-                f"Split sizes {list(self.sizes)} sum to {self._total}, but dimension "
-                f"{self.dim} of the input has size {size} (input shape {tuple(input.shape)})"
-            )
-        cut: tuple[torch.Tensor, ...] = input.split(self.sizes, self.dim)
-        return cut
+        raise ValueError(
+            f"Split sizes {list(self.sizes)} sum to {self._sizes_sum}, but dimension "
+            f"{self.dim} of the input has size {size} (input shape {tuple(input.shape)})"
+        )
 
     def _split_points(self) -> int | list[int]:
         """``tensor_split``'s argument: the number of parts, or the indices between parts."""
@@ -256,7 +258,8 @@ class Concat(nn.Module):
         self.dim = dim
 
     def forward(self, inputs: Any) -> torch.Tensor:
-        _check_tuple(inputs, "Concat")
+        if type(inputs) is not tuple:  # torch.cat would also take a tensor, as its rows
+            _check_tuple(inputs, "Concat")
         joined: torch.Tensor = torch.cat(inputs, self.dim)
         return joined
 
@@ -299,10 +302,11 @@ class Map(nn.Module):
             self.add_module(str(i), module)
 
     def forward(self, inputs: Sequence[Any]) -> tuple[Any, ...]:
-        _check_tuple(inputs, "Map")
         modules = self._modules.values()
-        if isinstance(inputs, torch.fx.Proxy):
-            return tuple(module(inputs[i]) for i, module in enumerate(modules))  # type: ignore[misc]
+        if type(inputs) is not tuple:
+            _check_tuple(inputs, "Map")
+            if isinstance(inputs, torch.fx.Proxy):
+                return tuple(module(inputs[i]) for i, module in enumerate(modules))  # type: ignore[misc]
         if len(inputs) != len(modules):
             raise ValueError(
                 f"Map has {len(modules)} modules but got a tuple of {len(inputs)} elements; "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import operator
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -81,12 +84,42 @@ def _block_call(
                 input, weight, bias = _cast(dtype, input, weight, bias)
                 return _block_call(input, weight, bias, layout, backend)
     traits = _traits("block_linear", input, weight, bias, layout.in_features, layout.out_features)
-    chosen, problem = backends.plan("block_linear", backend, (layout, *traits), _block_problem)
+    run: Callable[..., torch.Tensor] | None
+    if torch.compiler.is_compiling():  # a traced graph takes the backend's plain function
+        chosen, problem = backends.plan("block_linear", backend, (layout, *traits), _block_problem)
+        run = functools.partial(chosen.fn, problem=problem)
+    else:
+        key = (layout, backend, *traits, _functorch(), _thread())
+        run = _BLOCK_CALLS.get(key)
+        if run is None:
+            chosen, problem = backends.plan(
+                "block_linear", backend, (layout, *traits), _block_problem
+            )
+            run = _remember(_BLOCK_CALLS, key, chosen.bound(problem, layout, weight))
     if input.dim() == 2:
-        return chosen.fn(input, weight, bias, problem)
+        return run(input, weight, bias)
     shape = input.shape
-    y = chosen.fn(input.reshape(-1, layout.in_features), weight, bias, problem)
+    y = run(input.reshape(-1, layout.in_features), weight, bias)
     return y.reshape(*shape[:-1], layout.out_features)
+
+
+# A call's backend, bound to its problem and structure (Backend.bound), memoised by
+# signature: the structure, the backend asked for, the input's rows, dtype and device, whether
+# autograd records, whether torch.func transforms run, and the thread (bound calls may keep
+# per-thread scratch memory). Block calls share one memo; a sparse call's lives in its index.
+_BLOCK_CALLS: dict[tuple[Any, ...], Callable[..., torch.Tensor]] = {}
+_MEMO_SIZE = 4096
+_functorch = torch._C._are_functorch_transforms_active
+_thread = threading.get_ident
+
+
+def _remember(
+    memo: dict[Any, Any], key: tuple[Any, ...], run: Callable[..., torch.Tensor]
+) -> Callable[..., torch.Tensor]:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = run
+    return run
 
 
 def _block_plan(
@@ -351,8 +384,8 @@ def sparse_linear(
 
 def _index_of(wiring: Wiring | SparseIndex, weight: torch.Tensor) -> SparseIndex:
     """``wiring``'s index tensors on the weight's device (built once per device)."""
-    if isinstance(wiring, SparseIndex):
-        return wiring
+    if isinstance(wiring, SparseIndex):  # a traced graph derives what it needs itself
+        return wiring._replace(cache=None) if torch.compiler.is_compiling() else wiring
     if not isinstance(wiring, Wiring):
         raise TypeError(
             "sparse_linear expected wiring to be a torchwire.Wiring (or its SparseIndex), got "
@@ -385,11 +418,24 @@ def _sparse_call(
             with torch.autocast(input.device.type, enabled=False):
                 input, weight, bias = _cast(dtype, input, weight, bias)
                 return _sparse_call(input, weight, index, bias, backend)
-    chosen, problem = _sparse_plan(input, weight, index, bias, backend)
+    memo = index.cache
+    run: Callable[..., torch.Tensor] | None
+    if memo is None:  # nowhere to keep a bound call (as while torch.compile traces)
+        chosen, problem = _sparse_plan(input, weight, index, bias, backend)
+        run = functools.partial(chosen.fn, index=index, problem=problem)
+    else:
+        traits = _sparse_traits(input, weight, index, bias)
+        key = (backend, *traits, _thread())
+        run = memo.get(key)
+        if run is None:
+            chosen, problem = backends.plan(
+                "sparse_linear", backend, _sparse_key(index, traits), _sparse_problem
+            )
+            run = _remember(memo, key, chosen.bound(problem, index, weight))
     if input.dim() == 2:
-        return chosen.fn(input, weight, bias, index, problem)
+        return run(input, weight, bias)
     shape = input.shape
-    y = chosen.fn(input.reshape(-1, index.in_features), weight, bias, index, problem)
+    y = run(input.reshape(-1, index.in_features), weight, bias)
     return y.reshape(*shape[:-1], index.out_features)
 
 
@@ -402,6 +448,15 @@ def _sparse_plan(
 ) -> tuple[backends.Backend, SparseProblem]:
     """Check a sparse_linear call (integer and identity comparisons only; the full checks
     run to word an error) and choose its backend (the only place that does)."""
+    traits = _sparse_traits(input, weight, index, bias)
+    return backends.plan("sparse_linear", backend, _sparse_key(index, traits), _sparse_problem)
+
+
+def _sparse_traits(
+    input: torch.Tensor, weight: torch.Tensor, index: SparseIndex, bias: torch.Tensor | None
+) -> tuple[int, torch.dtype, torch.device, bool, bool]:
+    """:func:`_traits` of a sparse_linear call after checking the weight against the
+    index, and whether torch.func transforms run."""
     if not isinstance(weight, torch.Tensor):
         _check_is_tensor(input, weight, "sparse_linear")  # type: ignore[unreachable]
     nnz = index.indices.shape[0]
@@ -410,17 +465,15 @@ def _sparse_plan(
             f"sparse_linear expected a 1-D weight of {nnz} values (one per connection, "
             f"in wiring.edges() order), got shape {tuple(weight.shape)}"
         )
-    n_in = index.in_features
-    traits = _traits("sparse_linear", input, weight, bias, n_in, index.out_features)
-    key = (
-        n_in,
-        index.out_features,
-        nnz,
-        index.blocks,
-        *traits,
-        torch._C._are_functorch_transforms_active(),
-    )
-    return backends.plan("sparse_linear", backend, key, _sparse_problem)
+    traits = _traits("sparse_linear", input, weight, bias, index.in_features, index.out_features)
+    return (*traits, _functorch())
+
+
+def _sparse_key(
+    index: SparseIndex, traits: tuple[int, torch.dtype, torch.device, bool, bool]
+) -> tuple[Any, ...]:
+    """The arguments of :func:`_sparse_problem`: the index's sizes and blocks, then traits."""
+    return (index.in_features, index.out_features, index.nnz, index.blocks, *traits)
 
 
 def _sparse_problem(
@@ -472,24 +525,43 @@ def multi_linear(
             f"multi_linear expected one weight per input (at least one), got {count} "
             f"inputs and {len(weights)} weights"
         )
-    first = inputs[0]
-    _check_multi_input(0, first, weights[0])
-    y = torch.nn.functional.linear(first, weights[0], bias)
-    if count == 1:
-        return y
-    rows = first.shape[:-1]
-    flat = y if y.dim() == 2 else y.reshape(-1, y.shape[-1])
-    for k in range(1, count):
-        x, w = inputs[k], weights[k]
+    return _multi_call(inputs, weights, bias)
+
+
+def _multi_call(
+    inputs: tuple[torch.Tensor, ...],
+    weights: tuple[torch.Tensor, ...],
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`multi_linear` of as many inputs as weights (at least one). The kernels check
+    what they can (a mismatch raises there, and is then worded by :func:`_check_multi`);
+    only what they would let pass is checked here: the leading dimensions of inputs with
+    more than one."""
+    try:
+        y = torch.nn.functional.linear(inputs[0], weights[0], bias)
+        if y.dim() == 2:  # every input must then be 2-D with as many rows, or addmm raises
+            for k in range(1, len(inputs)):
+                y = torch.addmm(y, inputs[k], weights[k].t())
+            return y
+    except (RuntimeError, TypeError):
+        _check_multi(inputs, weights)
+        raise
+    _check_multi(inputs, weights)
+    flat = y.reshape(-1, y.shape[-1])
+    for k in range(1, len(inputs)):  # one GEMM per input, accumulated into the output
+        x = inputs[k]
+        flat = torch.addmm(flat, x.reshape(-1, x.shape[-1]), weights[k].t())
+    return flat.reshape(y.shape)
+
+
+def _check_multi(inputs: tuple[torch.Tensor, ...], weights: tuple[torch.Tensor, ...]) -> None:
+    for k, (x, w) in enumerate(zip(inputs, weights, strict=True)):
         _check_multi_input(k, x, w)
-        if x.shape[:-1] != rows:
+        if x.shape[:-1] != inputs[0].shape[:-1]:
             raise ValueError(
                 "multi_linear expected inputs with the same leading dimensions, got "
                 f"{[tuple(t.shape) for t in inputs]}"
             )
-        # One GEMM, accumulated into the output.
-        flat = torch.addmm(flat, x if x.dim() == 2 else x.reshape(-1, x.shape[-1]), w.t())
-    return flat if y.dim() == 2 else flat.reshape(y.shape)
 
 
 def _check_multi_input(k: int, x: object, w: torch.Tensor) -> None:
@@ -509,3 +581,4 @@ torch.fx.wrap("sparse_linear")
 torch.fx.wrap("multi_linear")
 torch.fx.wrap("_block_call")
 torch.fx.wrap("_sparse_call")
+torch.fx.wrap("_multi_call")

@@ -392,10 +392,13 @@ class SparseLinear(nn.Module):
             so a fully connected wiring gives ``nn.Linear``'s distribution.
         bias: the learnable bias of shape :math:`(\text{out\_features})`, initialised from
             the same distribution as its output's weights (zero for an output without inputs).
-        indptr, indices, t_indptr, t_indices, perm: the connections as persistent integer
-            buffers (int32 where sizes allow; see :class:`torchwire.backends.SparseIndex`),
-            saved in ``state_dict`` and moved by ``.to()``. Parameters and buffers take
-            16 bytes per connection in float32, plus :math:`O(H_{in} + H_{out})`.
+        indptr, indices: the connections as persistent integer buffers, CSR by output
+            (int32 where sizes allow; see :class:`torchwire.backends.SparseIndex`), saved
+            in ``state_dict`` and moved by ``.to()``. Parameters and buffers take 8 bytes
+            per connection in float32, plus :math:`O(H_{out})`: no more than a dense
+            weight and a bool mask (5 bytes an element) up to 62% density. Training with
+            the sparse kernels (``backend="csr"``) also derives the transposed structure
+            once, 12 bytes a connection, outside the state.
 
     Examples::
 
@@ -417,9 +420,6 @@ class SparseLinear(nn.Module):
     bias: nn.Parameter | None
     indptr: torch.Tensor
     indices: torch.Tensor
-    t_indptr: torch.Tensor
-    t_indices: torch.Tensor
-    perm: torch.Tensor
 
     def __init__(
         self,
@@ -442,14 +442,7 @@ class SparseLinear(nn.Module):
         self.in_features = wiring.in_features
         self.out_features = wiring.out_features
         index_dtype = torch.int32 if wiring.nnz < 2**31 else torch.int64  # as sparse_index
-        sizes = (
-            wiring.out_features + 1,
-            wiring.nnz,
-            wiring.in_features + 1,
-            wiring.nnz,
-            wiring.nnz,
-        )
-        for name, size in zip(SparseIndex._fields, sizes, strict=False):
+        for name, size in zip(_INDEX_FIELDS, (wiring.out_features + 1, wiring.nnz), strict=True):
             self.register_buffer(name, torch.empty(size, dtype=index_dtype, device=device))
         self._wiring = wiring  # the buffers are filled from it by reset_parameters
         self._blocks: backends.BlockLayout | None = None
@@ -511,9 +504,6 @@ class SparseLinear(nn.Module):
             index is not None
             and index.indptr is buffers["indptr"]
             and index.indices is buffers["indices"]
-            and index.t_indptr is buffers["t_indptr"]
-            and index.t_indices is buffers["t_indices"]
-            and index.perm is buffers["perm"]
             and self._index_versions == (index.indptr._version, index.indices._version)
         ):
             return index
@@ -521,15 +511,11 @@ class SparseLinear(nn.Module):
         self._index_versions = (index.indptr._version, index.indices._version)
         return index
 
-    def _new_index(self, cache: dict[str, Any] | None) -> SparseIndex:
+    def _new_index(self, cache: dict[Any, Any] | None) -> SparseIndex:
         buffers = self._buffers
-        indptr, indices, t_indptr, t_indices, perm = (buffers[name] for name in _INDEX_FIELDS)
         return SparseIndex(
-            indptr,  # type: ignore[arg-type]
-            indices,  # type: ignore[arg-type]
-            t_indptr,  # type: ignore[arg-type]
-            t_indices,  # type: ignore[arg-type]
-            perm,  # type: ignore[arg-type]
+            buffers["indptr"],  # type: ignore[arg-type]
+            buffers["indices"],  # type: ignore[arg-type]
             self.in_features,
             self.out_features,
             self._blocks,
@@ -727,6 +713,8 @@ class SparseLinear(nn.Module):
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
         errors: list[str] = args[-1]
         count = len(errors)
+        for name in _DERIVED_FIELDS:  # kept by checkpoints of torchwire 0.1; derived now
+            state_dict.pop(prefix + name, None)
         super()._load_from_state_dict(state_dict, prefix, *args)
         if len(errors) == count:  # adopt the loaded connections (e.g. rewired by training)
             self._adopt_loaded_structure()
@@ -755,7 +743,7 @@ class SparseLinear(nn.Module):
                 f"the checkpoint's connections are not a valid wiring: {error}"
             ) from None
         self._wiring = wiring
-        self._copy_index(wiring)  # recompute the transposed structure rather than trust it
+        self._copy_index(wiring)  # in the canonical form, checked by Wiring
 
     def _rewire(self, wiring: Wiring) -> None:
         """Take ``wiring`` (same sizes and connection count) in place: the index buffers are
@@ -775,8 +763,8 @@ class SparseLinear(nn.Module):
         self._blocks = index.blocks
         self._cached_index = None
         with torch.no_grad():
-            for name, tensor in zip(SparseIndex._fields, index.tensors, strict=False):
-                getattr(self, name).copy_(tensor)
+            self.indptr.copy_(index.indptr)
+            self.indices.copy_(index.indices)
 
     def extra_repr(self) -> str:
         s = (
@@ -788,7 +776,8 @@ class SparseLinear(nn.Module):
         return s
 
 
-_INDEX_FIELDS = SparseIndex._fields[:5]
+_INDEX_FIELDS = ("indptr", "indices")
+_DERIVED_FIELDS = ("t_indptr", "t_indices", "perm")
 _MISSING: Any = object()
 
 
@@ -964,26 +953,30 @@ class MultiLinear(nn.Module):
 
     def forward(self, *inputs: Any) -> torch.Tensor:
         xs: tuple[Any, ...] = inputs
-        if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)):
-            xs = tuple(inputs[0])
-        elif len(inputs) == 1 and isinstance(inputs[0], torch.fx.Proxy):  # a traced tuple
-            traced: Any = inputs[0]
-            xs = tuple(traced[i] for i in range(len(self.in_features)))
-        if len(xs) != len(self.in_features):
-            raise ValueError(
-                f"MultiLinear has {len(self.in_features)} inputs of sizes "
-                f"{list(self.in_features)}, got {len(xs)}"
-                + (
-                    f"; to feed it one concatenated tensor, cut it first with "
-                    f"torchwire.Split({list(self.in_features)})"
-                    if len(xs) == 1 and isinstance(xs[0], torch.Tensor)
-                    else ""
-                )
-            )
+        if len(inputs) == 1:
+            if isinstance(inputs[0], (tuple, list)):
+                xs = tuple(inputs[0])
+            elif isinstance(inputs[0], torch.fx.Proxy):  # a traced tuple
+                traced: Any = inputs[0]
+                xs = tuple(traced[i] for i in range(len(self.in_features)))
         weights: tuple[torch.Tensor, ...] = tuple(self.weights._parameters.values())  # type: ignore[arg-type]
-        if len(weights) != len(self.in_features):  # parametrized: read them one by one
-            weights = tuple(self.weights)
-        return F.multi_linear(xs, weights, _tensor(self, "bias"))
+        if len(xs) != len(weights):
+            weights = tuple(self.weights)  # parametrized: read them one by one
+            if len(xs) != len(weights):
+                self._wrong_count(xs)
+        return F._multi_call(xs, weights, _tensor(self, "bias"))
+
+    def _wrong_count(self, xs: tuple[Any, ...]) -> None:
+        raise ValueError(
+            f"MultiLinear has {len(self.in_features)} inputs of sizes "
+            f"{list(self.in_features)}, got {len(xs)}"
+            + (
+                f"; to feed it one concatenated tensor, cut it first with "
+                f"torchwire.Split({list(self.in_features)})"
+                if len(xs) == 1 and isinstance(xs[0], torch.Tensor)
+                else ""
+            )
+        )
 
     def to_dense(self) -> nn.Linear:
         """The ``nn.Linear(sum(in_features), out_features)`` over the concatenated inputs."""

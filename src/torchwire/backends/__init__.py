@@ -173,60 +173,74 @@ class BlockProblem:
 
 class SparseIndex(NamedTuple):
     """A wiring's connections as index tensors on the compute device (what sparse backends
-    read; :class:`torchwire.SparseLinear` keeps them as buffers).
+    read; :class:`torchwire.SparseLinear` keeps ``indptr`` and ``indices`` as buffers).
 
     ``indptr``/``indices`` are the CSR structure by output (canonical order, the order of the
-    weight values); ``t_indptr``/``t_indices`` the CSR structure of the transpose (by input),
-    and ``perm`` the canonical position of each of its connections, so ``weight[perm]`` are
-    the transpose's values. All five share one integer dtype (int32 where sizes allow).
-    ``blocks`` is the :class:`BlockLayout` when the wiring is block diagonal, else ``None``.
-    ``cache`` holds what backends derive from these tensors once (such as the dense
-    backend's scatter positions), or is ``None`` to derive it on every call; whoever changes
-    the tensors in place builds a new index (:class:`torchwire.SparseLinear` does).
+    weight values), in one integer dtype (int32 where sizes allow). ``blocks`` is the
+    :class:`BlockLayout` when the wiring is block diagonal, else ``None``. ``cache`` holds
+    what is derived from these tensors once: the transposed structure
+    (:meth:`transposed`), a backend's positions or scratch matrix, and calls bound to their
+    problem (``torchwire.functional``); or it is ``None`` to derive them on every call.
+    Whoever changes the tensors in place builds a new index (:class:`torchwire.SparseLinear`
+    does).
     """
 
     indptr: torch.Tensor
     indices: torch.Tensor
-    t_indptr: torch.Tensor
-    t_indices: torch.Tensor
-    perm: torch.Tensor
     in_features: int
     out_features: int
     blocks: BlockLayout | None
-    cache: dict[str, Any] | None = None
+    cache: dict[Any, Any] | None = None
 
     @property
     def nnz(self) -> int:
         return self.indices.shape[0]
 
+    def transposed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(t_indptr, t_indices, perm)``: the CSR structure of the transpose (by input,
+        then output) and the canonical position of each of its connections, so
+        ``weight[perm]`` are its values; in the index's dtype, on its device, computed
+        there without a host synchronisation (once, where the index has a cache). Only the
+        sparse kernels' backward and grad-weight need it, so only they pay its 12 bytes a
+        connection (int32)."""
+        cache = self.cache
+        if cache is not None:
+            found = cache.get("transposed")
+            if found is None:
+                found = cache["transposed"] = _transpose(self)
+            return found
+        return _transpose(self)
+
     @property
     def tensors(
         self,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The five index tensors, in field order."""
-        return (self.indptr, self.indices, self.t_indptr, self.t_indices, self.perm)
+        """``indptr``, ``indices`` and :meth:`transposed`: what the sparse kernels take."""
+        return (self.indptr, self.indices, *self.transposed())
+
+
+def _transpose(index: SparseIndex) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    indptr, inputs = index.indptr, index.indices
+    outputs = torch.arange(index.out_features, device=inputs.device, dtype=inputs.dtype)
+    outputs = outputs.repeat_interleave(indptr.diff(), output_size=index.nnz)
+    perm = torch.argsort(inputs, stable=True)  # by input, then output
+    bounds = torch.arange(index.in_features + 1, device=inputs.device, dtype=inputs.dtype)
+    t_indptr = torch.searchsorted(inputs[perm], bounds)
+    dtype = inputs.dtype
+    return t_indptr.to(dtype), outputs[perm], perm.to(dtype)
 
 
 def sparse_index(wiring: Wiring, device: torch.device | str | None = None) -> SparseIndex:
-    """The :class:`SparseIndex` of ``wiring`` on ``device`` (default: CPU), built on the CPU."""
-    cols, rows = wiring.edges().unbind(1)  # canonical order: by output, then input
-    perm = torch.argsort(cols, stable=True)  # by input, then output
-    t_indptr = torch.cat(
-        [cols.new_zeros(1), torch.bincount(cols, minlength=wiring.in_features).cumsum(0)]
-    )
+    """The :class:`SparseIndex` of ``wiring`` on ``device`` (default: CPU)."""
     # CSR kernels need one index dtype; int32 halves the memory where every value fits.
     dtype = torch.int32 if wiring.nnz < 2**31 else torch.int64
-    indptr, indices, t_indptr, t_indices, perm = (
-        t.to(device=device, dtype=dtype).contiguous()
-        for t in (wiring.indptr, cols, t_indptr, rows[perm], perm)
+    indptr, indices = (
+        t.to(device=device, dtype=dtype).contiguous() for t in (wiring.indptr, wiring.indices)
     )
     blocks = wiring.block_sizes
     return SparseIndex(
         indptr,
         indices,
-        t_indptr,
-        t_indices,
-        perm,
         wiring.in_features,
         wiring.out_features,
         None if blocks is None else block_layout(*blocks),
@@ -263,6 +277,11 @@ class Backend:
         supports: returns ``None`` when the backend can compute the problem, else the reason.
         cost: estimated relative cost of the problem (lower is faster); only compared
             between backends of the same operation.
+        bind: optional; ``bind(problem, structure, like)`` returns a function of
+            ``(input_2d, weight, bias)`` specialised for the problem, the structure (a
+            :class:`BlockLayout` or :class:`SparseIndex`) and weights of ``like``'s dtype and
+            device, with what it can prepare once (scratch matrices, positions) already
+            found; or ``None`` to call ``fn``.
     """
 
     name: str
@@ -270,6 +289,22 @@ class Backend:
     fn: Callable[..., torch.Tensor]
     supports: Callable[[Any], str | None]
     cost: Callable[[Any], float]
+    bind: Callable[[Any, Any, torch.Tensor], Callable[..., torch.Tensor] | None] | None = None
+
+    def bound(
+        self, problem: Any, structure: Any, like: torch.Tensor
+    ) -> Callable[..., torch.Tensor]:
+        """This backend as a function of ``(input_2d, weight, bias)`` for ``problem`` on
+        ``structure`` (a :class:`BlockLayout` for block_linear, a :class:`SparseIndex` for
+        sparse_linear) with weights like ``like``: what a call memoises per input
+        signature, so that a repeated call is one lookup and the kernels."""
+        if self.bind is not None:
+            run = self.bind(problem, structure, like)
+            if run is not None:
+                return run
+        if isinstance(structure, SparseIndex):
+            return functools.partial(self.fn, index=structure, problem=problem)
+        return functools.partial(self.fn, problem=problem)
 
 
 T = TypeVar("T")

@@ -67,13 +67,24 @@ def _positions(layout: BlockLayout, device: torch.device) -> torch.Tensor:
 def block_linear_dense(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, problem: BlockProblem
 ) -> torch.Tensor:
-    layout = problem.layout
-    values = weight.expand(layout.groups, -1, -1) if layout.shared else weight
-    if not problem.requires_grad:
-        found = scratch(_SCRATCH, layout, layout, weight, _positions)
-        if found is not None:
-            return F.linear(input, found[0].put_(found[1], values), bias)
-    return F.linear(input, dense_weight(weight, layout), bias)
+    return F.linear(input, dense_weight(weight, problem.layout), bias)
+
+
+def _bind(
+    problem: BlockProblem, layout: BlockLayout, like: torch.Tensor
+) -> Callable[..., torch.Tensor] | None:
+    """Without autograd, a small dense weight is written into a kept zero matrix: one
+    ``put_`` and the GEMM a call (see :func:`scratch`)."""
+    found = None if problem.requires_grad else scratch(_SCRATCH, layout, layout, like, _positions)
+    if found is None:
+        return None
+    matrix, positions = found
+    if layout.shared:
+        groups = layout.groups
+        return lambda input, weight, bias: F.linear(
+            input, matrix.put_(positions, weight.expand(groups, -1, -1)), bias
+        )
+    return lambda input, weight, bias: F.linear(input, matrix.put_(positions, weight), bias)
 
 
 # Small dense weights built without autograd reuse one zero-filled matrix per structure,
@@ -94,8 +105,9 @@ def scratch(
     for ``structure`` (a BlockLayout or SparseIndex), and the flat ``positions(structure,
     device)`` of its connections, kept in ``store`` under ``key`` (and the dtype, device and
     thread). Callers write the connections into the matrix and consume it at once: no
-    autograd graph may keep it. None for large matrices, and while torch.compile traces or
-    torch.func transforms run."""
+    autograd graph may keep it, and only the calling thread may use it (a backend's ``bind``
+    runs per thread). None for large matrices, and while torch.compile traces or torch.func
+    transforms run."""
     if (
         structure.out_features * structure.in_features > SCRATCH_ELEMENTS
         or torch.compiler.is_compiling()
@@ -127,4 +139,4 @@ def _cost(problem: BlockProblem) -> float:
     return passes * (problem.rows * dense + LAUNCH_CUDA) + 2 * LAUNCH_CUDA
 
 
-register(Backend("dense", "block_linear", block_linear_dense, _supports, _cost))
+register(Backend("dense", "block_linear", block_linear_dense, _supports, _cost, _bind))

@@ -8,6 +8,8 @@ itself is chosen by :func:`torchwire.backends.select` for ``"block_linear"``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from torchwire.backends import (
@@ -39,6 +41,13 @@ def sparse_linear_block(
     return chosen.fn(input, weight, bias, block_problem)
 
 
+def _bind(
+    problem: SparseProblem, index: SparseIndex, like: torch.Tensor
+) -> Callable[..., torch.Tensor]:
+    chosen, block_problem = _block_plan(problem)
+    return chosen.bound(block_problem, problem.blocks, like)
+
+
 def _supports(problem: SparseProblem) -> str | None:
     if problem.blocks is None:
         return "the wiring is not block diagonal (Wiring.block_sizes is None)"
@@ -50,4 +59,4 @@ def _cost(problem: SparseProblem) -> float:
     return chosen.cost(block_problem)
 
 
-register(Backend("block", "sparse_linear", sparse_linear_block, _supports, _cost))
+register(Backend("block", "sparse_linear", sparse_linear_block, _supports, _cost, _bind))

@@ -8,6 +8,8 @@ temporary of each call; the layer never keeps it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -66,12 +68,22 @@ def sparse_linear_dense(
     index: SparseIndex,
     problem: SparseProblem,
 ) -> torch.Tensor:
-    cache = index.cache
-    if not problem.requires_grad and cache is not None:
-        found = scratch(cache, "scratch", index, weight, positions)
-        if found is not None:
-            return F.linear(input, found[0].put_(found[1], weight), bias)
     return F.linear(input, dense_weight(weight, index), bias)
+
+
+def _bind(
+    problem: SparseProblem, index: SparseIndex, like: torch.Tensor
+) -> Callable[..., torch.Tensor] | None:
+    """Without autograd, a small dense weight is written into a zero matrix the index keeps:
+    one ``put_`` and the GEMM a call (see :func:`~torchwire.backends.block_dense.scratch`)."""
+    cache = index.cache
+    if problem.requires_grad or cache is None:
+        return None
+    found = scratch(cache, "scratch", index, like, positions)
+    if found is None:
+        return None
+    matrix, at = found
+    return lambda input, weight, bias: F.linear(input, matrix.put_(at, weight), bias)
 
 
 def _supports(problem: SparseProblem) -> str | None:
@@ -93,4 +105,4 @@ def _cost(problem: SparseProblem) -> float:
     )
 
 
-register(Backend("dense", "sparse_linear", sparse_linear_dense, _supports, _cost))
+register(Backend("dense", "sparse_linear", sparse_linear_dense, _supports, _cost, _bind))
