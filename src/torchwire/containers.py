@@ -312,7 +312,7 @@ class Map(nn.Module):
                 f"Map has {len(modules)} modules but got a tuple of {len(inputs)} elements; "
                 "give one module per element"
             )
-        return tuple([module(x) for module, x in zip(modules, inputs, strict=True)])  # type: ignore[misc]
+        return tuple([module(x) for module, x in zip(modules, inputs)])  # type: ignore[misc]  # noqa: B905
 
     def __len__(self) -> int:
         return len(self._modules)

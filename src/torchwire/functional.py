@@ -424,12 +424,16 @@ def _sparse_call(
         chosen, problem = _sparse_plan(input, weight, index, bias, backend)
         run = functools.partial(chosen.fn, index=index, problem=problem)
     else:
-        traits = _sparse_traits(input, weight, index, bias)
-        key = (backend, *traits, _thread())
+        if weight.shape != (index.indices.shape[0],):
+            _wrong_sparse_weight(weight, index)
+        traits = _traits(
+            "sparse_linear", input, weight, bias, index.in_features, index.out_features
+        )
+        key = (backend, *traits, _functorch(), _thread())
         run = memo.get(key)
         if run is None:
             chosen, problem = backends.plan(
-                "sparse_linear", backend, _sparse_key(index, traits), _sparse_problem
+                "sparse_linear", backend, _sparse_key(index, key[1:-1]), _sparse_problem
             )
             run = _remember(memo, key, chosen.bound(problem, index, weight))
     if input.dim() == 2:
@@ -459,19 +463,20 @@ def _sparse_traits(
     index, and whether torch.func transforms run."""
     if not isinstance(weight, torch.Tensor):
         _check_is_tensor(input, weight, "sparse_linear")  # type: ignore[unreachable]
-    nnz = index.indices.shape[0]
-    if weight.dim() != 1 or weight.shape[0] != nnz:
-        raise ValueError(
-            f"sparse_linear expected a 1-D weight of {nnz} values (one per connection, "
-            f"in wiring.edges() order), got shape {tuple(weight.shape)}"
-        )
+    if weight.shape != (index.indices.shape[0],):
+        _wrong_sparse_weight(weight, index)
     traits = _traits("sparse_linear", input, weight, bias, index.in_features, index.out_features)
     return (*traits, _functorch())
 
 
-def _sparse_key(
-    index: SparseIndex, traits: tuple[int, torch.dtype, torch.device, bool, bool]
-) -> tuple[Any, ...]:
+def _wrong_sparse_weight(weight: torch.Tensor, index: SparseIndex) -> None:
+    raise ValueError(
+        f"sparse_linear expected a 1-D weight of {index.nnz} values (one per connection, "
+        f"in wiring.edges() order), got shape {tuple(weight.shape)}"
+    )
+
+
+def _sparse_key(index: SparseIndex, traits: tuple[Any, ...]) -> tuple[Any, ...]:
     """The arguments of :func:`_sparse_problem`: the index's sizes and blocks, then traits."""
     return (index.in_features, index.out_features, index.nnz, index.blocks, *traits)
 

@@ -153,7 +153,7 @@ class BlockLinear(nn.Module):
                 self.bias.uniform_(-1.0, 1.0).mul_(per_out.to(self.bias.device))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        weight, bias = _tensor(self, "weight"), _tensor(self, "bias")
+        weight, bias = _weight_and_bias(self)
         if weight.shape != self._weight_shape:
             _wrong_weight(self, weight)
         return F._block_call(input, weight, bias, self._layout, self.backend)
@@ -485,7 +485,7 @@ class SparseLinear(nn.Module):
                 self.bias.uniform_(-1.0, 1.0).mul_((bounds * (fan_in > 0)).to(self.bias))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        weight, bias = _tensor(self, "weight"), _tensor(self, "bias")
+        weight, bias = _weight_and_bias(self)
         return F._sparse_call(input, weight, self._index(), bias, self.backend)
 
     def resolve_backend(self, input: torch.Tensor) -> str:
@@ -789,6 +789,15 @@ def _tensor(module: nn.Module, name: str) -> Any:
     return getattr(module, name) if value is _MISSING else value
 
 
+def _weight_and_bias(module: nn.Module) -> tuple[Any, Any]:
+    """``(module.weight, module.bias)``, as :func:`_tensor` reads them."""
+    params = module._parameters
+    weight, bias = params.get("weight", _MISSING), params.get("bias", _MISSING)
+    if weight is _MISSING or bias is _MISSING:
+        return _tensor(module, "weight"), _tensor(module, "bias")
+    return weight, bias
+
+
 def _wrong_weight(module: BlockLinear, weight: torch.Tensor) -> None:
     raise ValueError(
         f"{module!r} expected a weight of shape {tuple(module._weight_shape)}, got "
@@ -959,7 +968,8 @@ class MultiLinear(nn.Module):
             elif isinstance(inputs[0], torch.fx.Proxy):  # a traced tuple
                 traced: Any = inputs[0]
                 xs = tuple(traced[i] for i in range(len(self.in_features)))
-        weights: tuple[torch.Tensor, ...] = tuple(self.weights._parameters.values())  # type: ignore[arg-type]
+        listed = self._modules["weights"]
+        weights: tuple[torch.Tensor, ...] = tuple(listed._parameters.values())  # type: ignore[union-attr,arg-type]
         if len(xs) != len(weights):
             weights = tuple(self.weights)  # parametrized: read them one by one
             if len(xs) != len(weights):

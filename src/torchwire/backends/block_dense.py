@@ -73,18 +73,43 @@ def block_linear_dense(
 def _bind(
     problem: BlockProblem, layout: BlockLayout, like: torch.Tensor
 ) -> Callable[..., torch.Tensor] | None:
-    """Without autograd, a small dense weight is written into a kept zero matrix: one
-    ``put_`` and the GEMM a call (see :func:`scratch`)."""
-    found = None if problem.requires_grad else scratch(_SCRATCH, layout, layout, like, _positions)
+    """Without autograd, a small dense weight is written, transposed, into a kept zero
+    matrix: one ``put_`` and one GEMM a call, as many kernels as ``nn.Linear`` (see
+    :func:`scratch`)."""
+    found = None if problem.requires_grad else scratch(_SCRATCH, layout, layout, like, _t_positions)
     if found is None:
         return None
-    matrix, positions = found
     if layout.shared:
         groups = layout.groups
-        return lambda input, weight, bias: F.linear(
-            input, matrix.put_(positions, weight.expand(groups, -1, -1)), bias
-        )
-    return lambda input, weight, bias: F.linear(input, matrix.put_(positions, weight), bias)
+        return linear_through(*found, lambda weight: weight.expand(groups, -1, -1))
+    return linear_through(*found)
+
+
+def _t_positions(layout: BlockLayout, device: torch.device) -> torch.Tensor:
+    """:func:`_positions` in the transposed ``(in_features, out_features)`` matrix."""
+    return transposed(_positions(layout, device), layout.in_features, layout.out_features)
+
+
+def transposed(positions: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:
+    """Flat positions in an ``(out, in)`` matrix, moved to the same entries of its
+    ``(in, out)`` transpose."""
+    return positions % in_features * out_features + positions // in_features
+
+
+def linear_through(
+    matrix: torch.Tensor,
+    positions: torch.Tensor,
+    values: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[..., torch.Tensor]:
+    """A call computing ``input @ W.T + bias`` through ``matrix``, the kept zero
+    ``(in, out)`` matrix ``W.T`` whose connections sit at ``positions``: ``put_`` writes the
+    weight (or ``values(weight)``) there, then one ``addmm`` (``mm`` without a bias)."""
+
+    def run(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        dense = matrix.put_(positions, weight if values is None else values(weight))
+        return torch.mm(input, dense) if bias is None else torch.addmm(bias, input, dense)
+
+    return run
 
 
 # Small dense weights built without autograd reuse one zero-filled matrix per structure,
@@ -101,13 +126,13 @@ def scratch(
     like: torch.Tensor,
     positions: Callable[[Any, torch.device], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """A zero-filled ``(out_features, in_features)`` matrix of ``like``'s dtype and device
-    for ``structure`` (a BlockLayout or SparseIndex), and the flat ``positions(structure,
-    device)`` of its connections, kept in ``store`` under ``key`` (and the dtype, device and
-    thread). Callers write the connections into the matrix and consume it at once: no
-    autograd graph may keep it, and only the calling thread may use it (a backend's ``bind``
-    runs per thread). None for large matrices, and while torch.compile traces or torch.func
-    transforms run."""
+    """A zero-filled ``(in_features, out_features)`` matrix (a dense weight, transposed) of
+    ``like``'s dtype and device for ``structure`` (a BlockLayout or SparseIndex), and the
+    flat ``positions(structure, device)`` of its connections in it, kept in ``store`` under
+    ``key`` (and the dtype, device and thread). Callers write the connections into the
+    matrix and consume it at once: no autograd graph may keep it, and only the calling
+    thread may use it (a backend's ``bind`` runs per thread). None for large matrices, and
+    while torch.compile traces or torch.func transforms run."""
     if (
         structure.out_features * structure.in_features > SCRATCH_ELEMENTS
         or torch.compiler.is_compiling()
@@ -120,7 +145,7 @@ def scratch(
         if len(store) >= 256:
             store.clear()
         with torch.inference_mode(False):  # writable inside and outside inference mode
-            matrix = like.new_zeros((structure.out_features, structure.in_features))
+            matrix = like.new_zeros((structure.in_features, structure.out_features))
         found = store[full_key] = (matrix, positions(structure, like.device))
     return found
 

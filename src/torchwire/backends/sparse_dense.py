@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from torchwire.backends import LAUNCH_CUDA, Backend, SparseIndex, SparseProblem, register
-from torchwire.backends.block_dense import _put, scratch
+from torchwire.backends.block_dense import _put, linear_through, scratch, transposed
 
 # Cost model, in units of one multiply-add of a large GEMM (shared by every backend), as
 # (forward, forward+backward) pairs. CPU: besides the GEMMs, each element of the dense weight
@@ -74,16 +74,18 @@ def sparse_linear_dense(
 def _bind(
     problem: SparseProblem, index: SparseIndex, like: torch.Tensor
 ) -> Callable[..., torch.Tensor] | None:
-    """Without autograd, a small dense weight is written into a zero matrix the index keeps:
-    one ``put_`` and the GEMM a call (see :func:`~torchwire.backends.block_dense.scratch`)."""
+    """Without autograd, a small dense weight is written, transposed, into a zero matrix the
+    index keeps: one ``put_`` and one GEMM a call (see
+    :func:`~torchwire.backends.block_dense.scratch`)."""
     cache = index.cache
     if problem.requires_grad or cache is None:
         return None
-    found = scratch(cache, "scratch", index, like, positions)
-    if found is None:
-        return None
-    matrix, at = found
-    return lambda input, weight, bias: F.linear(input, matrix.put_(at, weight), bias)
+    found = scratch(cache, "scratch", index, like, _t_positions)
+    return None if found is None else linear_through(*found)
+
+
+def _t_positions(index: SparseIndex, device: object = None) -> torch.Tensor:
+    return transposed(positions(index), index.in_features, index.out_features)
 
 
 def _supports(problem: SparseProblem) -> str | None:
