@@ -174,11 +174,16 @@ def test_functional_gradcheck_and_gradgradcheck_per_backend(wiring_id: str, back
     ],
     ids=["4096-1pct", "1000x100", "nnz5", "nnz0", "block", "named"],
 )
-def test_storage_is_8_bytes_per_connection_plus_the_sizes(wiring: tw.Wiring) -> None:
+def test_storage_per_connection_plus_the_sizes(wiring: tw.Wiring) -> None:
     m = tw.SparseLinear(wiring)
     n_in, n_out, nnz = wiring.in_features, wiring.out_features, wiring.nnz
-    # weight 4 and indices 4 per connection; indptr (out + 1 int32s); bias 4 per output.
-    bound = 8 * nnz + 4 * (n_out + 1) + 4 * n_out
+    # weight 4 and indices 4 per connection, indptr (out + 1 int32s), bias 4 per output;
+    # at density <= 1/6 also the transposed structure: t_indices and perm 4 per connection,
+    # t_indptr (in + 1 int32s).
+    if 6 * nnz <= n_in * n_out:
+        bound = 16 * nnz + 4 * (n_in + n_out + 2) + 4 * n_out
+    else:
+        bound = 8 * nnz + 4 * (n_out + 1) + 4 * n_out
     assert _bytes(m) <= bound
     assert _bytes(tw.SparseLinear(wiring, bias=False)) <= bound - 4 * n_out
     for name, tensor in [*m.named_parameters(), *m.named_buffers()]:
@@ -596,12 +601,18 @@ def test_loading_a_checkpoint_of_other_sizes_is_a_clear_error() -> None:
         tw.SparseLinear(tw.Wiring.random(6, 4, nnz=11, seed=1)).load_state_dict(state)
 
 
-@pytest.mark.parametrize("density", [0.01, 0.1, 0.5, 0.62])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+# Densities up to which SparseLinear stores no more than a dense weight plus a bool mask: 4
+# bytes of index per connection against 1 of mask per element, less the row pointers.
+MASK_PARITY = {torch.float32: 0.62, torch.float64: 0.74, torch.bfloat16: 0.49}
+
+
+@pytest.mark.parametrize("density", [0.01, 0.1, 1 / 6, 0.2, 1.0])
+@pytest.mark.parametrize("dtype", list(MASK_PARITY))
 def test_storage_never_exceeds_a_dense_weight_and_a_bool_mask(
     density: float, dtype: torch.dtype
 ) -> None:
     # What a user replaces: nn.Linear's weight plus a torch.bool mask of its shape.
+    density = min(density, MASK_PARITY[dtype])
     m = tw.SparseLinear(tw.Wiring.random(512, 256, density=density, seed=0), bias=False)
     m = m.to(dtype)
     dense_and_mask = 512 * 256 * (dtype.itemsize + 1)
@@ -631,19 +642,28 @@ def test_transposed_structure_is_the_transpose(
     assert index.transposed()[0] is t_indptr  # derived once
 
 
-def test_checkpoints_with_the_transposed_buffers_still_load() -> None:
-    # torchwire 0.1 saved the transposed structure as three more buffers; it is derived now.
-    source = tw.SparseLinear(tw.Wiring.random(6, 4, nnz=12, seed=2), dtype=F64)
-    state = source.state_dict()
-    index = tw.backends.sparse_index(source.wiring)
-    state.update(zip(("t_indptr", "t_indices", "perm"), index.transposed(), strict=True))
-    target = tw.SparseLinear(tw.Wiring.random(6, 4, nnz=12, seed=1), dtype=F64)
-    target.load_state_dict(state)  # strict: the old keys are consumed, not unexpected
+@pytest.mark.parametrize("nnz", [4, 12], ids=["sparse", "half-dense"])
+@pytest.mark.parametrize("saved", ["with", "without"])
+def test_checkpoints_with_or_without_the_transposed_buffers_load(nnz: int, saved: str) -> None:
+    # torchwire 0.1 saved the transposed structure at every density; a sparse layer keeps it
+    # (density <= 1/6), a denser one derives it. Either loads either, and never trusts it.
+    source = tw.SparseLinear(tw.Wiring.random(6, 4, nnz=nnz, seed=2), dtype=F64)
+    derived = ("t_indptr", "t_indices", "perm")
+    state = {k: v for k, v in source.state_dict().items() if k not in derived}
+    if saved == "with":  # wrong on purpose: recomputed from indptr and indices
+        state |= {"t_indptr": torch.zeros(7, dtype=torch.int32)}
+        state |= {name: torch.zeros(nnz, dtype=torch.int32) for name in ("t_indices", "perm")}
+    target = tw.SparseLinear(tw.Wiring.random(6, 4, nnz=nnz, seed=1), dtype=F64)
+    target.load_state_dict(state)  # strict: nothing missing, nothing unexpected
     assert target.wiring == source.wiring
     x = torch.randn(3, 6, dtype=F64, requires_grad=True)
     for backend in ("dense", "csr"):
         target.backend = backend
+        source.backend = backend
         torch.testing.assert_close(target(x), source(x))
+        grads = torch.autograd.grad(target(x).sum(), (x, target.weight))
+        expected = torch.autograd.grad(source(x).sum(), (x, source.weight))
+        torch.testing.assert_close(grads, expected)
 
 
 def test_a_failed_load_leaves_the_layer_consistent() -> None:
@@ -658,8 +678,10 @@ def test_a_failed_load_leaves_the_layer_consistent() -> None:
         target.load_state_dict(source.state_dict())
     assert target.wiring == wiring
     index = tw.backends.sparse_index(wiring)
-    for name in ("indptr", "indices"):
-        assert torch.equal(getattr(target, name), getattr(index, name)), f"{name} changed"
+    expected = dict(zip(("t_indptr", "t_indices", "perm"), index.transposed(), strict=True))
+    expected |= {"indptr": index.indptr, "indices": index.indices}
+    for name, buffer in target.named_buffers():
+        assert torch.equal(buffer, expected[name]), f"{name} no longer matches the wiring"
     x = torch.randn(3, 6, dtype=F64)
     for backend in ("dense", "csr"):
         target.backend = backend

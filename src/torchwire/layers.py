@@ -394,11 +394,13 @@ class SparseLinear(nn.Module):
             the same distribution as its output's weights (zero for an output without inputs).
         indptr, indices: the connections as persistent integer buffers, CSR by output
             (int32 where sizes allow; see :class:`torchwire.backends.SparseIndex`), saved
-            in ``state_dict`` and moved by ``.to()``. Parameters and buffers take 8 bytes
-            per connection in float32, plus :math:`O(H_{out})`: no more than a dense
-            weight and a bool mask (5 bytes an element) up to 62% density. Training with
-            the sparse kernels (``backend="csr"``) also derives the transposed structure
-            once, 12 bytes a connection, outside the state.
+            in ``state_dict`` and moved by ``.to()``.
+        t_indptr, t_indices, perm: the transposed structure, which the sparse kernels'
+            backward reads; buffers like the others at a density of at most 1/6, where
+            those kernels are the fast ones, else derived (once) where needed. Parameters
+            and buffers take 16 bytes a connection in float32 up to density 1/6 and 8
+            above, plus :math:`O(H_{in} + H_{out})`: never more than a dense weight and a
+            bool mask (5 bytes an element) up to 62% density.
 
     Examples::
 
@@ -442,7 +444,16 @@ class SparseLinear(nn.Module):
         self.in_features = wiring.in_features
         self.out_features = wiring.out_features
         index_dtype = torch.int32 if wiring.nnz < 2**31 else torch.int64  # as sparse_index
-        for name, size in zip(_INDEX_FIELDS, (wiring.out_features + 1, wiring.nnz), strict=True):
+        sizes = (
+            wiring.out_features + 1,
+            wiring.nnz,
+            wiring.in_features + 1,
+            wiring.nnz,
+            wiring.nnz,
+        )
+        self._by_input = _keeps_transpose(wiring)
+        names = _INDEX_FIELDS + _DERIVED_FIELDS if self._by_input else _INDEX_FIELDS
+        for name, size in zip(names, sizes, strict=False):
             self.register_buffer(name, torch.empty(size, dtype=index_dtype, device=device))
         self._wiring = wiring  # the buffers are filled from it by reset_parameters
         self._blocks: backends.BlockLayout | None = None
@@ -458,6 +469,8 @@ class SparseLinear(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._cached_index = None  # also for layers pickled before the cache existed
+        if "_by_input" not in state:  # pickled by torchwire 0.1, which kept it at any density
+            self._by_input = "t_indices" in self._buffers
 
     def reset_parameters(self) -> None:
         """Initialise each output like ``nn.Linear(fan_in, 1)``: weights and bias from
@@ -505,14 +518,20 @@ class SparseLinear(nn.Module):
             and index.indptr is buffers["indptr"]
             and index.indices is buffers["indices"]
             and self._index_versions == (index.indptr._version, index.indices._version)
+            and (index.by_input is None or _same(index.by_input, self._by_input_buffers()))
         ):
             return index
         index = self._cached_index = self._new_index({})
         self._index_versions = (index.indptr._version, index.indices._version)
         return index
 
+    def _by_input_buffers(self) -> tuple[Any, ...] | None:
+        buffers = self._buffers
+        return tuple(buffers[name] for name in _DERIVED_FIELDS) if self._by_input else None
+
     def _new_index(self, cache: dict[Any, Any] | None) -> SparseIndex:
         buffers = self._buffers
+        by_input = self._by_input_buffers()
         return SparseIndex(
             buffers["indptr"],  # type: ignore[arg-type]
             buffers["indices"],  # type: ignore[arg-type]
@@ -520,6 +539,7 @@ class SparseLinear(nn.Module):
             self.out_features,
             self._blocks,
             cache,
+            by_input,
         )
 
     @property
@@ -713,8 +733,11 @@ class SparseLinear(nn.Module):
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
         errors: list[str] = args[-1]
         count = len(errors)
-        for name in _DERIVED_FIELDS:  # kept by checkpoints of torchwire 0.1; derived now
-            state_dict.pop(prefix + name, None)
+        for name in _DERIVED_FIELDS:  # derived from indptr and indices: never trusted
+            if self._by_input:  # recomputed after loading: any tensor of the shape will do
+                state_dict.setdefault(prefix + name, self._buffers[name])
+            else:  # torchwire 0.1 saved them at every density
+                state_dict.pop(prefix + name, None)
         super()._load_from_state_dict(state_dict, prefix, *args)
         if len(errors) == count:  # adopt the loaded connections (e.g. rewired by training)
             self._adopt_loaded_structure()
@@ -765,6 +788,9 @@ class SparseLinear(nn.Module):
         with torch.no_grad():
             self.indptr.copy_(index.indptr)
             self.indices.copy_(index.indices)
+            if self._by_input:
+                for name, tensor in zip(_DERIVED_FIELDS, index.transposed(), strict=True):
+                    getattr(self, name).copy_(tensor)
 
     def extra_repr(self) -> str:
         s = (
@@ -778,6 +804,20 @@ class SparseLinear(nn.Module):
 
 _INDEX_FIELDS = ("indptr", "indices")
 _DERIVED_FIELDS = ("t_indptr", "t_indices", "perm")
+
+
+def _same(tensors: tuple[Any, ...], others: tuple[Any, ...] | None) -> bool:
+    """Whether two tuples hold the same tensor objects."""
+    return others is not None and all(t is o for t, o in zip(tensors, others, strict=True))
+
+
+def _keeps_transpose(wiring: Wiring) -> bool:
+    """Whether a SparseLinear of ``wiring`` keeps the transposed structure as buffers: at a
+    density of at most 1/6, where training runs the sparse kernels and the 16 bytes a
+    connection (float32; 18 in bfloat16) stay within a dense weight and a bool mask."""
+    return 6 * wiring.nnz <= wiring.in_features * wiring.out_features
+
+
 _MISSING: Any = object()
 
 

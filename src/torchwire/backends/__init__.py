@@ -181,8 +181,10 @@ class SparseIndex(NamedTuple):
     what is derived from these tensors once: the transposed structure
     (:meth:`transposed`), a backend's positions or scratch matrix, and calls bound to their
     problem (``torchwire.functional``); or it is ``None`` to derive them on every call.
-    Whoever changes the tensors in place builds a new index (:class:`torchwire.SparseLinear`
-    does).
+    ``by_input`` is the transposed structure where its owner keeps it (a sparse
+    :class:`torchwire.SparseLinear` keeps it as buffers, so compiled graphs read it rather
+    than derive it). Whoever changes the tensors in place builds a new index
+    (:class:`torchwire.SparseLinear` does).
     """
 
     indptr: torch.Tensor
@@ -191,6 +193,7 @@ class SparseIndex(NamedTuple):
     out_features: int
     blocks: BlockLayout | None
     cache: dict[Any, Any] | None = None
+    by_input: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def nnz(self) -> int:
@@ -199,10 +202,11 @@ class SparseIndex(NamedTuple):
     def transposed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(t_indptr, t_indices, perm)``: the CSR structure of the transpose (by input,
         then output) and the canonical position of each of its connections, so
-        ``weight[perm]`` are its values; in the index's dtype, on its device, computed
-        there without a host synchronisation (once, where the index has a cache). Only the
-        sparse kernels' backward and grad-weight need it, so only they pay its 12 bytes a
-        connection (int32)."""
+        ``weight[perm]`` are its values; in the index's dtype, on its device: ``by_input``, or
+        computed there without a host synchronisation (once, where the index has a cache).
+        Only the sparse kernels' backward and grad-weight read it."""
+        if self.by_input is not None:
+            return self.by_input
         cache = self.cache
         if cache is not None:
             found = cache.get("transposed")

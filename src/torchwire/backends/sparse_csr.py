@@ -170,6 +170,22 @@ class _CsrLinear(torch.autograd.Function):
         return _linear_grads(ctx, grad, _linear, _sampled)
 
 
+def _forward_tensors(index: SparseIndex, problem: SparseProblem) -> tuple[Tensor, ...]:
+    """The index tensors a forward passes the op: all five where it records a graph; else
+    the transposed structure is never read (only its row count, the input size), so a
+    compiled graph does not derive it."""
+    if problem.requires_grad:
+        return index.tensors
+    unread = index.indices[:0]
+    return (
+        index.indptr,
+        index.indices,
+        index.indptr.new_empty(index.in_features + 1),
+        unread,
+        unread,
+    )
+
+
 def sparse_linear_csr(
     input: Tensor,
     weight: Tensor,
@@ -178,7 +194,7 @@ def sparse_linear_csr(
     problem: SparseProblem,
 ) -> Tensor:
     if torch.compiler.is_compiling():  # graphs keep the custom op, an opaque call
-        y: Tensor = csr_linear(input, weight, *index.tensors, False)
+        y: Tensor = csr_linear(input, weight, *_forward_tensors(index, problem), False)
     elif problem.requires_grad:
         y = _CsrLinear.apply(input, weight, *index.tensors, False)
     elif input.dtype in _NATIVE:  # no graph to record: no custom op, no casts, bias fused

@@ -1,0 +1,112 @@
+"""Is ``torch.compile(layer, fullgraph=True)`` at least as fast as the eager layer?
+
+Per layer, at batch 64: forward under ``torch.no_grad()`` and forward+backward of a dense
+output gradient, eager and compiled timed interleaved (the order alternating each round),
+medians over rounds; the ratio compiled / eager (below 1 means compiling pays). Also reports
+which backend eager ``auto`` runs. Compilation happens before timing (warm-up calls).
+
+Run: ``python benchmarks/compile_vs_eager.py [--rounds 15] [--markdown PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import torchwire as tw
+from torchwire.bench import _device_name
+
+BATCH = 64
+CASES: dict[str, Callable[[], nn.Module]] = {
+    "BlockLinear(1024, 1024, groups=16)": lambda: tw.BlockLinear(1024, 1024, groups=16),
+    "BlockLinear([64] * 8 + [32] * 16, same)": lambda: tw.BlockLinear(
+        [64] * 8 + [32] * 16, [64] * 8 + [32] * 16
+    ),
+    "SparseLinear(random 1024 x 1024, 1%)": lambda: tw.SparseLinear(
+        tw.Wiring.random(1024, 1024, density=0.01, seed=0)
+    ),
+    "SparseLinear(random 1024 x 1024, 50%)": lambda: tw.SparseLinear(
+        tw.Wiring.random(1024, 1024, density=0.5, seed=0)
+    ),
+}
+
+
+def _steps(module: nn.Module) -> dict[str, Callable[[], object]]:
+    x = torch.randn(BATCH, module.in_features)  # type: ignore[arg-type]
+    xg = x.clone().requires_grad_()
+    grad = torch.randn(BATCH, module.out_features)  # type: ignore[arg-type]
+
+    def fwd() -> object:
+        with torch.no_grad():
+            return module(x)
+
+    def fwd_bwd() -> None:
+        module(xg).backward(grad)
+
+    return {"fwd": fwd, "fwd_bwd": fwd_bwd}
+
+
+def measure(make: Callable[[], nn.Module], rounds: int, calls: int) -> dict[str, float]:
+    """Compiled / eager time per mode (medians over interleaved rounds)."""
+    torch.manual_seed(0)
+    eager = make()
+    compiled = torch.compile(make(), fullgraph=True)
+    ratios = {}
+    for mode in ("fwd", "fwd_bwd"):
+        steps = {"eager": _steps(eager)[mode], "compiled": _steps(compiled)[mode]}
+        for step in steps.values():
+            for _ in range(3):  # compiles, warms up
+                step()
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for r in range(rounds):
+            for name in list(steps) if r % 2 == 0 else list(reversed(steps)):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    steps[name]()
+                times[name].append((time.perf_counter() - start) / calls)
+        ratios[mode] = statistics.median(times["compiled"]) / statistics.median(times["eager"])
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    lines = [
+        f"# Compiled / eager: torch {torch.__version__}, {_device_name(torch.device('cpu'))}, "
+        f"float32, 1 thread, batch {BATCH}, {args.rounds} interleaved rounds of {args.calls} calls",
+        "",
+        "`torch.compile(layer, fullgraph=True)` time over the eager layer's (below 1: compiling "
+        "pays). fwd: forward under no_grad; fwd+bwd: forward then backward of a dense gradient.",
+        "",
+        "| layer | eager auto (fwd / fwd+bwd) | compiled / eager, fwd | compiled / eager, fwd+bwd |",
+        "|---|---|---:|---:|",
+    ]
+    for name, make in CASES.items():
+        print(f"{name} ...", flush=True)
+        layer = make()
+        x = torch.randn(BATCH, layer.in_features)  # type: ignore[arg-type]
+        with torch.no_grad():
+            fwd_backend = layer.resolve_backend(x)  # type: ignore[operator]
+        bwd_backend = layer.resolve_backend(x.requires_grad_())  # type: ignore[operator]
+        r = measure(make, args.rounds, args.calls)
+        lines.append(
+            f"| {name} | {fwd_backend} / {bwd_backend} | {r['fwd']:.2f} | {r['fwd_bwd']:.2f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
