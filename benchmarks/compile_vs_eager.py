@@ -87,7 +87,8 @@ def main() -> None:
         "`torch.compile(layer, fullgraph=True)` time over the eager layer's (below 1: compiling "
         "pays). fwd: forward under no_grad; fwd+bwd: forward then backward of a dense gradient.",
         "",
-        "| layer | eager auto (fwd / fwd+bwd) | compiled / eager, fwd | compiled / eager, fwd+bwd |",
+        "| layer | eager auto (fwd / fwd+bwd) | compiled / eager, fwd "
+        "| compiled / eager, fwd+bwd |",
         "|---|---|---:|---:|",
     ]
     for name, make in CASES.items():

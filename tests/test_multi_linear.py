@@ -69,3 +69,20 @@ def test_two_input_two_head_network_traces_compiles_and_trains() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_a_parametrized_weight_is_read_and_the_input_count_still_checked() -> None:
+    torch.manual_seed(0)
+    m = tw.MultiLinear([2, 2], 3).double()
+    torch.nn.utils.parametrize.register_parametrization(m.weights, "0", _Doubled())
+    x1, x2 = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    w1, w2 = 2 * m.weights.parametrizations["0"].original, m.weights[1]
+    expected = x1 @ w1.T + x2 @ w2.T + m.bias
+    torch.testing.assert_close(m(x1, x2), expected)
+    with pytest.raises(ValueError, match="MultiLinear has 2 inputs of sizes"):
+        m(x1)  # as many inputs as plain (unparametrized) weights: still one too few
+
+
+class _Doubled(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return 2 * w

@@ -1008,12 +1008,13 @@ class MultiLinear(nn.Module):
             elif isinstance(inputs[0], torch.fx.Proxy):  # a traced tuple
                 traced: Any = inputs[0]
                 xs = tuple(traced[i] for i in range(len(self.in_features)))
+        count = len(self.in_features)
+        if len(xs) != count:
+            self._wrong_count(xs)
         listed = self._modules["weights"]
         weights: tuple[torch.Tensor, ...] = tuple(listed._parameters.values())  # type: ignore[union-attr,arg-type]
-        if len(xs) != len(weights):
-            weights = tuple(self.weights)  # parametrized: read them one by one
-            if len(xs) != len(weights):
-                self._wrong_count(xs)
+        if len(weights) != count:  # parametrized: read them one by one
+            weights = tuple(self.weights)
         return F._multi_call(xs, weights, _tensor(self, "bias"))
 
     def _wrong_count(self, xs: tuple[Any, ...]) -> None:

@@ -207,13 +207,18 @@ class SparseIndex(NamedTuple):
         Only the sparse kernels' backward and grad-weight read it."""
         if self.by_input is not None:
             return self.by_input
+        return self.derived("transposed", _transpose)  # type: ignore[no-any-return]
+
+    def derived(self, name: str, build: Callable[[SparseIndex], Any]) -> Any:
+        """``build(self)``, kept in the cache under ``name`` (built on every call for an index
+        without a cache)."""
         cache = self.cache
-        if cache is not None:
-            found = cache.get("transposed")
-            if found is None:
-                found = cache["transposed"] = _transpose(self)
-            return found
-        return _transpose(self)
+        if cache is None:
+            return build(self)
+        found = cache.get(name)
+        if found is None:
+            found = cache[name] = build(self)
+        return found
 
     @property
     def tensors(

@@ -44,13 +44,8 @@ def positions(index: SparseIndex, device: object = None) -> torch.Tensor:
     :func:`~torchwire.backends.block_dense.scratch` calls). Built once per index (kept in
     ``index.cache``, 8 bytes a connection while the dense backend runs), or on every call
     for an index without a cache."""
-    cache = index.cache
-    if cache is not None:
-        found = cache.get("dense_positions")
-        if found is None:
-            found = cache["dense_positions"] = _positions(index)
-        return found
-    return _positions(index)
+    found: torch.Tensor = index.derived("dense_positions", _positions)
+    return found
 
 
 def _positions(index: SparseIndex) -> torch.Tensor:
