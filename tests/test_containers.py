@@ -4,6 +4,7 @@ are rows of the generic module contract.)"""
 
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
 
 import pytest
@@ -121,3 +122,11 @@ def test_compile_fullgraph_matches_eager(index: int) -> None:
     model = _models()[index]
     x = torch.randn(4, 8)
     torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))
+
+
+def test_a_split_pickled_by_torchwire_0_1_still_cuts() -> None:
+    old = tw.Split([2, 4])
+    del old.__dict__["_sizes_sum"]  # 0.1 kept the sum, under another name
+    old.__dict__["_total"] = 6
+    loaded = pickle.loads(pickle.dumps(old))
+    assert [p.shape[-1] for p in loaded(torch.randn(3, 6))] == [2, 4]

@@ -4,6 +4,10 @@ matrices) follows every change of the structure or the values."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import io
+import pickle
 from typing import Any
 
 import pytest
@@ -192,3 +196,67 @@ def test_csr_inference_matches_the_dense_reference(
     assert y.dtype == dtype
     tol = 1e-12 if dtype == torch.float64 else 2e-2
     torch.testing.assert_close(y.double().reshape(-1, 5), expected, rtol=tol, atol=tol)
+
+
+def _traced_matches(layer: nn.Module, x: torch.Tensor) -> None:
+    traced = torch.fx.symbolic_trace(nn.Sequential(layer))
+    torch.testing.assert_close(traced(x), layer(x))
+
+
+@pytest.mark.parametrize("backend", ["dense", "csr", "auto"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_kept_calls_survive_pickle_deepcopy_and_fx(backend: str, grad: bool) -> None:
+    torch.manual_seed(0)
+    layer = tw.SparseLinear(tw.Wiring.random(8, 6, density=0.5, seed=0), backend=backend)
+    x = torch.randn(3, 8, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        expected = layer(x).detach()  # bound calls are kept from here on
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    copied = copy.deepcopy(layer)
+    with torch.no_grad():
+        for other in (loaded, copied, pickle.loads(pickle.dumps(layer))):
+            torch.testing.assert_close(other(x), expected)
+        copied.weight.mul_(2.0)  # a copy keeps its own scratch: the original is unchanged
+        copied(x)
+        torch.testing.assert_close(layer(x), expected)
+    _traced_matches(layer, x.detach())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tw.BlockLinear(4, 6, groups=2),
+        lambda: tw.SparseLinear(tw.Wiring.random(4, 6, density=0.5, seed=0), backend="dense"),
+    ],
+    ids=["block", "sparse"],
+)
+def test_a_first_call_in_inference_mode_does_not_break_training(make: Any) -> None:
+    layer = make()
+    x = torch.randn(2, 4)
+    with torch.inference_mode():
+        layer(x)  # what is derived once is derived here
+    layer(x.requires_grad_()).sum().backward()
+    assert layer.weight.grad is not None
+
+
+def test_a_newly_registered_backend_is_used_by_calls_made_before() -> None:
+    layer = tw.BlockLinear(4, 6, groups=2)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        layer(x)
+        old = tw.backends.select("block_linear", None, "dense")
+        calls = []
+
+        def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+            calls.append(1)
+            return old.fn(*args, **kwargs)
+
+        try:
+            tw.backends.register(dataclasses.replace(old, fn=counted, bind=None))
+            layer(x)
+        finally:
+            tw.backends.register(old)
+    assert calls == [1]

@@ -86,3 +86,17 @@ def test_a_parametrized_weight_is_read_and_the_input_count_still_checked() -> No
 class _Doubled(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return 2 * w
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "w_out"),
+    [((1, 2), (5, 4), (3, 3)), ((1, 2), (0, 4), (3, 3)), ((5, 2), (5, 4), (1, 3))],
+    ids=["rows-broadcast", "empty-second", "outputs-broadcast"],
+)
+def test_inputs_and_weights_that_would_broadcast_are_refused(
+    first: tuple[int, int], second: tuple[int, int], w_out: tuple[int, int]
+) -> None:
+    xs = (torch.randn(first), torch.randn(second))
+    ws = (torch.randn(w_out[0], 2), torch.randn(w_out[1], 4))
+    with pytest.raises(ValueError, match="multi_linear expected"):
+        tw.functional.multi_linear(xs, ws)

@@ -196,6 +196,11 @@ class Split(nn.Module):
         self._sizes_sum = -1 if isinstance(self.sizes, int) else sum(self.sizes)
         self.dim = dim
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_sizes_sum" not in state:  # pickled by torchwire 0.1
+            self._sizes_sum = -1 if isinstance(self.sizes, int) else sum(self.sizes)
+
     def forward(self, input: Any) -> tuple[torch.Tensor, ...]:
         if not isinstance(input, torch.Tensor):
             _check_tensor(input, "Split")

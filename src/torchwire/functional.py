@@ -89,7 +89,7 @@ def _block_call(
         chosen, problem = backends.plan("block_linear", backend, (layout, *traits), _block_problem)
         run = functools.partial(chosen.fn, problem=problem)
     else:
-        key = (layout, backend, *traits, _functorch(), _thread())
+        key = (layout, backend, *traits, _functorch(), _thread(), backends.generation())
         run = _BLOCK_CALLS.get(key)
         if run is None:
             chosen, problem = backends.plan(
@@ -105,10 +105,12 @@ def _block_call(
 
 # A call's backend, bound to its problem and structure (Backend.bound), memoised by
 # signature: the structure, the backend asked for, the input's rows, dtype and device, whether
-# autograd records, whether torch.func transforms run, and the thread (bound calls may keep
-# per-thread scratch memory). Block calls share one memo; a sparse call's lives in its index.
+# autograd records, whether torch.func transforms run, the thread (bound calls may keep
+# per-thread scratch memory) and the registry's generation. Block calls share one memo; a
+# sparse call's lives in its index's cache. Each keeps at most as many calls (and so scratch
+# matrices) as the scratch stores do.
 _BLOCK_CALLS: dict[tuple[Any, ...], Callable[..., torch.Tensor]] = {}
-_MEMO_SIZE = 4096
+_MEMO_SIZE = 256
 _functorch = torch._C._are_functorch_transforms_active
 _thread = threading.get_ident
 
@@ -418,9 +420,9 @@ def _sparse_call(
             with torch.autocast(input.device.type, enabled=False):
                 input, weight, bias = _cast(dtype, input, weight, bias)
                 return _sparse_call(input, weight, index, bias, backend)
-    memo = index.cache
+    cache = index.cache
     run: Callable[..., torch.Tensor] | None
-    if memo is None:  # nowhere to keep a bound call (as while torch.compile traces)
+    if cache is None:  # nowhere to keep a bound call (as while torch.compile traces)
         chosen, problem = _sparse_plan(input, weight, index, bias, backend)
         run = functools.partial(chosen.fn, index=index, problem=problem)
     else:
@@ -429,11 +431,14 @@ def _sparse_call(
         traits = _traits(
             "sparse_linear", input, weight, bias, index.in_features, index.out_features
         )
-        key = (backend, *traits, _functorch(), _thread())
+        key = (backend, *traits, _functorch(), _thread(), backends.generation())
+        memo = cache.get("calls")
+        if memo is None:
+            memo = cache["calls"] = {}
         run = memo.get(key)
         if run is None:
             chosen, problem = backends.plan(
-                "sparse_linear", backend, _sparse_key(index, key[1:-1]), _sparse_problem
+                "sparse_linear", backend, _sparse_key(index, key[1:-2]), _sparse_problem
             )
             run = _remember(memo, key, chosen.bound(problem, index, weight))
     if input.dim() == 2:
@@ -544,10 +549,12 @@ def _multi_call(
     more than one."""
     try:
         y = torch.nn.functional.linear(inputs[0], weights[0], bias)
-        if y.dim() == 2:  # every input must then be 2-D with as many rows, or addmm raises
+        if y.dim() == 2:  # every input must then be 2-D, or addmm raises
+            shape = y.shape
             for k in range(1, len(inputs)):
                 y = torch.addmm(y, inputs[k], weights[k].t())
-            return y
+            if y.shape == shape:  # nothing was broadcast (rows, or outputs)
+                return y
     except (RuntimeError, TypeError):
         _check_multi(inputs, weights)
         raise
@@ -566,6 +573,11 @@ def _check_multi(inputs: tuple[torch.Tensor, ...], weights: tuple[torch.Tensor, 
             raise ValueError(
                 "multi_linear expected inputs with the same leading dimensions, got "
                 f"{[tuple(t.shape) for t in inputs]}"
+            )
+        if w.shape[0] != weights[0].shape[0]:
+            raise ValueError(
+                "multi_linear expected weights with the same number of outputs (rows), got "
+                f"{[tuple(t.shape) for t in weights]}"
             )
 
 

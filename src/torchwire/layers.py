@@ -466,6 +466,11 @@ class SparseLinear(nn.Module):
             self.register_parameter("bias", None)
         self.reset_parameters()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The kept index holds calls bound to this layer's scratch memory: a copy derives
+        # its own.
+        return {**super().__getstate__(), "_cached_index": None}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._cached_index = None  # also for layers pickled before the cache existed
@@ -521,7 +526,7 @@ class SparseLinear(nn.Module):
             and (index.by_input is None or _same(index.by_input, self._by_input_buffers()))
         ):
             return index
-        index = self._cached_index = self._new_index({})
+        index = self._cached_index = self._new_index(backends.IndexCache())
         self._index_versions = (index.indptr._version, index.indices._version)
         return index
 

@@ -23,6 +23,7 @@ __all__ = [
     "Backend",
     "BlockLayout",
     "BlockProblem",
+    "IndexCache",
     "SparseIndex",
     "SparseProblem",
     "available",
@@ -171,6 +172,15 @@ class BlockProblem:
     requires_grad: bool
 
 
+class IndexCache(dict[Any, Any]):
+    """A :class:`SparseIndex`'s cache: what is derived from its tensors once, and the calls
+    bound to it. A ``torch.fx`` graph holds none of it (an index enters a graph without a
+    cache, and derives what it needs there)."""
+
+    def __fx_create_arg__(self, tracer: Any) -> None:
+        return None
+
+
 class SparseIndex(NamedTuple):
     """A wiring's connections as index tensors on the compute device (what sparse backends
     read; :class:`torchwire.SparseLinear` keeps ``indptr`` and ``indices`` as buffers).
@@ -217,7 +227,8 @@ class SparseIndex(NamedTuple):
             return build(self)
         found = cache.get(name)
         if found is None:
-            found = cache[name] = build(self)
+            with torch.inference_mode(False):  # usable outside inference mode too
+                found = cache[name] = build(self)
         return found
 
     @property
@@ -253,7 +264,7 @@ def sparse_index(wiring: Wiring, device: torch.device | str | None = None) -> Sp
         wiring.in_features,
         wiring.out_features,
         None if blocks is None else block_layout(*blocks),
-        {},
+        IndexCache(),
     )
 
 
@@ -332,7 +343,8 @@ def cached_for_device(name: str, layout: Any, device: torch.device, build: Calla
     if value is None:
         if len(_DEVICE_CACHE) >= _DEVICE_CACHE_SIZE:  # wirings can be large: keep a few
             _DEVICE_CACHE.clear()
-        value = _DEVICE_CACHE[key] = build()
+        with torch.inference_mode(False):  # usable outside inference mode too
+            value = _DEVICE_CACHE[key] = build()
     return value
 
 
@@ -353,7 +365,17 @@ def register(backend: Backend) -> Backend:
     _REGISTRY.setdefault(backend.op, {})[backend.name] = backend
     _CHOSEN.clear()
     _PLANS.clear()
+    _GENERATION[0] += 1
     return backend
+
+
+_GENERATION = [0]
+
+
+def generation() -> int:
+    """How many times :func:`register` has run: part of every memoised call's key, so a call
+    made before a registration chooses again."""
+    return _GENERATION[0]
 
 
 P = TypeVar("P")
