@@ -11,7 +11,13 @@ from typing import Any
 import torch
 
 from torchwire import backends
-from torchwire.backends import BlockLayout, BlockProblem, SparseIndex, SparseProblem
+from torchwire.backends import (
+    BlockLayout,
+    BlockProblem,
+    IndexCache,
+    SparseIndex,
+    SparseProblem,
+)
 from torchwire.wiring import Wiring, _check_size
 
 __all__ = ["block_linear", "multi_linear", "sparse_linear"]
@@ -89,7 +95,7 @@ def _block_call(
         chosen, problem = backends.plan("block_linear", backend, (layout, *traits), _block_problem)
         run = functools.partial(chosen.fn, problem=problem)
     else:
-        key = (layout, backend, *traits, _functorch(), _thread(), backends.generation())
+        key = (layout, backend, *traits, _functorch(), _thread(), _GENERATION[0])
         run = _BLOCK_CALLS.get(key)
         if run is None:
             chosen, problem = backends.plan(
@@ -113,6 +119,7 @@ _BLOCK_CALLS: dict[tuple[Any, ...], Callable[..., torch.Tensor]] = {}
 _MEMO_SIZE = 256
 _functorch = torch._C._are_functorch_transforms_active
 _thread = threading.get_ident
+_GENERATION = backends._GENERATION  # [count of registrations]: see backends.generation()
 
 
 def _remember(
@@ -422,19 +429,17 @@ def _sparse_call(
                 return _sparse_call(input, weight, index, bias, backend)
     cache = index.cache
     run: Callable[..., torch.Tensor] | None
-    if cache is None:  # nowhere to keep a bound call (as while torch.compile traces)
+    if type(cache) is not IndexCache:  # nowhere to keep a bound call (as while compiling)
         chosen, problem = _sparse_plan(input, weight, index, bias, backend)
         run = functools.partial(chosen.fn, index=index, problem=problem)
     else:
-        if weight.shape != (index.indices.shape[0],):
+        if weight.shape != index.indices.shape:  # both (nnz,)
             _wrong_sparse_weight(weight, index)
         traits = _traits(
             "sparse_linear", input, weight, bias, index.in_features, index.out_features
         )
-        key = (backend, *traits, _functorch(), _thread(), backends.generation())
-        memo = cache.get("calls")
-        if memo is None:
-            memo = cache["calls"] = {}
+        key = (backend, *traits, _functorch(), _thread(), _GENERATION[0])
+        memo = cache.calls
         run = memo.get(key)
         if run is None:
             chosen, problem = backends.plan(
@@ -468,7 +473,7 @@ def _sparse_traits(
     index, and whether torch.func transforms run."""
     if not isinstance(weight, torch.Tensor):
         _check_is_tensor(input, weight, "sparse_linear")  # type: ignore[unreachable]
-    if weight.shape != (index.indices.shape[0],):
+    if weight.shape != index.indices.shape:  # both (nnz,)
         _wrong_sparse_weight(weight, index)
     traits = _traits("sparse_linear", input, weight, bias, index.in_features, index.out_features)
     return (*traits, _functorch())
@@ -549,16 +554,16 @@ def _multi_call(
     more than one."""
     try:
         y = torch.nn.functional.linear(inputs[0], weights[0], bias)
-        if y.dim() == 2:  # every input must then be 2-D, or addmm raises
-            shape = y.shape
+        if y.dim() == 2 and not _functorch():
+            # Into the fresh output, in place: addmm_ raises unless every input is 2-D with
+            # as many rows and every weight has as many outputs (it never broadcasts y).
             for k in range(1, len(inputs)):
-                y = torch.addmm(y, inputs[k], weights[k].t())
-            if y.shape == shape:  # nothing was broadcast (rows, or outputs)
-                return y
+                y.addmm_(inputs[k], weights[k].t())
+            return y
     except (RuntimeError, TypeError):
         _check_multi(inputs, weights)
         raise
-    _check_multi(inputs, weights)
+    _check_multi(inputs, weights)  # here (N-D inputs, or torch.func) the checks come first
     flat = y.reshape(-1, y.shape[-1])
     for k in range(1, len(inputs)):  # one GEMM per input, accumulated into the output
         x = inputs[k]

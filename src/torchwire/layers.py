@@ -504,7 +504,10 @@ class SparseLinear(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, bias = _weight_and_bias(self)
-        return F._sparse_call(input, weight, self._index(), bias, self.backend)
+        index = self._cached_index
+        if index is None or not self._current(index):
+            index = self._index()
+        return F._sparse_call(input, weight, index, bias, self.backend)
 
     def resolve_backend(self, input: torch.Tensor) -> str:
         """Name of the backend this layer runs for ``input`` (what ``backend="auto"`` picks)."""
@@ -514,27 +517,32 @@ class SparseLinear(nn.Module):
     def _index(self) -> SparseIndex:
         """The index buffers as a :class:`SparseIndex`, kept (with what backends derive from
         it) while the buffers are the same tensors, unchanged in place."""
-        buffers = self._buffers
         if torch.compiler.is_compiling():  # a traced graph holds its own copies
             return self._new_index(None)
         index = self._cached_index
-        if (
-            index is not None
-            and index.indptr is buffers["indptr"]
-            and index.indices is buffers["indices"]
-            and self._index_versions == (index.indptr._version, index.indices._version)
-            and (index.by_input is None or _same(index.by_input, self._by_input_buffers()))
-        ):
+        if index is not None and self._current(index):
             return index
         index = self._cached_index = self._new_index(backends.IndexCache())
         self._index_versions = (index.indptr._version, index.indices._version)
         return index
 
+    def _current(self, index: SparseIndex) -> bool:
+        """Whether the kept ``index`` still describes the buffers (never while compiling:
+        dynamo cannot read version counters)."""
+        buffers = self._buffers
+        return (
+            not torch.compiler.is_compiling()
+            and index.indices is buffers["indices"]
+            and index.indptr is buffers["indptr"]
+            and self._index_versions == (index.indptr._version, index.indices._version)
+            and (index.by_input is None or _same(index.by_input, self._by_input_buffers()))
+        )
+
     def _by_input_buffers(self) -> tuple[Any, ...] | None:
         buffers = self._buffers
         return tuple(buffers[name] for name in _DERIVED_FIELDS) if self._by_input else None
 
-    def _new_index(self, cache: dict[Any, Any] | None) -> SparseIndex:
+    def _new_index(self, cache: backends.IndexCache | None) -> SparseIndex:
         buffers = self._buffers
         by_input = self._by_input_buffers()
         return SparseIndex(

@@ -177,6 +177,10 @@ class IndexCache(dict[Any, Any]):
     bound to it. A ``torch.fx`` graph holds none of it (an index enters a graph without a
     cache, and derives what it needs there)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[tuple[Any, ...], Callable[..., torch.Tensor]] = {}
+
     def __fx_create_arg__(self, tracer: Any) -> None:
         return None
 
@@ -202,7 +206,7 @@ class SparseIndex(NamedTuple):
     in_features: int
     out_features: int
     blocks: BlockLayout | None
-    cache: dict[Any, Any] | None = None
+    cache: IndexCache | None = None
     by_input: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
