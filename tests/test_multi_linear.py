@@ -100,3 +100,15 @@ def test_inputs_and_weights_that_would_broadcast_are_refused(
     ws = (torch.randn(w_out[0], 2), torch.randn(w_out[1], 4))
     with pytest.raises(ValueError, match="multi_linear expected"):
         tw.functional.multi_linear(xs, ws)
+
+
+def test_autocast_computes_in_the_autocast_dtype() -> None:
+    torch.manual_seed(0)
+    m = tw.MultiLinear([2, 3], 4)
+    x1, x2 = torch.randn(5, 2), torch.randn(5, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x1, x2)
+        expected = torch.nn.Linear(5, 4)(torch.cat([x1, x2], -1))  # what nn.Linear gives
+    assert y.dtype == expected.dtype == torch.bfloat16
+    dense = x1 @ m.weights[0].T + x2 @ m.weights[1].T + m.bias
+    torch.testing.assert_close(y.float(), dense, atol=0.05, rtol=0.02)

@@ -554,9 +554,11 @@ def _multi_call(
     more than one."""
     try:
         y = torch.nn.functional.linear(inputs[0], weights[0], bias)
-        if y.dim() == 2 and not _functorch():
+        if y.dim() == 2 and not (_functorch() or torch._C._is_any_autocast_enabled()):
             # Into the fresh output, in place: addmm_ raises unless every input is 2-D with
             # as many rows and every weight has as many outputs (it never broadcasts y).
+            # Not under torch.func (an unbatched y cannot take batched values in place) nor
+            # autocast (which casts no in-place op's operands).
             for k in range(1, len(inputs)):
                 y.addmm_(inputs[k], weights[k].t())
             return y
