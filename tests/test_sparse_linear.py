@@ -778,3 +778,21 @@ def test_torch_func_grad_and_vmap_run_a_backend_that_supports_them() -> None:
     forced = tw.SparseLinear(tw.Wiring.random(20, 10, density=0.2, seed=0), backend="csr")
     with pytest.raises(ValueError, match=r"torch.func transforms .* use backend='auto'"):
         vmap(forced)(torch.randn(3, 20))
+
+
+@given(
+    n_in=st.integers(1, 12),
+    n_out=st.integers(1, 12),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_dense_positions_are_the_connections_row_major(
+    n_in: int, n_out: int, density: float, seed: int
+) -> None:
+    wiring = tw.Wiring.random(n_in, n_out, density=density, seed=seed)
+    index = tw.backends.sparse_index(wiring)
+    inputs, outputs = wiring.edges().unbind(1)
+    positions = tw.backends.sparse_dense.positions(index)
+    assert positions.dtype == torch.int64
+    assert positions.tolist() == (outputs * n_in + inputs).tolist()
