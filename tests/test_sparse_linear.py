@@ -619,17 +619,10 @@ def test_storage_never_exceeds_a_dense_weight_and_a_bool_mask(
     assert _bytes(m) <= dense_and_mask
 
 
-@given(
-    n_in=st.integers(1, 12),
-    n_out=st.integers(1, 12),
-    density=st.floats(0.0, 1.0),
-    seed=st.integers(0, 2**16),
-)
+@given(wiring=wirings())
 @settings(max_examples=60, deadline=None)
-def test_transposed_structure_is_the_transpose(
-    n_in: int, n_out: int, density: float, seed: int
-) -> None:
-    wiring = tw.Wiring.random(n_in, n_out, density=density, seed=seed)
+def test_transposed_structure_is_the_transpose(wiring: tw.Wiring) -> None:
+    n_in = wiring.in_features
     index = tw.backends.sparse_index(wiring)
     t_indptr, t_indices, perm = index.transposed()
     edges = wiring.edges()  # (input, output), canonical order: by output, then input
@@ -780,19 +773,11 @@ def test_torch_func_grad_and_vmap_run_a_backend_that_supports_them() -> None:
         vmap(forced)(torch.randn(3, 20))
 
 
-@given(
-    n_in=st.integers(1, 12),
-    n_out=st.integers(1, 12),
-    density=st.floats(0.0, 1.0),
-    seed=st.integers(0, 2**16),
-)
+@given(wiring=wirings())
 @settings(max_examples=60, deadline=None)
-def test_dense_positions_are_the_connections_row_major(
-    n_in: int, n_out: int, density: float, seed: int
-) -> None:
-    wiring = tw.Wiring.random(n_in, n_out, density=density, seed=seed)
+def test_dense_positions_are_the_connections_row_major(wiring: tw.Wiring) -> None:
     index = tw.backends.sparse_index(wiring)
     inputs, outputs = wiring.edges().unbind(1)
     positions = tw.backends.sparse_dense.positions(index)
     assert positions.dtype == torch.int64
-    assert positions.tolist() == (outputs * n_in + inputs).tolist()
+    assert positions.tolist() == (outputs * wiring.in_features + inputs).tolist()

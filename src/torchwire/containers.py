@@ -123,8 +123,6 @@ class Parallel(nn.Module):
 
     def forward(self, input: Any) -> Any:
         outputs = [module(input) for module in self._modules.values()]  # type: ignore[misc]
-        if self.merge == "cat":
-            return torch.cat(outputs, self.dim)
         return _merge(outputs, self.merge, self.dim)
 
     def append(self, module: nn.Module) -> Parallel:
@@ -317,7 +315,7 @@ class Map(nn.Module):
                 f"Map has {len(modules)} modules but got a tuple of {len(inputs)} elements; "
                 "give one module per element"
             )
-        return tuple([module(x) for module, x in zip(modules, inputs)])  # type: ignore[misc]  # noqa: B905
+        return tuple([module(x) for module, x in zip(modules, inputs, strict=True)])  # type: ignore[misc]
 
     def __len__(self) -> int:
         return len(self._modules)

@@ -369,17 +369,13 @@ def register(backend: Backend) -> Backend:
     _REGISTRY.setdefault(backend.op, {})[backend.name] = backend
     _CHOSEN.clear()
     _PLANS.clear()
-    _GENERATION[0] += 1
+    generation[0] += 1
     return backend
 
 
-_GENERATION = [0]
-
-
-def generation() -> int:
-    """How many times :func:`register` has run: part of every memoised call's key, so a call
-    made before a registration chooses again."""
-    return _GENERATION[0]
+generation = [0]
+"""How many times :func:`register` has run (in a list, so readers keep a reference): part of
+every memoised call's key, so a call made before a registration chooses again."""
 
 
 P = TypeVar("P")
