@@ -34,6 +34,11 @@ CASES: dict[str, Callable[[], nn.Module]] = {
         tw.Wiring.random(1024, 1024, density=0.5, seed=0)
     ),
 }
+# torch.compile's own cost per call, for scale: the same ratio for nn.Linear (no torchwire).
+REFERENCES: dict[str, Callable[[], nn.Module]] = {
+    "nn.Linear(1024, 1024)": lambda: nn.Linear(1024, 1024),
+    "nn.Linear(64, 64)": lambda: nn.Linear(64, 64),
+}
 
 
 def _steps(module: nn.Module) -> dict[str, Callable[[], object]]:
@@ -51,12 +56,15 @@ def _steps(module: nn.Module) -> dict[str, Callable[[], object]]:
     return {"fwd": fwd, "fwd_bwd": fwd_bwd}
 
 
-def measure(make: Callable[[], nn.Module], rounds: int, calls: int) -> dict[str, float]:
-    """Compiled / eager time per mode (medians over interleaved rounds)."""
+def measure(
+    make: Callable[[], nn.Module], rounds: int, calls: int
+) -> dict[str, tuple[float, float]]:
+    """Per mode: (compiled / eager time, compiled - eager time in microseconds), from
+    medians over interleaved rounds."""
     torch.manual_seed(0)
     eager = make()
     compiled = torch.compile(make(), fullgraph=True)
-    ratios = {}
+    ratios: dict[str, tuple[float, float]] = {}
     for mode in ("fwd", "fwd_bwd"):
         steps = {"eager": _steps(eager)[mode], "compiled": _steps(compiled)[mode]}
         for step in steps.values():
@@ -69,7 +77,8 @@ def measure(make: Callable[[], nn.Module], rounds: int, calls: int) -> dict[str,
                 for _ in range(calls):
                     steps[name]()
                 times[name].append((time.perf_counter() - start) / calls)
-        ratios[mode] = statistics.median(times["compiled"]) / statistics.median(times["eager"])
+        slow, fast = statistics.median(times["compiled"]), statistics.median(times["eager"])
+        ratios[mode] = (slow / fast, (slow - fast) * 1e6)
     return ratios
 
 
@@ -85,23 +94,27 @@ def main() -> None:
         f"float32, 1 thread, batch {BATCH}, {args.rounds} interleaved rounds of {args.calls} calls",
         "",
         "`torch.compile(layer, fullgraph=True)` time over the eager layer's (below 1: compiling "
-        "pays). fwd: forward under no_grad; fwd+bwd: forward then backward of a dense gradient.",
+        "pays), and in brackets the difference per call. fwd: forward under no_grad; fwd+bwd: "
+        "forward then backward of a dense gradient. The nn.Linear rows measure torch.compile's "
+        "own cost per call on this machine, with no torchwire involved.",
         "",
         "| layer | eager auto (fwd / fwd+bwd) | compiled / eager, fwd "
         "| compiled / eager, fwd+bwd |",
         "|---|---|---:|---:|",
     ]
-    for name, make in CASES.items():
+    for name, make in {**CASES, **REFERENCES}.items():
         print(f"{name} ...", flush=True)
         layer = make()
-        x = torch.randn(BATCH, layer.in_features)  # type: ignore[arg-type]
-        with torch.no_grad():
-            fwd_backend = layer.resolve_backend(x)  # type: ignore[operator]
-        bwd_backend = layer.resolve_backend(x.requires_grad_())  # type: ignore[operator]
+        backends = "(torch)"
+        if name in CASES:
+            x = torch.randn(BATCH, layer.in_features)  # type: ignore[arg-type]
+            with torch.no_grad():
+                fwd_backend = layer.resolve_backend(x)  # type: ignore[operator]
+            bwd_backend = layer.resolve_backend(x.requires_grad_())  # type: ignore[operator]
+            backends = f"{fwd_backend} / {bwd_backend}"
         r = measure(make, args.rounds, args.calls)
-        lines.append(
-            f"| {name} | {fwd_backend} / {bwd_backend} | {r['fwd']:.2f} | {r['fwd_bwd']:.2f} |"
-        )
+        cells = [f"{r[m][0]:.2f} ({r[m][1]:+.0f} us)" for m in ("fwd", "fwd_bwd")]
+        lines.append(f"| {name} | {backends} | {cells[0]} | {cells[1]} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:

@@ -126,6 +126,39 @@ def test_every_backend_equals_the_oracle_in_forward_and_all_gradients(
             torch.testing.assert_close(p.grad, q.grad)
 
 
+@pytest.mark.parametrize(
+    ("rows", "dtype", "bias"),
+    [
+        (1, torch.float32, True),
+        (4, torch.float32, False),
+        (1, torch.bfloat16, False),
+        (4, torch.bfloat16, True),
+    ],
+)
+def test_compiled_csr_inference_equals_the_oracle(
+    rows: int, dtype: torch.dtype, bias: bool
+) -> None:
+    """The compiled no-grad path (one opaque op, the bias fused, one row by matrix-vector)
+    computes the layer at every row count and dtype, with the eager layer's output layout."""
+    torch._dynamo.reset()
+    wiring = tw.Wiring.random(9, 7, density=0.4, seed=3)
+    m = tw.SparseLinear(wiring, bias=bias, backend="csr", dtype=dtype)
+    x = torch.randn(rows, 9, dtype=dtype)
+    with torch.no_grad():
+        eager, compiled = m(x), torch.compile(m, fullgraph=True)(x)
+    expected = reference.sparse_linear(
+        x.double(),
+        m.weight.double(),
+        wiring.edges(),
+        wiring.shape,
+        m.bias.double() if bias else None,
+    )
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    assert compiled.dtype == dtype
+    torch.testing.assert_close(compiled.double(), expected, **tol)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
 _GRADCHECK_WIRINGS = {
     "random": tw.Wiring.random(7, 5, density=0.4, seed=1),
     "idle-features": _edges_wiring([(0, 0), (3, 0), (1, 2), (3, 2), (4, 3)], 6, 4),
