@@ -205,11 +205,13 @@ _LIBRARY.define(
 _LIBRARY.impl("csr_addmm", _addmm, "CompositeExplicitAutograd")
 
 
-@torch.library.register_fake("torchwire::csr_addmm", lib=_LIBRARY)
 def _csr_addmm_fake(
     x: Tensor, values: Tensor, indptr: Tensor, indices: Tensor, in_features: int, bias: Any
 ) -> Tensor:
     return x.new_empty(indptr.shape[0] - 1, x.shape[0]).t()
+
+
+torch.library.register_fake("torchwire::csr_addmm", _csr_addmm_fake, lib=_LIBRARY)
 
 
 def sparse_linear_csr(
@@ -222,7 +224,8 @@ def sparse_linear_csr(
     if not problem.requires_grad:  # no graph to record: one kernel, the bias fused
         if torch.compiler.is_compiling():  # an opaque call in the graph
             addmm = torch.ops.torchwire.csr_addmm
-            return addmm(input, weight, index.indptr, index.indices, index.in_features, bias)
+            out: Tensor = addmm(input, weight, index.indptr, index.indices, index.in_features, bias)
+            return out
         return _addmm(input, weight, index.indptr, index.indices, index.in_features, bias)
     if torch.compiler.is_compiling():  # graphs keep the custom op, an opaque call
         y: Tensor = csr_linear(input, weight, *index.tensors, False)
