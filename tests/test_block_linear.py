@@ -402,14 +402,28 @@ def test_torch_func_grad_and_vmap(backend: str) -> None:
     torch.testing.assert_close(per_sample, m(x))
 
 
-def test_state_dict_records_the_layout() -> None:
+def test_state_dict_records_the_layout_in_a_tensor() -> None:
     saved = tw.BlockLinear([2, 2], [3, 1]).state_dict()
-    other = tw.BlockLinear([2, 2], [1, 3])  # same parameter shapes, other groups
-    with pytest.raises(ValueError, match=r"saved from a BlockLinear with layout .*in_sizes"):
-        other.load_state_dict(saved)
+    assert all(isinstance(v, torch.Tensor) for v in saved.values())
+    for other in (tw.BlockLinear([2, 2], [1, 3]), tw.BlockLinear([3, 1], [2, 2])):
+        assert other.weight.shape == saved["weight"].shape  # same parameter shapes
+        with pytest.raises(
+            ValueError, match=r"saved from a BlockLinear with .* \[\[2, 2\], \[3, 1\]\]"
+        ):
+            other.load_state_dict(saved)
     same = tw.BlockLinear([2, 2], [3, 1])
     same.load_state_dict(saved)
     torch.testing.assert_close(same.weight, saved["weight"])
+
+
+def test_checkpoints_of_0_1_with_a_dict_layout_still_load() -> None:
+    saved = tw.BlockLinear([2, 2], [3, 1]).state_dict()
+    saved["_extra_state"] = {"in_sizes": [2, 2], "out_sizes": [3, 1], "shared": False}
+    same = tw.BlockLinear([2, 2], [3, 1])
+    same.load_state_dict(saved)
+    torch.testing.assert_close(same.weight, saved["weight"])
+    with pytest.raises(ValueError, match="build the layer with the saved sizes"):
+        tw.BlockLinear([2, 2], [1, 3]).load_state_dict(saved)
 
 
 def test_functional_validates_group_sizes() -> None:

@@ -12,6 +12,7 @@ import pickle
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -656,6 +657,25 @@ def test_state_dict_round_trip_with_weights_only_load(case: Case) -> None:
     if not case.stateless:
         assert not all(map(torch.equal, _leaves(fresh(*inputs)), _leaves(m(*inputs))))
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    _close(fresh(*inputs), m(*inputs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_state_dict_holds_only_tensors_and_round_trips_through_safetensors(
+    case: Case, tmp_path: Path
+) -> None:
+    """What Hugging Face-style checkpoints, EMA and averaging helpers assume."""
+    st = pytest.importorskip("safetensors.torch")
+    m = _f64(case, seed=0)
+    state = m.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values()), {
+        k: type(v).__name__ for k, v in state.items() if not isinstance(v, torch.Tensor)
+    }
+    path = tmp_path / "model.safetensors"
+    st.save_file({k: v.contiguous() for k, v in state.items()}, path)
+    fresh = _f64(case, seed=1)
+    fresh.load_state_dict(st.load_file(path))
+    inputs = case.make_inputs(m, (3,), torch.float64, "cpu")
     _close(fresh(*inputs), m(*inputs), rtol=0, atol=0)
 
 

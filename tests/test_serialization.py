@@ -100,3 +100,116 @@ def test_load_refuses_other_files_and_other_classes(tmp_path: Path) -> None:
         tw.load(path, nn.Linear(2, 2))
     with pytest.raises(TypeError, match=r"expected an nn\.Module to load into"):
         tw.load(path, {})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_names_travel_with_the_topology(tmp_path: Path, suffix: str) -> None:
+    names = {"p": ["a", "b"], "q": ["b", "c"], "r": ["c"]}
+    model = nn.Sequential(tw.SparseLinear(tw.Wiring.from_mapping(names)), nn.Linear(3, 1))
+    fresh = nn.Sequential(tw.SparseLinear(tw.Wiring.random(3, 3, nnz=4, seed=0)), nn.Linear(3, 1))
+    path = tmp_path / f"model{suffix}"
+    tw.save(model, path)
+    restored: Any = tw.load(path, fresh)
+    assert restored[0].wiring == model[0].wiring
+    assert restored[0].wiring.input_names == ("a", "b", "c")
+    assert restored[0].wiring.output_names == ("p", "q", "r")
+    x = torch.randn(2, 3)
+    assert torch.equal(restored(x), model(x))
+
+
+def test_safetensors_file_holds_the_weights_and_the_topology(tmp_path: Path) -> None:
+    st = pytest.importorskip("safetensors")
+    pruned = tw.prune.dead_neurons(tw.sparsify(_trained(Net().double()), density=0.2))
+    path = tmp_path / "model.safetensors"
+    tw.save(pruned, path)
+    with st.safe_open(str(path), framework="pt") as f:  # a plain safetensors file
+        assert set(f.keys()) == set(pruned.state_dict())
+        assert f.metadata()["format"] == "torchwire.model/1"
+    restored: Any = tw.load(path, Net().double()).eval()
+    x = torch.randn(2, 3, 8, 8, dtype=D)
+    assert torch.equal(restored(x), pruned(x))
+    for a, b in zip(restored.modules(), pruned.modules(), strict=True):
+        assert repr(a) == repr(b)
+
+
+def test_safetensors_ties_shared_tensors_again(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    model[1].weight = model[0].weight  # tied, as embeddings and output heads often are
+    path = tmp_path / "tied.safetensors"
+    tw.save(model, path)
+    fresh = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    fresh[1].weight = fresh[0].weight
+    restored: Any = tw.load(path, fresh)
+    assert torch.equal(restored[1].weight, model[0].weight)
+    assert restored[1].weight is restored[0].weight
+
+
+def test_safetensors_without_the_package_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'torchwire\[safetensors\]'"):
+        tw.save(nn.Linear(2, 2), tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_files_of_0_1_with_dict_extra_state_still_load(tmp_path: Path) -> None:
+    names = {"p": ["a", "b"], "q": ["b", "c"]}
+    model = nn.Sequential(
+        tw.BlockLinear([2, 1], [1, 2]), tw.SparseLinear(tw.Wiring.from_mapping(names))
+    )
+    state = dict(model.state_dict())
+    state["0._extra_state"] = {"in_sizes": [2, 1], "out_sizes": [1, 2], "shared": False}
+    state["1._extra_state"] = {
+        "in_features": 3,
+        "out_features": 2,
+        "input_names": ["a", "b", "c"],
+        "output_names": ["p", "q"],
+    }
+    topology = {
+        "1": {
+            "type": "SparseLinear",
+            "in_features": 3,
+            "out_features": 2,
+            "nnz": 4,
+            "bias": True,
+            "backend": "auto",
+        }
+    }
+    path = tmp_path / "old.pt"
+    torch.save({"format": "torchwire.model/1", "topology": topology, "state_dict": state}, path)
+    fresh = nn.Sequential(
+        tw.BlockLinear([2, 1], [1, 2]), tw.SparseLinear(tw.Wiring.random(3, 2, nnz=4, seed=1))
+    )
+    restored: Any = tw.load(path, fresh)
+    assert restored[1].wiring.input_names == ("a", "b", "c")
+    x = torch.randn(2, 3)
+    assert torch.equal(restored(x), model(x))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_sparsified_bert_model_reloads_into_a_fresh_one(tmp_path: Path, suffix: str) -> None:
+    """A model of a real client library (built from a small config, nothing downloaded)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
+    torch.manual_seed(0)
+    model = tw.sparsify(transformers.BertModel(config), density=0.3).eval()
+    assert any(isinstance(m, tw.SparseLinear) for m in model.modules())
+    path = tmp_path / f"bert{suffix}"
+    tw.save(model, path)
+    torch.manual_seed(1)
+    restored = tw.load(path, transformers.BertModel(config)).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        expected = model(input_ids=ids).last_hidden_state
+        assert torch.equal(restored(input_ids=ids).last_hidden_state, expected)

@@ -727,23 +727,49 @@ def test_names_of_a_failed_load_are_not_applied_by_a_later_load() -> None:
     assert target.wiring == tw.Wiring.random(3, 2, nnz=4, seed=0)
 
 
-def test_names_survive_a_state_dict_round_trip() -> None:
+def test_a_state_dict_holds_tensors_and_carries_connections_not_names() -> None:
     named = tw.Wiring.from_mapping({"p1": ["g1", "g2"], "p2": ["g2", "g3"], "p3": ["g4"]})
     source = tw.SparseLinear(named)
     state = _roundtrip(source.state_dict())
-    # Same structure, no names: the checkpoint's names are adopted.
-    target = tw.SparseLinear(tw.Wiring.from_mask(named.mask()))
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    # Other structure of the same nnz and sizes: the structure is adopted, the names are the
+    # layer's own (torchwire.save keeps names; see test_serialization.py).
+    other = tw.SparseLinear(tw.Wiring.random(4, 3, nnz=named.nnz, seed=0))
+    assert other.wiring.mask().tolist() != named.mask().tolist()
+    other.load_state_dict(state)
+    assert other.wiring.mask().tolist() == named.mask().tolist()
+    assert other.wiring.input_names is None
+    assert other.wiring.output_names is None
+    torch.testing.assert_close(other.weight, source.weight)
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(other(x), source(x))
+    # A named layer keeps its own names through a load of other connections.
+    renamed = tw.Wiring.from_mapping({"q1": ["h1", "h2", "h3"], "q2": ["h4"], "q3": ["h1"]})
+    assert renamed.shape == named.shape
+    assert renamed.nnz == named.nnz
+    target = tw.SparseLinear(renamed)
+    target.load_state_dict(state)
+    assert target.wiring.mask().tolist() == named.mask().tolist()
+    assert target.wiring.input_names == renamed.input_names
+    assert target.wiring.output_names == ("q1", "q2", "q3")
+
+
+def test_checkpoints_of_0_1_with_names_in_a_dict_still_load_them() -> None:
+    named = tw.Wiring.from_mapping({"p1": ["g1", "g2"], "p2": ["g2", "g3"], "p3": ["g4"]})
+    source = tw.SparseLinear(named)
+    state = dict(source.state_dict())
+    state["_extra_state"] = {
+        "in_features": 4,
+        "out_features": 3,
+        "input_names": ["g1", "g2", "g3", "g4"],
+        "output_names": ["p1", "p2", "p3"],
+    }
+    target = tw.SparseLinear(tw.Wiring.random(4, 3, nnz=named.nnz, seed=0))
     target.load_state_dict(state)
     assert target.wiring == named
     assert target.wiring.input_names == ("g1", "g2", "g3", "g4")
     assert target.wiring.output_names == ("p1", "p2", "p3")
     assert target.connections() == source.connections()
-    # Other structure of the same nnz and sizes: both structure and names are adopted.
-    other = tw.SparseLinear(tw.Wiring.random(4, 3, nnz=named.nnz, seed=0))
-    assert other.wiring.mask().tolist() != named.mask().tolist()
-    other.load_state_dict(state)
-    assert other.wiring == named
-    assert other.connections() == source.connections()
 
 
 # ---------------------------------------------------------------- errors

@@ -159,21 +159,24 @@ class FusedParallel(nn.Module):
         rank: int = y.dim()
         return self.dim % rank == self.feature_dim % rank
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """The branch layout, saved in ``state_dict`` so that a checkpoint cannot load into
-        a fused layer of other branches with the same parameter shapes."""
-        return {
-            "names": self.names,
-            "sizes": self.sizes,
-            "bias": [b.bias for b in self.branches],
-            "merge": self.merge,
-        }
+    def get_extra_state(self) -> torch.Tensor:
+        """The branch layout as a ``(2, branches)`` int64 tensor (output sizes, then 1 where a
+        branch has a bias), saved in ``state_dict`` so that a checkpoint cannot load into a
+        fused layer of other branches with the same parameter shapes."""
+        return torch.tensor([self.sizes, [int(b.bias) for b in self.branches]], dtype=torch.int64)
 
     def set_extra_state(self, state: Any) -> None:
-        if state != self.get_extra_state():
+        mine = [self.sizes, [int(b.bias) for b in self.branches]]
+        if isinstance(state, dict):  # written by torchwire 0.1.0
+            saved: Any = [state.get("sizes"), [int(b) for b in state.get("bias", [])]]
+        elif isinstance(state, torch.Tensor) and not state.is_floating_point():
+            saved = state.tolist()
+        else:
+            saved = repr(state)
+        if saved != mine:
             raise ValueError(
-                f"this checkpoint was saved from a FusedParallel with branches {state}, not "
-                f"{self.get_extra_state()}; fuse the same Parallel before loading it"
+                f"this checkpoint was saved from a FusedParallel with branch (sizes, bias) = "
+                f"{saved}, not {mine}; fuse the same Parallel before loading it"
             )
 
     def extra_repr(self) -> str:

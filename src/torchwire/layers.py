@@ -163,20 +163,25 @@ class BlockLinear(nn.Module):
         chosen, _ = F._block_plan(input, self.weight, self.bias, self._layout, self.backend)
         return chosen.name
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """The group layout, saved in ``state_dict`` so a checkpoint cannot load into a layer
-        with other groups of the same parameter shapes."""
-        return {
-            "in_sizes": list(self.in_sizes),
-            "out_sizes": list(self.out_sizes),
-            "shared": self.shared,
-        }
+    def get_extra_state(self) -> torch.Tensor:
+        """The group sizes as a ``(2, groups)`` int64 tensor (input sizes, then output sizes),
+        saved in ``state_dict`` so that a checkpoint cannot load into a layer with other
+        groups of the same parameter shapes. A shared layer is told apart by its weight's
+        shape."""
+        return torch.tensor([self.in_sizes, self.out_sizes], dtype=torch.int64)
 
     def set_extra_state(self, state: Any) -> None:
-        if state != self.get_extra_state():
+        mine = [list(self.in_sizes), list(self.out_sizes)]
+        if isinstance(state, dict):  # written by torchwire 0.1.0
+            saved = [state.get("in_sizes"), state.get("out_sizes")]
+            same = saved == mine and state.get("shared") == self.shared
+        else:
+            saved = _int_rows(state)
+            same = saved == mine
+        if not same:
             raise ValueError(
-                f"this checkpoint was saved from a BlockLinear with layout {state}, but this "
-                f"layer has {self.get_extra_state()}; build the layer with the saved sizes"
+                f"this checkpoint was saved from a BlockLinear with (in_sizes, out_sizes) = "
+                f"{saved}, but this layer has {mine}; build the layer with the saved sizes"
             )
 
     @property
@@ -724,24 +729,27 @@ class SparseLinear(nn.Module):
                 layer.bias.copy_(bias.detach())
         return layer
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """Sizes and names, saved in ``state_dict`` beside the index buffers."""
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "input_names": _names_list(self._wiring.input_names),
-            "output_names": _names_list(self._wiring.output_names),
-        }
+    def get_extra_state(self) -> torch.Tensor:
+        """``[in_features, out_features]`` as an int64 tensor, saved in ``state_dict`` beside
+        the index buffers (which give the connections; :func:`torchwire.save` also keeps the
+        names)."""
+        return torch.tensor([self.in_features, self.out_features], dtype=torch.int64)
 
     def set_extra_state(self, state: Any) -> None:
-        sizes = (state.get("in_features"), state.get("out_features"))
-        if sizes != (self.in_features, self.out_features):
+        mine = (self.in_features, self.out_features)
+        if isinstance(state, dict):  # written by torchwire 0.1.0, with the names
+            saved: Any = (state.get("in_features"), state.get("out_features"))
+            names = (state.get("input_names"), state.get("output_names"))
+        else:
+            saved, names = _int_rows(state), None
+            saved = tuple(saved) if isinstance(saved, list) else saved
+        if saved != mine:
             raise ValueError(
                 f"this checkpoint was saved from a SparseLinear of (in_features, out_features) "
-                f"= {sizes}, but this layer has {(self.in_features, self.out_features)}; build "
-                "the layer with the saved wiring"
+                f"= {saved}, but this layer has {mine}; build the layer with the saved wiring"
             )
-        self._loaded_names = (state.get("input_names"), state.get("output_names"))
+        if names is not None:
+            self._loaded_names = names
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
         errors: list[str] = args[-1]
@@ -921,8 +929,11 @@ def _linear_weight_bound(fan_in: int) -> float:
     return math.sqrt(3.0) * (gain / math.sqrt(fan_in))
 
 
-def _names_list(names: tuple[str, ...] | None) -> list[str] | None:
-    return None if names is None else list(names)
+def _int_rows(state: object) -> Any:
+    """A saved integer tensor as (nested) lists, or ``repr`` of whatever else was saved."""
+    if isinstance(state, torch.Tensor) and not state.is_floating_point():
+        return state.tolist()
+    return repr(state)
 
 
 class MultiLinear(nn.Module):

@@ -3,13 +3,15 @@
 ``torch.save(model)`` pickles classes and breaks when code moves; a plain ``state_dict``
 cannot be loaded back into the original model class once pruning has changed layer sizes
 or types. :func:`save` writes the ``state_dict`` together with each layer's topology (type,
-sizes, wiring) as plain containers and tensors; :func:`load` rebuilds those layers inside a
-freshly constructed model of the original class, then loads the weights. The file loads
-with ``torch.load(path, weights_only=True)``.
+sizes, wiring names) as plain containers and tensors; :func:`load` rebuilds those layers
+inside a freshly constructed model of the original class, then loads the weights. Two file
+formats: torch's (loads with ``torch.load(path, weights_only=True)``) and, for a path ending
+in ``.safetensors``, safetensors, with the topology as JSON in the file's metadata.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -22,6 +24,7 @@ from torchwire.wiring import Wiring
 __all__ = ["load", "save"]
 
 _FORMAT = "torchwire.model/1"
+_SAFETENSORS = ".safetensors"
 _CONVS_BY_NAME = {cls.__name__: cls for cls in _CONVS}
 _NORMS_BY_NAME = {cls.__name__: cls for cls in _NORMS.values()}
 Path = str | os.PathLike[str]
@@ -33,7 +36,14 @@ def save(model: nn.Module, path: Path) -> None:
     The topology of every ``nn.Linear``, :class:`~torchwire.BlockLinear`,
     :class:`~torchwire.SparseLinear`, ``nn.Conv1d/2d/3d`` and ``nn.BatchNorm1d/2d/3d`` is
     kept: its type, sizes and wiring (read from the index buffers of the ``state_dict``,
-    so nothing is stored twice). Only dicts, lists, strings, numbers and tensors are written.
+    so nothing is stored twice; a wiring's input and output names are kept here). Only
+    dicts, lists, strings, numbers and tensors are written.
+
+    A path ending in ``.safetensors`` writes a safetensors file (``pip install
+    torchwire[safetensors]``): the ``state_dict``'s tensors, with the topology as JSON in the
+    file's metadata, the format Hugging Face-style sharing expects. Tensors that share
+    memory (tied weights) are stored once and tied again by :func:`load`. Any other path
+    gets torch's format.
 
     Args:
         model: the model, for example the result of :func:`torchwire.prune.neurons`.
@@ -59,8 +69,11 @@ def save(model: nn.Module, path: Path) -> None:
         spec = _spec(module)
         if spec is not None:
             topology[name] = spec
-    payload = {"format": _FORMAT, "topology": topology, "state_dict": model.state_dict()}
-    torch.save(payload, path)
+    state = model.state_dict()
+    if os.fspath(path).endswith(_SAFETENSORS):
+        _save_safetensors(state, topology, path)
+        return
+    torch.save({"format": _FORMAT, "topology": topology, "state_dict": state}, path)
 
 
 def load(
@@ -70,13 +83,15 @@ def load(
 
     Every layer whose saved topology differs from ``model``'s is rebuilt to the saved one
     (on the device and dtype of the layer it replaces), then the ``state_dict`` is loaded.
-    Reads with ``torch.load(weights_only=True)``: no code from the file runs.
+    Reads with ``torch.load(weights_only=True)``, or safetensors for a path ending in
+    ``.safetensors``: no code from the file runs.
 
     Args:
         path: the file.
         model: a model of the class that was saved (typically freshly constructed); it is
             changed in place and returned.
-        map_location: passed to ``torch.load``.
+        map_location: passed to ``torch.load``; for safetensors, a device (or its name) to
+            load the tensors on (default: the CPU).
         strict: passed to ``load_state_dict``.
 
     Returns:
@@ -84,7 +99,10 @@ def load(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load expected an nn.Module to load into, got {type(model).__name__}")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if os.fspath(path).endswith(_SAFETENSORS):
+        payload = _load_safetensors(path, map_location)
+    else:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(
             f"{os.fspath(path)!r} was not written by torchwire.save (expected format "
@@ -132,6 +150,8 @@ def _spec(m: Any) -> dict[str, Any] | None:
             "nnz": m.nnz,
             "bias": m.bias is not None,
             "backend": m.backend,
+            "input_names": _names(m.wiring.input_names),
+            "output_names": _names(m.wiring.output_names),
         }
     if kind in _CONVS:
         return {
@@ -181,14 +201,15 @@ def _build(spec: dict[str, Any], state: dict[str, Any], name: str, like: nn.Modu
         )
     elif kind == "SparseLinear":
         prefix = f"{name}." if name else ""
-        extra = state.get(prefix + "_extra_state", {})
+        extra = state.get(prefix + "_extra_state")
+        names = extra if isinstance(extra, dict) else spec  # torchwire 0.1.0 kept them there
         wiring = Wiring(
             state[prefix + "indptr"].cpu(),
             state[prefix + "indices"].cpu(),
             spec["in_features"],
             spec["out_features"],
-            input_names=extra.get("input_names"),
-            output_names=extra.get("output_names"),
+            input_names=names.get("input_names"),
+            output_names=names.get("output_names"),
         )
         new = SparseLinear(wiring, spec["bias"], backend=spec["backend"], **factory)
     elif kind in _CONVS_BY_NAME:
@@ -210,3 +231,69 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
         )
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent), attr, new)
+
+
+def _names(names: tuple[str, ...] | None) -> list[str] | None:
+    return None if names is None else list(names)
+
+
+def _safetensors() -> Any:
+    """The safetensors package (with its torch module), or a clear error naming the extra."""
+    try:
+        import safetensors
+        import safetensors.torch
+    except ImportError:
+        raise ImportError(
+            "saving or loading a .safetensors file needs the safetensors package: "
+            "pip install 'torchwire[safetensors]' (or save to a path not ending in .safetensors)"
+        ) from None
+    return safetensors
+
+
+def _save_safetensors(state: dict[str, Any], topology: dict[str, Any], path: Path) -> None:
+    """``state``'s tensors in a safetensors file; tensors sharing memory are written once,
+    under their first name, and the other names listed in the metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first: dict[tuple[Any, ...], str] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"safetensors stores tensors only, but the state_dict entry {key!r} is a "
+                f"{type(value).__name__}; save to a .pt path instead"
+            )
+        storage = value.untyped_storage().data_ptr()
+        view = (storage, value.storage_offset(), value.shape, value.stride(), value.dtype)
+        if value.numel() and view in first:
+            aliases[key] = first[view]
+            continue
+        first[view] = key
+        tensors[key] = value.detach().contiguous()
+    metadata = {
+        "format": _FORMAT,
+        "topology": json.dumps(topology),
+        "aliases": json.dumps(aliases),
+    }
+    _safetensors().torch.save_file(tensors, os.fspath(path), metadata=metadata)
+
+
+def _load_safetensors(path: Path, map_location: Any) -> dict[str, Any]:
+    """The payload of a safetensors file written by :func:`save`, as ``torch.load`` gives it."""
+    if map_location is not None and not isinstance(map_location, (str, torch.device)):
+        raise TypeError(
+            f"for a .safetensors file, map_location must be a device or its name, got "
+            f"{type(map_location).__name__}"
+        )
+    device = "cpu" if map_location is None else str(torch.device(map_location))
+    with _safetensors().safe_open(os.fspath(path), framework="pt", device=device) as f:
+        metadata = f.metadata() or {}
+        state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (no __iter__)
+    if metadata.get("format") != _FORMAT:
+        return {}
+    for key, target in json.loads(metadata.get("aliases", "{}")).items():
+        state[key] = state[target]
+    return {
+        "format": _FORMAT,
+        "topology": json.loads(metadata["topology"]),
+        "state_dict": state,
+    }
