@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from torchwire.layers import SparseLinear
 from torchwire.prune import _lowest
 from torchwire.wiring import Wiring
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+    from torch.distributed.tensor import DTensor
 
 __all__ = ["DynamicSparsity"]
 
@@ -49,6 +55,21 @@ class DynamicSparsity:
     growth records through forward hooks, which a compiled graph only sees if they exist
     when it is traced).
 
+    In distributed data-parallel training every rank takes the same decisions, so the
+    replicas stay identical: with ``torch.distributed`` initialised and more than one rank
+    in ``process_group``, the gradient scores of growth are summed over the ranks (growth
+    sees the gradient of the whole global batch, as one process trained on all of it
+    would), rank 0 chooses what to drop and grow and broadcasts the new connections, and
+    every rank moves its values, gradient and optimizer state alike. This holds under
+    ``DistributedDataParallel`` (given the DDP model or the module inside it) and FSDP2's
+    ``fully_shard`` (sharded weights and optimizer state are gathered, remapped and sharded
+    again; the index buffers, which are not sharded, are rewritten on every rank). Every
+    rank must call :meth:`step` as often as the others: each update is a collective. An
+    update first checks that the ranks have the same step count, connections and (unless
+    sharded) weights, and raises ``RuntimeError`` on every rank where they differ, since
+    the ranks could then no longer be rewired alike; models that are not replicas of each
+    other (one model per process) need a ``process_group`` of their own process.
+
     Args:
         model: the model; its SparseLinear layers whose weight requires grad are rewired
             (freeze a layer with ``weight.requires_grad_(False)`` to leave it out).
@@ -62,7 +83,13 @@ class DynamicSparsity:
             for no end and no decay. Default: ``None``.
         grow: ``"gradient"`` (RigL) or ``"random"`` (SET). Default: ``"gradient"``.
         seed: seed of the random growth. Default: ``None`` (drawn from torch's global
-            generator). Ties in magnitude drop the earlier connection first.
+            generator; in distributed training, rank 0's generator draws for all ranks).
+            Ties in magnitude drop the earlier connection first.
+        process_group: the processes holding replicas of the model, which rewire alike.
+            Default: ``None``: the DDP model's process group where ``model`` is a
+            ``DistributedDataParallel``, else the default group whenever
+            ``torch.distributed`` is initialised. A group of one process (e.g. from
+            ``torch.distributed.new_subgroups(1)``) rewires that process on its own.
 
     Examples::
 
@@ -94,6 +121,7 @@ class DynamicSparsity:
         end_step: int | None = None,
         grow: str = "gradient",
         seed: int | None = None,
+        process_group: ProcessGroup | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"DynamicSparsity expected an nn.Module, got {type(model).__name__}")
@@ -126,8 +154,13 @@ class DynamicSparsity:
                     "optimizer from model.parameters(), or freeze the layer "
                     "(weight.requires_grad_(False)) to leave it out of rewiring"
                 )
+        if process_group is None and isinstance(model, nn.parallel.DistributedDataParallel):
+            process_group = model.process_group
+        if process_group is not None:
+            _check_process_group(process_group)
         self.model = model
         self.optimizer = optimizer
+        self.process_group = process_group
         self.update_every = int(update_every)
         self.drop_fraction = float(drop_fraction)
         self.end_step = None if end_step is None else int(end_step)
@@ -159,7 +192,13 @@ class DynamicSparsity:
             fraction = self.fraction(self.step_count)
             if fraction > 0:
                 missing = [name for name in self.layers if not records.get(name)]
-                if self.grow == "gradient" and missing:  # checked before any layer changes
+                if self.grow != "gradient":
+                    missing = []
+                group = self._group()
+                # checked before any layer changes
+                if group is not None and self._check_ranks(group, bool(missing)):
+                    missing = missing or ["the layers of another rank"]
+                if missing:
                     raise RuntimeError(
                         f"DynamicSparsity(grow='gradient') saw no backward pass through "
                         f"{missing} on this update step; call loss.backward(), "
@@ -168,7 +207,50 @@ class DynamicSparsity:
                         "model: it records through hooks)"
                     )
                 for name, layer in self.layers.items():
-                    self._update(layer, fraction, records.get(name, []))
+                    self._update(layer, fraction, records.get(name, []), group)
+
+    def _group(self) -> ProcessGroup | None:
+        """The process group that rewires alike, or ``None`` to rewire this process alone."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        group = self.process_group
+        if group is None:
+            group = dist.group.WORLD
+        return None if group is None or dist.get_world_size(group) == 1 else group
+
+    def _check_ranks(self, group: ProcessGroup, missing: bool) -> bool:
+        """Raise unless the ranks of ``group`` can be rewired alike; whether any rank
+        missed the backward pass that gradient growth needs (one collective)."""
+        structure = values = 0
+        for position, layer in enumerate(self.layers.values(), 1):
+            flat = layer.wiring._flat()
+            shape = layer.in_features * 1_000_003 + layer.out_features
+            structure += position * (_bits(flat) + 31 * _bits(flat * flat) + shape)
+            weight = layer.weight.detach()
+            if not _is_dtensor(weight):  # sharded weights are one tensor by construction
+                values += position * _bits(weight)
+        facts = {
+            "step counts": self.step_count,
+            "numbers of SparseLinear layers": len(self.layers),
+            "connections": structure,
+            "weights": values,
+        }
+        status = [_int64(x) for fact in (int(missing), *facts.values()) for x in (fact, -fact)]
+        device = _collective_device(group, next(iter(self.layers.values())).weight.device)
+        reduced = torch.tensor(status, dtype=torch.int64, device=device)
+        dist.all_reduce(reduced, op=dist.ReduceOp.MAX, group=group)
+        high, low = reduced[0::2].tolist(), [-x for x in reduced[1::2].tolist()]
+        differ = [what for what, h, lo in zip(facts, high[1:], low[1:], strict=True) if h != lo]
+        if differ:
+            raise RuntimeError(
+                f"DynamicSparsity cannot rewire the ranks of its process group alike at step "
+                f"{self.step_count}: they hold different {' and '.join(differ)}. It expects "
+                "replicas of one model (DistributedDataParallel or fully_shard) on which "
+                "every rank calls step() after each optimizer step; to rewire each process "
+                "on its own, pass process_group=a group of that process alone (e.g. from "
+                "torch.distributed.new_subgroups(1))"
+            )
+        return bool(high[0])
 
     def _recording(self) -> bool:
         """Whether the coming forward and backward are those of an update step."""
@@ -194,6 +276,7 @@ class DynamicSparsity:
         layer: SparseLinear,
         fraction: float,
         records: list[tuple[torch.Tensor, torch.Tensor]],
+        group: ProcessGroup | None,
     ) -> None:
         wiring = layer.wiring
         count = min(
@@ -201,15 +284,26 @@ class DynamicSparsity:
         )
         if count <= 0:
             return
-        values = layer.weight.detach()
-        keep = torch.ones(wiring.nnz, dtype=torch.bool)
-        keep[_lowest(values.abs().cpu(), count)] = False
+        weight = layer.weight
+        values = _full(weight.detach())
         present = wiring._flat()  # sorted ids output * in_features + input
-        if self.grow == "random":
+        deciding = group is None or dist.get_rank(group) == 0  # rank 0 decides for all
+        device = None if group is None else _collective_device(group, values.device)
+        if self.grow == "gradient":
+            reduce = None if group is None else _reducer(group, device)
+            grown = _largest_gradients(present, wiring, count, records, reduce)
+        elif deciding:
             grown = _random_absent(present, wiring, count, self._generator)
+        if deciding:
+            keep = torch.ones(wiring.nnz, dtype=torch.bool)
+            keep[_lowest(values.abs().cpu(), count)] = False
+            flat, _ = torch.sort(torch.cat([present[keep], grown]))
         else:
-            grown = _largest_gradients(present, wiring, count, records)
-        flat, _ = torch.sort(torch.cat([present[keep], grown]))
+            flat = torch.empty(wiring.nnz, dtype=torch.int64)
+        if group is not None:
+            flat = flat.to(device)
+            dist.broadcast(flat, src=dist.get_global_rank(group, 0), group=group)
+            flat = flat.cpu()
         new = Wiring._from_flat(
             flat,
             wiring.in_features,
@@ -217,15 +311,16 @@ class DynamicSparsity:
             wiring.input_names,
             wiring.output_names,
         )
-        where = torch.searchsorted(flat, present[keep]).to(values.device)
-        kept = keep.to(values.device)
+        kept = torch.isin(present, flat)  # grown connections were all absent
+        where = torch.searchsorted(flat, present[kept]).to(values.device)
+        kept = kept.to(values.device)
         layer._rewire(new)
         with torch.no_grad():
-            _remap(layer.weight, where, kept)
-            if layer.weight.grad is not None:
-                _remap(layer.weight.grad, where, kept)
-            for state in self.optimizer.state.get(layer.weight, {}).values():
-                if isinstance(state, torch.Tensor) and state.shape == layer.weight.shape:
+            _remap(weight, where, kept)
+            if weight.grad is not None:
+                _remap(weight.grad, where, kept)
+            for state in self.optimizer.state.get(weight, {}).values():
+                if isinstance(state, torch.Tensor) and state.shape == weight.shape:
                     _remap(state, where, kept)
 
     def remove(self) -> None:
@@ -263,8 +358,89 @@ def _check_fraction(value: object) -> None:
         raise ValueError(f"drop_fraction must be in (0, 1], got {value}")
 
 
+def _check_process_group(group: object) -> None:
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            "DynamicSparsity got a process_group, but torch.distributed is not initialised; "
+            "call torch.distributed.init_process_group() first, or leave process_group=None"
+        )
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(
+            f"process_group must be a torch.distributed.ProcessGroup, got {type(group).__name__}"
+        )
+    if dist.get_rank(group) < 0:
+        raise ValueError(
+            f"this process (rank {dist.get_rank()}) is not in the process_group given to "
+            "DynamicSparsity; pass a group that holds it (each rank its own, e.g. from "
+            "torch.distributed.new_subgroups)"
+        )
+
+
+def _collective_device(group: ProcessGroup, device: torch.device) -> torch.device:
+    """Where tensors for ``group``'s collectives live: the layers' device, or the CPU where
+    the layers are there or the backend is gloo alone."""
+    if device.type == "cpu" or dist.get_backend(group) == "gloo":
+        return torch.device("cpu")
+    return device
+
+
+def _reducer(
+    group: ProcessGroup, device: torch.device | None
+) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    """A function summing a tensor over ``group`` into its rank 0 (``None`` elsewhere)."""
+    root = dist.get_global_rank(group, 0)
+    deciding = dist.get_rank(group) == 0
+
+    def reduce(t: torch.Tensor) -> torch.Tensor | None:
+        t = t.to(device).contiguous()
+        dist.reduce(t, dst=root, group=group)
+        return t if deciding else None
+
+    return reduce
+
+
+def _is_dtensor(t: torch.Tensor) -> TypeGuard[DTensor]:
+    """Whether ``t`` is a DTensor (a parameter sharded by FSDP2, for example)."""
+    if not dist.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """``t`` whole on every rank: a DTensor's ``full_tensor()`` (a collective), else ``t``."""
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+_INTS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: torch.Tensor) -> int:
+    """The sum of ``t``'s elements read as integers: tensors that are bit for bit equal
+    have the same (wrapped to 64 bits, whatever the order of summation)."""
+    flat = t.contiguous().view(-1)
+    flat = flat.view(_INTS.get(flat.element_size(), torch.uint8))
+    return int(flat.sum(dtype=torch.int64))
+
+
+def _int64(value: int) -> int:
+    """``value`` wrapped to a signed 64-bit integer."""
+    return (value + 2**63) % 2**64 - 2**63
+
+
 def _remap(t: torch.Tensor, where: torch.Tensor, kept: torch.Tensor) -> None:
-    """In place: survivor ``kept`` values move to positions ``where``; the rest become 0."""
+    """In place: survivor ``kept`` values move to positions ``where``; the rest become 0.
+
+    A DTensor is gathered, remapped and sharded again as it was (every rank alike)."""
+    if _is_dtensor(t):
+        from torch.distributed.tensor import distribute_tensor
+
+        full = t.full_tensor()
+        _remap(full, where, kept)
+        shards = distribute_tensor(full, t.device_mesh, t.placements, src_data_rank=None)
+        t.to_local().copy_(shards.to_local())
+        return
     survivors = t[kept].clone()
     t.zero_()
     t[where] = survivors
@@ -293,9 +469,13 @@ def _largest_gradients(
     wiring: Wiring,
     count: int,
     records: list[tuple[torch.Tensor, torch.Tensor]],
+    reduce: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """The ``count`` absent connection ids of largest ``|sum_b g_b^T x_b|``, computed a
-    chunk of output rows at a time."""
+    chunk of output rows at a time.
+
+    With ``reduce``, each chunk of the gradient goes through it (a sum over ranks, say):
+    where it returns ``None`` nothing is chosen and the result is empty."""
     n_in, n_out = wiring.in_features, wiring.out_features
     pairs = [(x.reshape(-1, n_in), g.reshape(-1, n_out)) for x, g in records]
     rows = max(1, _CHUNK_ELEMENTS // max(n_in, 1))
@@ -303,8 +483,12 @@ def _largest_gradients(
     best_ids = torch.zeros(0, dtype=torch.int64)
     for start in range(0, n_out, rows):
         stop = min(start + rows, n_out)
-        grad = sum(g[:, start:stop].T.double() @ x.double() for x, g in pairs)
-        scores = grad.abs().flatten().cpu()  # type: ignore[union-attr]
+        grad: Any = sum(g[:, start:stop].T.double() @ x.double() for x, g in pairs)
+        if reduce is not None:
+            grad = reduce(grad)
+            if grad is None:
+                continue
+        scores = grad.abs().flatten().cpu()
         inside = present[(present >= start * n_in) & (present < stop * n_in)] - start * n_in
         scores[inside] = -1.0  # present connections are not candidates
         top = torch.topk(scores, min(count, scores.numel()))
