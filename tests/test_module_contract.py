@@ -763,14 +763,3 @@ def test_cuda_matches_cpu(case: Case) -> None:
     cuda_out = copy.deepcopy(m).cuda()(*_map(lambda t: t.cuda(), inputs))
     assert all(y.is_cuda for y in _leaves(cuda_out))
     _close(_map(lambda t: t.cpu(), cuda_out), out)
-
-
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_torch_export_matches_eager(case: Case) -> None:
-    # torch.export is how models reach deployment (ONNX, ExecuTorch, AOTInductor): the
-    # exported program must compute what the module does.
-    m = case.make(dtype=torch.float32).eval()
-    inputs = case.make_inputs(m, (5,), torch.float32, "cpu")
-    program = torch.export.export(m, tuple(inputs))
-    with torch.no_grad():
-        _close(program.module()(*inputs), m(*inputs))

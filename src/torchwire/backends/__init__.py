@@ -5,14 +5,21 @@ A backend is a function plus a capability check and a cost estimate. ``select`` 
 backends whose check accepts the problem and returns the one with the lowest estimated cost;
 a name forces that backend (an error if it cannot run the problem). The cost models are
 calibrated from ``torchwire bench`` runs; their constants live next to each backend.
+
+While ``torch.onnx.export`` traces a model, the computation is meant for onnxruntime, not for
+torch's kernels: ``select`` then chooses among the backends' ONNX forms (graphs of standard
+ONNX ops, :attr:`Backend.onnx`) by their onnxruntime costs. That is the only place torchwire
+asks whether it is exporting to ONNX.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 
 import torch
 
@@ -306,6 +313,11 @@ class Backend:
             :class:`BlockLayout` or :class:`SparseIndex`) and weights of ``like``'s dtype and
             device, with what it can prepare once (scratch matrices, positions) already
             found; or ``None`` to call ``fn``.
+        onnx: optional; what ``fn`` computes as a graph of standard ONNX ops (same
+            signature), traced in its place by ``torch.onnx.export``; ``None`` where the
+            backend has no such form (``select`` then never picks it for ONNX).
+        onnx_cost: optional; the estimated cost of the ``onnx`` graph in onnxruntime, in
+            the units of ``cost`` (default: ``cost``).
     """
 
     name: str
@@ -314,6 +326,8 @@ class Backend:
     supports: Callable[[Any], str | None]
     cost: Callable[[Any], float]
     bind: Callable[[Any, Any, torch.Tensor], Callable[..., torch.Tensor] | None] | None = None
+    onnx: Callable[..., torch.Tensor] | None = None
+    onnx_cost: Callable[[Any], float] | None = None
 
     def bound(
         self, problem: Any, structure: Any, like: torch.Tensor
@@ -386,7 +400,14 @@ def plan(
 ) -> tuple[Backend, P]:
     """``(select(op, problem(*key), backend), problem(*key))``, memoised on the plain tuple
     ``key`` (which must determine the problem): what a layer's call does instead of building
-    and hashing a problem, so choosing costs one dictionary lookup."""
+    and hashing a problem, so choosing costs one dictionary lookup.
+
+    While ``torch.export`` traces (``torch.onnx.export`` too), the choice is made afresh,
+    for the example input: a dynamic size (a ``SymInt``) counts as its example value,
+    without constraining it."""
+    if torch.compiler.is_compiling() and not torch.compiler.is_dynamo_compiling():
+        built = problem(*(_example(k) for k in key))
+        return select(op, built, backend), built
     memo = (op, backend, key)
     hit = _PLANS.get(memo)
     if hit is not None:
@@ -398,6 +419,16 @@ def plan(
             _PLANS.clear()
         _PLANS[memo] = (chosen, built)
     return chosen, built
+
+
+def _example(value: Any) -> Any:
+    """``value``, or a symbolic int's example value (no guard on it: choosing a backend is an
+    optimization decision, and every backend computes any size)."""
+    if isinstance(value, torch.SymInt):
+        from torch.fx.experimental.symbolic_shapes import optimization_hint  # loaded by export
+
+        return optimization_hint(value)
+    return value
 
 
 def available(op: str, problem: Any = None) -> tuple[str, ...]:
@@ -415,15 +446,19 @@ def available(op: str, problem: Any = None) -> tuple[str, ...]:
 
 
 def select(op: str, problem: Any, backend: str = "auto") -> Backend:
-    """Return the backend that computes ``problem``: the named one, or the cheapest for "auto"."""
+    """Return the backend that computes ``problem``: the named one, or the cheapest for "auto".
+
+    While ``torch.onnx.export`` traces, the backend returned computes through its ONNX form
+    (its ``fn`` is :attr:`Backend.onnx`, its ``cost`` the onnxruntime cost): the named one
+    where it has such a form, else the cheapest in onnxruntime of those that have one.
+    """
     backends = _backends(op)
+    if _exporting_onnx():
+        return _select_onnx(op, problem, backend, backends)
     if backend != "auto":
         chosen = backends.get(backend)
         if chosen is None:
-            raise ValueError(
-                f"unknown backend {backend!r} for {op}; expected 'auto' or one of "
-                f"{sorted(backends)}"
-            )
+            _unknown(op, backend, backends)
         reason = chosen.supports(problem)
         if reason is not None:
             raise ValueError(
@@ -450,6 +485,43 @@ def select(op: str, problem: Any, backend: str = "auto") -> Backend:
             _CHOSEN.clear()
         _CHOSEN[(op, problem)] = best
     return best
+
+
+def _exporting_onnx() -> bool:
+    """Whether ``torch.onnx.export`` is tracing the call (``dynamo=True`` traces with
+    ``torch.export``'s non-strict mode, which runs this Python). False under torch.compile and
+    strict ``torch.export`` (dynamo's own answer there), and cheap when not compiling."""
+    if not torch.compiler.is_compiling() or torch.compiler.is_dynamo_compiling():
+        return False
+    onnx = sys.modules.get("torch.onnx")  # an export has imported it; don't import it here
+    return onnx is not None and bool(onnx.is_in_onnx_export())
+
+
+def _select_onnx(op: str, problem: Any, backend: str, backends: dict[str, Backend]) -> Backend:
+    """:func:`select` for a graph exported to ONNX (see there)."""
+    if backend != "auto" and backend not in backends:
+        _unknown(op, backend, backends)
+    forms = {
+        name: b
+        for name, b in backends.items()
+        if b.onnx is not None and b.supports(problem) is None
+    }
+    if not forms:
+        raise RuntimeError(f"no registered backend of {op} exports to ONNX: {problem}")
+
+    def onnx_cost(b: Backend) -> float:
+        return (b.onnx_cost or b.cost)(problem)
+
+    chosen = forms.get(backend) or min(forms.values(), key=onnx_cost)
+    return dataclasses.replace(
+        chosen, fn=chosen.onnx or chosen.fn, cost=chosen.onnx_cost or chosen.cost, bind=None
+    )
+
+
+def _unknown(op: str, backend: str, backends: dict[str, Backend]) -> NoReturn:
+    raise ValueError(
+        f"unknown backend {backend!r} for {op}; expected 'auto' or one of {sorted(backends)}"
+    )
 
 
 def _backends(op: str) -> dict[str, Backend]:

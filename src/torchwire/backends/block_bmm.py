@@ -323,7 +323,8 @@ def _backend(name: str, mode: str) -> Backend:
     ) -> torch.Tensor:
         return _block_linear(input, weight, bias, problem.layout, mode, problem.requires_grad)
 
-    return Backend(name, "block_linear", fn, supports, lambda p: _cost_for(p, mode))
+    # Traced graphs (torch.export, ONNX) take the plain per-run products: standard ops.
+    return Backend(name, "block_linear", fn, supports, lambda p: _cost_for(p, mode), onnx=fn)
 
 
 # Cost model, in units of one multiply-add of a large GEMM (block_dense uses the same units).

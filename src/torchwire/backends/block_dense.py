@@ -28,11 +28,14 @@ from torchwire.backends import (
 _CALL_CPU = 20_000.0
 
 
-def dense_weight(weight: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
-    """The ``(out_features, in_features)`` block-diagonal matrix of a block weight."""
+def dense_weight(
+    weight: torch.Tensor, layout: BlockLayout, put: Callable[..., torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The ``(out_features, in_features)`` block-diagonal matrix of a block weight, written
+    by ``put(zeros, positions, values)`` (default: ``put_``; :func:`scatter` in ONNX graphs)."""
     values = weight.expand(layout.groups, -1, -1) if layout.shared else weight
     dense = weight.new_zeros((layout.out_features, layout.in_features))
-    return _put(dense, _positions(layout, weight.device), values)
+    return (put or _put)(dense, _positions(layout, weight.device), values)
 
 
 def _put(dense: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -42,6 +45,15 @@ def _put(dense: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> 
     if torch._C._are_functorch_transforms_active():
         return torch.put(dense, positions, values)
     return dense.put_(positions, values)
+
+
+def scatter(dense: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``dense`` with ``values`` at its flat ``positions``, out of place, by ``scatter``: what
+    ONNX graphs write a dense weight with (ScatterElements; ``put`` has no ONNX translation).
+    Where the values and positions are initializers, onnxruntime computes it once, when it
+    loads the model."""
+    flat = dense.reshape(-1).scatter(0, positions.reshape(-1), values.reshape(-1))
+    return flat.view(dense.shape)
 
 
 def _positions(layout: BlockLayout, device: torch.device) -> torch.Tensor:
@@ -68,6 +80,13 @@ def block_linear_dense(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, problem: BlockProblem
 ) -> torch.Tensor:
     return F.linear(input, dense_weight(weight, problem.layout), bias)
+
+
+def block_linear_dense_onnx(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, problem: BlockProblem
+) -> torch.Tensor:
+    """The ONNX form: the dense weight scattered (constant-folded by onnxruntime), one Gemm."""
+    return F.linear(input, dense_weight(weight, problem.layout, scatter), bias)
 
 
 def _bind(
@@ -164,4 +183,14 @@ def _cost(problem: BlockProblem) -> float:
     return passes * (problem.rows * dense + LAUNCH_CUDA) + 2 * LAUNCH_CUDA
 
 
-register(Backend("dense", "block_linear", block_linear_dense, _supports, _cost, _bind))
+register(
+    Backend(
+        "dense",
+        "block_linear",
+        block_linear_dense,
+        _supports,
+        _cost,
+        _bind,
+        onnx=block_linear_dense_onnx,
+    )
+)

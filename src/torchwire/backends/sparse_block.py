@@ -59,4 +59,16 @@ def _cost(problem: SparseProblem) -> float:
     return chosen.cost(block_problem)
 
 
-register(Backend("block", "sparse_linear", sparse_linear_block, _supports, _cost, _bind))
+# In an ONNX graph the block plan is of block_linear's ONNX forms (select chooses them), at
+# their onnxruntime costs.
+register(
+    Backend(
+        "block",
+        "sparse_linear",
+        sparse_linear_block,
+        _supports,
+        _cost,
+        _bind,
+        onnx=sparse_linear_block,
+    )
+)

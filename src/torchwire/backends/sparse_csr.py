@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from torchwire.backends import LAUNCH_CUDA, Backend, SparseIndex, SparseProblem, register
+from torchwire.backends.sparse_dense import connection_outputs
 
 _NATIVE = (torch.float32, torch.float64)
 _FIRST_CSR = [True]
@@ -234,6 +235,25 @@ def sparse_linear_csr(
     return y if bias is None else y + bias
 
 
+def sparse_linear_gather(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    index: SparseIndex,
+    problem: SparseProblem,
+) -> Tensor:
+    r"""The ONNX form (no sparse kernels there), the same ``rows * nnz`` products:
+    :math:`y^T = \mathrm{ScatterND_{add}}(0, o, x^T[i] \odot w)`: the input rows of every
+    connection gathered (by input ``i_e``), scaled by its value ``w_e``, and added into its
+    output's row ``o_e`` (Gather, Mul, ScatterND with ``reduction="add"``). The outputs are
+    computed from the index buffers (folded by onnxruntime when it loads the model)."""
+    outputs = connection_outputs(index)
+    products = input.t().index_select(0, index.indices) * weight.unsqueeze(1)
+    y = input.new_zeros((index.out_features, input.shape[0]))
+    y = y.index_put((outputs,), products, accumulate=True).t()
+    return y if bias is None else y + bias
+
+
 def _supports(problem: SparseProblem) -> str | None:
     if problem.functorch:
         return "torch.func transforms (grad, vmap, ...) cannot run its sparse kernels"
@@ -274,4 +294,27 @@ def _cost(problem: SparseProblem) -> float:
     )
 
 
-register(Backend("csr", "sparse_linear", sparse_linear_csr, _supports, _cost))
+# onnxruntime (one thread, MLAS), in units of one multiply-add of its large GEMM (about
+# 22 ps): the gathered form costs about 1140 a connection (ScatterND's work per index, above
+# all) and 86 a product (Gather, Mul and ScatterND's add per row). Fitted to
+# benchmarks/onnx_sparse.py (1024 x 1024 at 0.2%-50%, batch 1, 8 and 64; within 1.4x, the
+# gathered form wins below about 1% density): benchmarks/results/cpu-intel-xeon-float32-onnx.md.
+_ONNX_PER_CONNECTION = 1140.0
+_ONNX_PER_PRODUCT = 86.0
+
+
+def _onnx_cost(problem: SparseProblem) -> float:
+    return (_ONNX_PER_CONNECTION + _ONNX_PER_PRODUCT * problem.rows) * problem.nnz
+
+
+register(
+    Backend(
+        "csr",
+        "sparse_linear",
+        sparse_linear_csr,
+        _supports,
+        _cost,
+        onnx=sparse_linear_gather,
+        onnx_cost=_onnx_cost,
+    )
+)

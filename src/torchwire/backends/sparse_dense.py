@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from torchwire.backends import LAUNCH_CUDA, Backend, SparseIndex, SparseProblem, register
-from torchwire.backends.block_dense import _put, linear_through, scratch, transposed
+from torchwire.backends.block_dense import _put, linear_through, scatter, scratch, transposed
 
 # Cost model, in units of one multiply-add of a large GEMM (shared by every backend), as
 # (forward, forward+backward) pairs. CPU: besides the GEMMs, each element of the dense weight
@@ -49,15 +49,21 @@ def positions(index: SparseIndex, device: object = None) -> torch.Tensor:
 
 
 def _positions(index: SparseIndex) -> torch.Tensor:
+    return connection_outputs(index) * index.in_features + index.indices
+
+
+def connection_outputs(index: SparseIndex) -> torch.Tensor:
+    """The output of every connection (int64, canonical order), from the index's tensors."""
     # Each connection's output is the number of outputs (after the first) starting at or
     # before it: a mark at each start, summed. Cheaper than repeat_interleave, above all in a
     # compiled graph, which derives this on every call (measured 1.16x the eager layer's
-    # time against 2.9x, forward+backward, 1024 x 1024 at 50%, batch 64).
-    n_in, nnz = index.in_features, index.nnz
-    starts = index.indptr[1:-1]
+    # time against 2.9x, forward+backward, 1024 x 1024 at 50%, batch 64); and it exports
+    # to ONNX (repeat_interleave's output_size does not; ONNX's scatters index by int64).
+    nnz = index.nnz
+    starts = index.indptr[1:-1].to(torch.int64)
     marks = torch.zeros(nnz + 1, dtype=torch.int64, device=starts.device)
-    marks.index_add_(0, starts, torch.ones_like(starts, dtype=torch.int64))
-    return marks.cumsum(0)[:nnz] * n_in + index.indices
+    marks.index_add_(0, starts, torch.ones_like(starts))
+    return marks.cumsum(0)[:nnz]
 
 
 def sparse_linear_dense(
@@ -68,6 +74,20 @@ def sparse_linear_dense(
     problem: SparseProblem,
 ) -> torch.Tensor:
     return F.linear(input, dense_weight(weight, index), bias)
+
+
+def sparse_linear_dense_onnx(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    index: SparseIndex,
+    problem: SparseProblem,
+) -> torch.Tensor:
+    """The ONNX form: the dense weight scattered from the values at positions computed from
+    the index buffers, then one Gemm. All of the weight's graph reads initializers only, so
+    onnxruntime computes it once, when it loads the model: a call is one Gemm."""
+    dense = weight.new_zeros((index.out_features, index.in_features))
+    return F.linear(input, scatter(dense, _positions(index), weight), bias)
 
 
 def _bind(
@@ -106,4 +126,26 @@ def _cost(problem: SparseProblem) -> float:
     )
 
 
-register(Backend("dense", "sparse_linear", sparse_linear_dense, _supports, _cost, _bind))
+# onnxruntime (one thread, MLAS), in units of one multiply-add of its large GEMM: the
+# weight is folded into a dense matrix when the model loads, so a call is one Gemm, which
+# also streams the whole matrix (about as much as 10 rows of multiply-adds). Fitted with
+# sparse_csr's ONNX model (see there).
+_ONNX_PER_ELEMENT = 10.0
+
+
+def _onnx_cost(problem: SparseProblem) -> float:
+    return (problem.rows + _ONNX_PER_ELEMENT) * problem.in_features * problem.out_features
+
+
+register(
+    Backend(
+        "dense",
+        "sparse_linear",
+        sparse_linear_dense,
+        _supports,
+        _cost,
+        _bind,
+        onnx=sparse_linear_dense_onnx,
+        onnx_cost=_onnx_cost,
+    )
+)
