@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from torchwire import _surgery
 from torchwire.layers import SparseLinear
-from torchwire.prune import _lowest
 from torchwire.wiring import Wiring
 
 if TYPE_CHECKING:
@@ -296,7 +296,7 @@ class DynamicSparsity:
             grown = _random_absent(present, wiring, count, self._generator)
         if deciding:
             keep = torch.ones(wiring.nnz, dtype=torch.bool)
-            keep[_lowest(values.abs().cpu(), count)] = False
+            keep[_surgery.lowest(values.abs().cpu(), count)] = False
             flat, _ = torch.sort(torch.cat([present[keep], grown]))
         else:
             flat = torch.empty(wiring.nnz, dtype=torch.int64)

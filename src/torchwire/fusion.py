@@ -16,9 +16,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from torchwire import _surgery
 from torchwire.containers import Parallel, _merge
 from torchwire.functional import _group_sizes
-from torchwire.layers import BlockLinear, SparseLinear, _dense_linear, _edge_values
+from torchwire.layers import BlockLinear, SparseLinear
 from torchwire.wiring import Wiring
 
 __all__ = ["FusedParallel", "fuse_parallel", "unfuse"]
@@ -247,7 +248,7 @@ def fuse_parallel(parallel: nn.Module) -> FusedParallel:
     if type(first) in _CONVS.values():
         layer, order, feature_dim = _fuse_convs(named)
     elif kinds == {nn.Linear}:
-        layer, order, feature_dim = _dense_linear(*_cat_rows(named)), None, -1
+        layer, order, feature_dim = _surgery.dense_linear(*_cat_rows(named)), None, -1
     elif kinds == {BlockLinear} and len({m.in_sizes for _, m in named}) == 1:
         layer, order, feature_dim = _fuse_blocks(named)
     else:
@@ -456,7 +457,7 @@ def _fuse_blocks(named: _Named) -> tuple[nn.Module, list[int] | None, int]:
 
 
 def _fuse_sparse(named: _Named) -> SparseLinear:
-    wirings, values = zip(*(_edge_values(m) for _, m in named), strict=True)
+    wirings, values = zip(*(_surgery.edges(m) for _, m in named), strict=True)
     edges, offset = [], 0
     for w in wirings:  # outputs stacked: each branch's edges keep their canonical order
         e = w.edges().clone()

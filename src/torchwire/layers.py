@@ -191,7 +191,7 @@ class BlockLinear(nn.Module):
 
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` computing the same function (zeros outside the blocks)."""
-        return _dense_linear(dense_weight(self.weight, self._layout), self.bias)
+        return _to_linear(dense_weight(self.weight, self._layout), self.bias)
 
     @classmethod
     def from_linears(cls, linears: Sequence[nn.Linear], *, backend: str = "auto") -> BlockLinear:
@@ -597,7 +597,7 @@ class SparseLinear(nn.Module):
 
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` computing the same function (zeros where no connection exists)."""
-        return _dense_linear(_sparse_dense.dense_weight(self.weight, self._index()), self.bias)
+        return _to_linear(_sparse_dense.dense_weight(self.weight, self._index()), self.bias)
 
     @classmethod
     def from_dense(
@@ -877,51 +877,6 @@ def _check_backend(op: str, backend: str) -> str:
 
 
 # The layers model surgery (merging, pruning, saving) understands, by kind; exact types only.
-_LINEARS = (nn.Linear, BlockLinear, SparseLinear)
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
-
-
-def _filled(layer: Any, values: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    """``layer`` holding ``values`` (its weight's elements in order: ``wiring.edges()`` order
-    for torchwire layers) and ``bias``."""
-    with torch.no_grad():
-        layer.weight.copy_(values.view_as(layer.weight))
-        if bias is not None:
-            layer.bias.copy_(bias)
-    return layer  # type: ignore[no-any-return]
-
-
-def _dense_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    """An ``nn.Linear`` holding copies of a dense ``(out, in)`` ``weight`` and ``bias``."""
-    out_features, in_features = weight.shape
-    linear = nn.Linear(
-        in_features,
-        out_features,
-        bias=bias is not None,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        if bias is not None and linear.bias is not None:
-            linear.bias.copy_(bias)
-    return linear
-
-
-def _edge_values(module: Any) -> tuple[Wiring, torch.Tensor]:
-    """An ``nn.Linear``'s, ``BlockLinear``'s or ``SparseLinear``'s wiring and its connection
-    values in ``wiring.edges()`` order, detached (a shared block repeated for every group)."""
-    if isinstance(module, SparseLinear):
-        return module.wiring, module.weight.detach()
-    weight = module.weight.detach()
-    if isinstance(module, BlockLinear):
-        if module.shared:
-            weight = weight.expand(module.groups, -1, -1)
-        return module.wiring, weight.reshape(-1)
-    return Wiring.block_diagonal([module.in_features], [module.out_features]), weight.reshape(-1)
-
-
 def _linear_weight_bound(fan_in: int) -> float:
     """``nn.Linear``'s weight bound ``1/sqrt(fan_in)``, computed as ``kaiming_uniform_(a=
     sqrt(5))`` computes it (it can differ in the last bit, which float64 draws keep)."""
@@ -1055,10 +1010,16 @@ class MultiLinear(nn.Module):
 
     def to_dense(self) -> nn.Linear:
         """The ``nn.Linear(sum(in_features), out_features)`` over the concatenated inputs."""
-        return _dense_linear(torch.cat(list(self.weights), 1), self.bias)
+        return _to_linear(torch.cat(list(self.weights), 1), self.bias)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={list(self.in_features)}, out_features={self.out_features}, "
             f"bias={self.bias is not None}"
         )
+
+
+def _to_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    from torchwire._surgery import dense_linear  # surgery builds on the layers: import late
+
+    return dense_linear(weight, bias)

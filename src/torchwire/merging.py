@@ -45,18 +45,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils._pytree import tree_leaves
 
+from torchwire import _surgery
 from torchwire.containers import Parallel
 from torchwire.fusion import FusedParallel, fuse_parallel
-from torchwire.layers import (
-    _CONVS,
-    _LINEARS,
-    _NORMS,
-    BlockLinear,
-    SparseLinear,
-    _dense_linear,
-    _edge_values,
-    _filled,
-)
+from torchwire.layers import BlockLinear, SparseLinear
 from torchwire.wiring import Wiring
 
 __all__ = [
@@ -349,9 +341,9 @@ def merge(first: nn.Module, second: nn.Module, *, allow_border: bool = False) ->
                 f"merge expected nn.Module arguments, got {type(module).__name__} as {name}"
             )
     pair = f"{type(first).__name__} then {type(second).__name__}"
-    if type(first) in _LINEARS and type(second) in _LINEARS:
+    if type(first) in _surgery.LINEARS and type(second) in _surgery.LINEARS:
         return _merge_linears(first, second)
-    if type(first) in _CONVS and type(second) is type(first):
+    if type(first) in _surgery.CONVS and type(second) is type(first):
         return _merge_convs(first, second, allow_border)
     if isinstance(second, nn.modules.batchnorm._BatchNorm) and _norm_fits(first, second):
         return _fold_after(first, second)
@@ -362,14 +354,14 @@ def merge(first: nn.Module, second: nn.Module, *, allow_border: bool = False) ->
 
 def _norm_fits(layer: nn.Module, bn: nn.Module) -> bool:
     """Whether ``bn`` is the BatchNorm kind that goes with ``layer``."""
-    if type(layer) in _CONVS:
-        return type(bn) is _NORMS[type(layer)]  # type: ignore[index]
-    return type(layer) in _LINEARS and type(bn) is nn.BatchNorm1d
+    if type(layer) in _surgery.CONVS:
+        return type(bn) is _surgery.NORM_OF[type(layer)]
+    return type(layer) in _surgery.LINEARS and type(bn) is nn.BatchNorm1d
 
 
 def _values(m: Any) -> tuple[Wiring, torch.Tensor]:
     """A linear layer's wiring and its values in ``wiring.edges()`` order, in float64."""
-    wiring, values = _edge_values(m)
+    wiring, values = _surgery.edges(m)
     return wiring, values.double()
 
 
@@ -386,17 +378,17 @@ def _same_layer(
 ) -> nn.Module:
     """A layer of ``m``'s type and wiring with new connection values (edges order)."""
     if isinstance(m, nn.Linear):
-        return _dense_linear(
+        return _surgery.dense_linear(
             values.view_as(m.weight).to(dtype), None if bias is None else bias.to(dtype)
         )
     factory = {"device": m.weight.device, "dtype": dtype}
     if isinstance(m, SparseLinear):
-        new: Any = SparseLinear(m.wiring, bias is not None, backend=m.backend, **factory)
+        new: nn.Module = SparseLinear(m.wiring, bias is not None, backend=m.backend, **factory)
     else:
         new = BlockLinear(
             list(m.in_sizes), list(m.out_sizes), bias=bias is not None, backend=m.backend, **factory
         )
-    return _filled(new, values, bias)
+    return _surgery.filled(new, values, bias)
 
 
 def _merge_linears(first: Any, second: Any) -> nn.Module:
@@ -409,7 +401,7 @@ def _merge_linears(first: Any, second: Any) -> nn.Module:
     b1, b2 = _f64(first.bias), _f64(second.bias)
     if type(first) is nn.Linear and type(second) is nn.Linear:
         weight, bias = compose_linear_weights(first.weight, first.bias, second.weight, second.bias)
-        return _dense_linear(weight, bias)
+        return _surgery.dense_linear(weight, bias)
     w2 = _dense(second)
     bias = _add(None if b1 is None else w2 @ b1, b2)
     weight = w2 @ _dense(first)
@@ -424,12 +416,12 @@ def _merge_linears(first: Any, second: Any) -> nn.Module:
             dtype=dtype,
         )
         edges = wiring.edges().to(weight.device)
-        return _filled(block, weight[edges[:, 1], edges[:, 0]], bias)
+        return _surgery.filled(block, weight[edges[:, 1], edges[:, 0]], bias)
     if wiring.density <= SPARSE_DENSITY:
         return SparseLinear._with_values(
             wiring, weight.to(dtype), None if bias is None else bias.to(dtype), "auto"
         )
-    return _dense_linear(weight.to(dtype), None if bias is None else bias.to(dtype))
+    return _surgery.dense_linear(weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
 def _padding(conv: Any) -> tuple[int, ...]:
@@ -577,15 +569,15 @@ def _check_norm(bn: Any, channels: int, layer: nn.Module, where: str) -> None:
 
 
 def _fold_after(layer: Any, bn: Any) -> nn.Module:
-    channels = layer.out_channels if type(layer) in _CONVS else layer.out_features
+    channels = layer.out_channels if type(layer) in _surgery.CONVS else layer.out_features
     _check_norm(bn, channels, layer, "gives")
     dtype = layer.weight.dtype
-    if type(layer) in _CONVS or type(layer) is nn.Linear:
+    if type(layer) in _surgery.CONVS or type(layer) is nn.Linear:
         w, b = fold_batchnorm_weights(
             layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
         )
         if type(layer) is nn.Linear:
-            return _dense_linear(w, b)
+            return _surgery.dense_linear(w, b)
         return _conv_like(layer, channels, w, b)
     wiring, values = _values(layer)
     scale, shift = _bn_scale_shift(bn)
@@ -595,10 +587,10 @@ def _fold_after(layer: Any, bn: Any) -> nn.Module:
 
 
 def _fold_before(bn: Any, layer: Any, allow_border: bool) -> nn.Module:
-    channels = layer.in_channels if type(layer) in _CONVS else layer.in_features
+    channels = layer.in_channels if type(layer) in _surgery.CONVS else layer.in_features
     _check_norm(bn, channels, layer, "takes")
     dtype = layer.weight.dtype
-    if type(layer) in _CONVS:
+    if type(layer) in _surgery.CONVS:
         scale, shift = _bn_scale_shift(bn)
         padded = any(_padding(layer)) and layer.padding_mode == "zeros"
         if padded and bool(shift.any()) and not allow_border:

@@ -27,19 +27,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.prune import BasePruningMethod
 
+from torchwire import _surgery
 from torchwire.containers import Parallel
-from torchwire.layers import (
-    _CONVS,
-    _LINEARS,
-    _NORMS,
-    BlockLinear,
-    SparseLinear,
-    _dense_linear,
-    _edge_values,
-    _filled,
-)
+from torchwire.layers import BlockLinear, SparseLinear
 from torchwire.wiring import Wiring
 
 __all__ = ["dead_neurons", "edges", "global_edges", "neurons", "sparsify"]
@@ -96,7 +87,7 @@ def edges(
         250
     """
     _check_linear(module, "prune.edges")
-    wiring, values = _edge_values(module)
+    wiring, values = _surgery.edges(module)
     if (amount is None) == (threshold is None):
         raise ValueError(
             "prune.edges takes exactly one of amount (fraction or count of connections) and "
@@ -111,7 +102,7 @@ def edges(
     else:
         count = _amount_count(amount, wiring.nnz)
         keep = torch.ones(wiring.nnz, dtype=torch.bool)
-        keep[_lowest(_scores(values, method, seed), count)] = False
+        keep[_surgery.lowest(_scores(values, method, seed), count)] = False
     return _sparse_with(module, wiring.select_edges(keep), values[keep.to(values.device)])
 
 
@@ -151,11 +142,11 @@ def global_edges(
     """
     _check_method(method, ("magnitude", "random"))
     layers = _layers(model, filter, "prune.global_edges")
-    pairs = [_edge_values(m) for _, m in layers]
+    pairs = [_surgery.edges(m) for _, m in layers]
     scores = _scores(torch.cat([v.reshape(-1).cpu() for _, v in pairs]), method, seed)
     count = _amount_count(amount, scores.numel())
     keep = torch.ones(scores.numel(), dtype=torch.bool)
-    keep[_lowest(scores, count)] = False
+    keep[_surgery.lowest(scores, count)] = False
     new = _copy(model)
     start = 0
     for (name, _), (wiring, values) in zip(layers, pairs, strict=True):
@@ -264,7 +255,7 @@ def neurons(
             )
         scores = _unit_scores(link, criterion)
         remove = torch.zeros(units, dtype=torch.bool)
-        remove[_lowest(scores, count)] = True
+        remove[_surgery.lowest(scores, count)] = True
         plan.remove(link, remove, warn=True)
     if not plan.layers:
         raise ValueError(
@@ -428,7 +419,7 @@ def _links(model: nn.Module) -> list[_Link]:
             stateful = [producer, *consumers, *(m for m in chain if _has_state(m))]
             if any(counts[id(m)] > 1 for m in stateful):
                 continue  # a module used twice: shrinking it would break its other use
-            if not all(_plain(m) for m in [producer, *chain, *consumers]):
+            if not all(_surgery.plain(m, prune_masks=True) for m in [producer, *chain, *consumers]):
                 continue
             links.append(_Link(name, producer, chain, consumers))
     return links
@@ -450,9 +441,9 @@ def _flatten(seq: nn.Module, prefix: str, covered: set[str]) -> list[tuple[str, 
 
 def _kind(m: nn.Module) -> type | None:
     """``nn.Linear`` for linear layers, the conv type for ungrouped convs, else ``None``."""
-    if type(m) in _LINEARS:
+    if type(m) in _surgery.LINEARS:
         return nn.Linear
-    if type(m) in _CONVS and getattr(m, "groups", None) == 1:
+    if type(m) in _surgery.CONVS and getattr(m, "groups", None) == 1:
         return type(m)
     return None
 
@@ -466,8 +457,8 @@ def _elementwise(m: Any, kind: type, units: int) -> bool:
         return True
     if type(m) is nn.PReLU:
         return m.num_parameters == 1
-    norm = nn.BatchNorm1d if kind is nn.Linear else _NORMS[kind]  # type: ignore[index]
-    return (
+    norm = nn.BatchNorm1d if kind is nn.Linear else _surgery.NORM_OF[kind]
+    return bool(
         type(m) is norm
         and m.num_features == units
         and m.running_mean is not None
@@ -498,21 +489,6 @@ def _has_state(m: nn.Module) -> bool:
     return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
 
 
-def _plain(m: nn.Module) -> bool:
-    """No hooks or parametrizations, except ``torch.nn.utils.prune`` masks (read through)."""
-    hooks = (
-        m._forward_hooks,
-        m._backward_hooks,
-        m._forward_hooks_with_kwargs,
-        getattr(m, "_backward_pre_hooks", {}),
-        m._state_dict_hooks,
-        m._load_state_dict_pre_hooks,
-    )
-    if any(len(h) for h in hooks) or hasattr(m, "parametrizations"):
-        return False
-    return all(isinstance(h, BasePruningMethod) for h in m._forward_pre_hooks.values())
-
-
 def _unit_scores(link: _Link, criterion: Any) -> torch.Tensor:
     m: Any = link.producer
     units = _units(m)
@@ -526,7 +502,7 @@ def _unit_scores(link: _Link, criterion: Any) -> torch.Tensor:
         return scores.double().cpu()
     power = 1 if criterion == "l1" else 2
     if _kind(m) is nn.Linear:
-        wiring, values = _edge_values(m)
+        wiring, values = _surgery.edges(m)
         rows = wiring.edges()[:, 1].to(values.device)
         sums = values.new_zeros(units, dtype=torch.float64)
         sums.index_add_(0, rows, values.double().abs() ** power)
@@ -545,7 +521,7 @@ def _fan(m: Any, side: str) -> torch.Tensor:
 
 
 def _zero_padded(m: Any) -> bool:
-    if type(m) not in _CONVS:
+    if type(m) not in _surgery.CONVS:
         return False
     padding = m.padding
     padded = padding == "same" or (not isinstance(padding, str) and any(padding))
@@ -559,7 +535,7 @@ def _constants(link: _Link) -> torch.Tensor:
     units = _units(m)
     # a copy: an in-place activation in the chain must not write into the bias
     bias = m.bias.detach().clone() if m.bias is not None else m.weight.new_zeros(units)
-    spatial = m.weight.ndim - 2 if type(m) in _CONVS else 0
+    spatial = m.weight.ndim - 2 if type(m) in _surgery.CONVS else 0
     x = bias.view(1, units, *([1] * spatial))
     with torch.no_grad():
         for step in link.chain:
@@ -576,7 +552,7 @@ def _constants(link: _Link) -> torch.Tensor:
 def _bias_contribution(consumer: Any, constants: torch.Tensor) -> torch.Tensor:
     """float64 ``(out,)``: what inputs held at ``constants`` add to ``consumer``'s outputs."""
     if _kind(consumer) is nn.Linear:
-        wiring, values = _edge_values(consumer)
+        wiring, values = _surgery.edges(consumer)
         pairs = wiring.edges()
         total = torch.zeros(wiring.out_features, dtype=torch.float64)
         return total.index_add_(0, pairs[:, 1], values.double().cpu() * constants[pairs[:, 0]])
@@ -595,7 +571,7 @@ def _shrunk(m: Any, cut: _Cut) -> Any:
         bias = add if bias is None else bias + add
     if bias is not None:
         bias = bias[keep_out].to(m.weight.dtype)
-    if type(m) in _CONVS:
+    if type(m) in _surgery.CONVS:
         keep_in = cut.keep_in if cut.keep_in is not None else slice(None)
         weight = m.weight.detach()[keep_out][:, keep_in]
         new = type(m)(
@@ -610,13 +586,13 @@ def _shrunk(m: Any, cut: _Cut) -> Any:
             device=weight.device,
             dtype=weight.dtype,
         )
-        return _like(_filled(new, weight, bias), m)
-    wiring, values = _edge_values(m)
+        return _surgery.rebuilt(_surgery.filled(new, weight, bias), m)
+    wiring, values = _surgery.edges(m)
     kept = wiring.selected_edges(cut.keep_in, cut.keep_out)
     sub = wiring.select(cut.keep_in, cut.keep_out)
     values = values[kept.to(values.device)]
     if type(m) is nn.Linear:
-        new = _dense_linear(values.view(sub.out_features, sub.in_features), bias)
+        new = _surgery.dense_linear(values.view(sub.out_features, sub.in_features), bias)
     elif isinstance(m, BlockLinear) and sub.block_sizes is not None:
         in_sizes, out_sizes = sub.block_sizes
         block = BlockLinear(
@@ -627,10 +603,10 @@ def _shrunk(m: Any, cut: _Cut) -> Any:
             device=values.device,
             dtype=values.dtype,
         )
-        new = _filled(block, values, bias)
+        new = _surgery.filled(block, values, bias)
     else:
         new = _sparse(sub, values, bias, m.backend if isinstance(m, SparseLinear) else "auto")
-    return _like(new, m)
+    return _surgery.rebuilt(new, m)
 
 
 def _shrunk_norm(norm: Any, keep: torch.Tensor) -> Any:
@@ -646,14 +622,14 @@ def _shrunk_norm(norm: Any, keep: torch.Tensor) -> Any:
     )
     state = norm.state_dict()
     new.load_state_dict({k: v[keep.to(v.device)] if v.ndim else v for k, v in state.items()})
-    return _like(new, norm)
+    return _surgery.rebuilt(new, norm)
 
 
 # ---------------------------------------------------------------------------- helpers
 
 
 def _check_linear(module: object, where: str) -> None:
-    if not isinstance(module, _LINEARS):
+    if not isinstance(module, _surgery.LINEARS):
         raise TypeError(
             f"{where} expected an nn.Linear, BlockLinear or SparseLinear, got "
             f"{type(module).__name__}; for a whole model use torchwire.prune.global_edges or "
@@ -665,11 +641,6 @@ def _check_linear(module: object, where: str) -> None:
             "removing connections group by group would store more weights, not fewer; untie "
             "it first with SparseLinear.from_block(layer) if that is what you want"
         )
-
-
-def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the ``count`` lowest scores; ties broken by position (stable)."""
-    return torch.sort(scores, stable=True).indices[:count]
 
 
 def _check_method(method: object, allowed: tuple[str, ...]) -> None:
@@ -720,7 +691,7 @@ def _layers(
     model: nn.Module,
     filter: Filter | None,
     where: str,
-    kinds: tuple[type[nn.Module], ...] = _LINEARS,
+    kinds: tuple[type[nn.Module], ...] = _surgery.LINEARS,
 ) -> list[tuple[str, Any]]:
     """The layers of ``model`` of ``kinds`` that ``filter`` selects (default: exact
     ``nn.Linear``, SparseLinear and unshared BlockLinear)."""
@@ -744,31 +715,21 @@ def _layers(
 def _prunable(name: str, m: nn.Module) -> bool:
     """Edge pruning's default layers: exact ``nn.Linear`` (subclasses, such as attention's
     output projection, are read directly by their owners), SparseLinear, unshared BlockLinear."""
-    return type(m) in _LINEARS and not getattr(m, "shared", False)
+    return type(m) in _surgery.LINEARS and not getattr(m, "shared", False)
 
 
 def _sparse(wiring: Wiring, values: torch.Tensor, bias: torch.Tensor | None, backend: str) -> Any:
     layer = SparseLinear(
         wiring, bias is not None, backend=backend, device=values.device, dtype=values.dtype
     )
-    return _filled(layer, values, bias)
+    return _surgery.filled(layer, values, bias)
 
 
 def _sparse_with(module: Any, wiring: Wiring, values: torch.Tensor) -> SparseLinear:
     bias = None if module.bias is None else module.bias.detach()
     backend = module.backend if isinstance(module, SparseLinear) else "auto"
-    layer: SparseLinear = _like(_sparse(wiring, values, bias, backend), module)
+    layer: SparseLinear = _surgery.rebuilt(_sparse(wiring, values, bias, backend), module)
     return layer
-
-
-def _like(new: Any, old: nn.Module) -> Any:
-    """``new`` in ``old``'s train/eval mode, with its parameters' ``requires_grad``."""
-    new.train(old.training)
-    frozen = {name for name, p in old.named_parameters() if not p.requires_grad}
-    for name, p in new.named_parameters():
-        if name in frozen or name + "_orig" in frozen:  # torch.nn.utils.prune's name
-            p.requires_grad_(False)
-    return new
 
 
 def _copy(model: nn.Module) -> nn.Module:

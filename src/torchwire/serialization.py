@@ -18,15 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchwire.layers import _CONVS, _NORMS, BlockLinear, SparseLinear
-from torchwire.wiring import Wiring
+from torchwire import _surgery
+from torchwire.layers import SparseLinear
 
 __all__ = ["load", "save"]
 
 _FORMAT = "torchwire.model/1"
 _SAFETENSORS = ".safetensors"
-_CONVS_BY_NAME = {cls.__name__: cls for cls in _CONVS}
-_NORMS_BY_NAME = {cls.__name__: cls for cls in _NORMS.values()}
+_BY_NAME = {kind.__name__: a for kind, a in _surgery.ADAPTERS.items()}
 Path = str | os.PathLike[str]
 
 
@@ -34,10 +33,10 @@ def save(model: nn.Module, path: Path) -> None:
     """Save ``model``'s weights and the topology of its layers to ``path``.
 
     The topology of every ``nn.Linear``, :class:`~torchwire.BlockLinear`,
-    :class:`~torchwire.SparseLinear`, ``nn.Conv1d/2d/3d`` and ``nn.BatchNorm1d/2d/3d`` is
-    kept: its type, sizes and wiring (read from the index buffers of the ``state_dict``,
-    so nothing is stored twice; a wiring's input and output names are kept here). Only
-    dicts, lists, strings, numbers and tensors are written.
+    :class:`~torchwire.SparseLinear`, :class:`~torchwire.MultiLinear`, ``nn.Conv1d/2d/3d``
+    and ``nn.BatchNorm1d/2d/3d`` is kept: its type, sizes and wiring (read from the index
+    buffers of the ``state_dict``, so nothing is stored twice; a wiring's input and output
+    names are kept here). Only dicts, lists, strings, numbers and tensors are written.
 
     A path ending in ``.safetensors`` writes a safetensors file (``pip install
     torchwire[safetensors]``): the ``state_dict``'s tensors, with the topology as JSON in the
@@ -82,7 +81,8 @@ def load(
     """Load a file written by :func:`save` into ``model``, a new instance of the saved class.
 
     Every layer whose saved topology differs from ``model``'s is rebuilt to the saved one
-    (on the device and dtype of the layer it replaces), then the ``state_dict`` is loaded.
+    (on the device and dtype of the layer it replaces, in its train/eval mode and with its
+    frozen parameters frozen), then the ``state_dict`` is loaded.
     Reads with ``torch.load(weights_only=True)``, or safetensors for a path ending in
     ``.safetensors``: no code from the file runs.
 
@@ -124,103 +124,32 @@ def load(
 
 
 def _spec(m: Any) -> dict[str, Any] | None:
-    """The topology of a supported layer as plain values, or ``None``."""
-    kind = type(m)
-    if kind is nn.Linear:
-        return {
-            "type": "Linear",
-            "in_features": m.in_features,
-            "out_features": m.out_features,
-            "bias": m.bias is not None,
-        }
-    if kind is BlockLinear:
-        return {
-            "type": "BlockLinear",
-            "in_sizes": list(m.in_sizes),
-            "out_sizes": list(m.out_sizes),
-            "shared": m.shared,
-            "bias": m.bias is not None,
-            "backend": m.backend,
-        }
-    if kind is SparseLinear:
-        return {
-            "type": "SparseLinear",
-            "in_features": m.in_features,
-            "out_features": m.out_features,
-            "nnz": m.nnz,
-            "bias": m.bias is not None,
-            "backend": m.backend,
-            "input_names": _names(m.wiring.input_names),
-            "output_names": _names(m.wiring.output_names),
-        }
-    if kind in _CONVS:
-        return {
-            "type": kind.__name__,
-            "in_channels": m.in_channels,
-            "out_channels": m.out_channels,
-            "kernel_size": list(m.kernel_size),
-            "stride": list(m.stride),
-            "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
-            "dilation": list(m.dilation),
-            "groups": m.groups,
-            "bias": m.bias is not None,
-            "padding_mode": m.padding_mode,
-        }
-    if kind in _NORMS.values():
-        return {
-            "type": kind.__name__,
-            "num_features": m.num_features,
-            "eps": m.eps,
-            "momentum": m.momentum,
-            "affine": m.affine,
-            "track_running_stats": m.track_running_stats,
-        }
-    return None
+    """The topology of a layer surgery knows (its type and constructor arguments, as plain
+    values), or ``None``."""
+    found = _surgery.adapter(m)
+    return None if found is None else {"type": found.kind.__name__, **found.config(m)}
 
 
 def _build(spec: dict[str, Any], state: dict[str, Any], name: str, like: nn.Module) -> nn.Module:
-    """A new layer of ``spec``, on ``like``'s device and dtype, in its train/eval mode."""
+    """A new layer of ``spec``, on ``like``'s device and dtype, rebuilt as surgery rebuilds
+    (``like``'s train/eval mode and frozen parameters)."""
     tensors = [*like.parameters(), *like.buffers()]
     floats = [t for t in tensors if t.is_floating_point()]
-    factory: dict[str, Any] = {
-        "device": tensors[0].device if tensors else None,
-        "dtype": floats[0].dtype if floats else None,
-    }
+    device = tensors[0].device if tensors else None
+    dtype = floats[0].dtype if floats else None
     kind = spec["type"]
-    new: nn.Module
-    if kind == "Linear":
-        new = nn.Linear(spec["in_features"], spec["out_features"], spec["bias"], **factory)
-    elif kind == "BlockLinear":
-        new = BlockLinear(
-            spec["in_sizes"],
-            spec["out_sizes"],
-            shared=spec["shared"],
-            bias=spec["bias"],
-            backend=spec["backend"],
-            **factory,
-        )
-    elif kind == "SparseLinear":
+    found = _BY_NAME.get(kind)
+    if found is None:
+        raise ValueError(f"unknown layer type {kind!r} in the saved topology of {name!r}")
+    config = {k: v for k, v in spec.items() if k != "type"}
+    if found.kind is SparseLinear:
         prefix = f"{name}." if name else ""
         extra = state.get(prefix + "_extra_state")
-        names = extra if isinstance(extra, dict) else spec  # torchwire 0.1.0 kept them there
-        wiring = Wiring(
-            state[prefix + "indptr"].cpu(),
-            state[prefix + "indices"].cpu(),
-            spec["in_features"],
-            spec["out_features"],
-            input_names=names.get("input_names"),
-            output_names=names.get("output_names"),
-        )
-        new = SparseLinear(wiring, spec["bias"], backend=spec["backend"], **factory)
-    elif kind in _CONVS_BY_NAME:
-        args = {k: v for k, v in spec.items() if k not in ("type", "in_channels", "out_channels")}
-        new = _CONVS_BY_NAME[kind](spec["in_channels"], spec["out_channels"], **args, **factory)
-    elif kind in _NORMS_BY_NAME:
-        args = {k: v for k, v in spec.items() if k not in ("type", "num_features")}
-        new = _NORMS_BY_NAME[kind](spec["num_features"], **args, **factory)
-    else:
-        raise ValueError(f"unknown layer type {kind!r} in the saved topology of {name!r}")
-    return new.train(like.training)
+        if isinstance(extra, dict):  # torchwire 0.1.0 kept the names there
+            config |= {k: extra.get(k) for k in ("input_names", "output_names")}
+        indptr, indices = state[prefix + "indptr"], state[prefix + "indices"]
+        config["wiring"] = _surgery.sparse_wiring(config, indptr, indices)
+    return _surgery.rebuilt(found.build(config, device, dtype), like)
 
 
 def _set(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -231,10 +160,6 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
         )
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent), attr, new)
-
-
-def _names(names: tuple[str, ...] | None) -> list[str] | None:
-    return None if names is None else list(names)
 
 
 def _safetensors() -> Any:
