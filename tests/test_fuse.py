@@ -131,3 +131,57 @@ def test_a_wrong_merge_is_caught_by_the_verification(monkeypatch: pytest.MonkeyP
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)).eval()
     with pytest.raises(ValueError, match=r"fuse changed the model's output"):
         tw.fuse(model, torch.randn(3, 4))
+
+
+class Scale(nn.Module):
+    """A module fuse does not know: one factor per feature."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.factor = nn.Parameter(torch.rand(features, dtype=D) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def _linear_then_scale(linear: nn.Linear, scale: Scale, *, allow_border: bool) -> nn.Module:
+    weight, bias = tw.merging.compose_linear_weights(
+        linear.weight, linear.bias, torch.diag(scale.factor), None
+    )
+    merged = nn.Linear(linear.in_features, linear.out_features, bias is not None, dtype=D)
+    with torch.no_grad():
+        merged.weight.copy_(weight)
+        if bias is not None:
+            merged.bias.copy_(bias)
+    return merged
+
+
+def test_a_user_merge_rule_works_in_fuse() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 6, dtype=D), Scale(6), nn.ReLU(), nn.Linear(6, 2, dtype=D), Scale(2)
+    ).eval()
+    x = torch.randn(3, 4, dtype=D)
+    _, report = tw.fuse(model, x)
+    assert report.merged == []  # fuse does not know Scale
+    fused, report = tw.fuse(model, x, rules={(nn.Linear, Scale): _linear_then_scale})
+    assert [line.split(" -> ")[0] for line in report.merged] == ["0 + 1", "3 + 4"]
+    assert not any(isinstance(m, Scale) for m in fused.modules())
+    torch.testing.assert_close(fused(x), model(x), rtol=1e-10, atol=1e-10)
+
+
+def test_fuse_skips_a_hooked_layer_with_the_reason_and_keeps_frozen_parameters() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    model[1].requires_grad_(False)
+    model[3].register_forward_hook(lambda m, i, o: o)
+    model.append(nn.Linear(2, 2))
+    fused, report = tw.fuse(model.eval(), torch.randn(3, 4))
+    assert [line.split(" -> ")[0] for line in report.merged] == ["0 + 1"]
+    assert any(
+        line.startswith("3 + 4: merge cannot rebuild the first module (Linear): it has hooks")
+        for line in report.skipped
+    )
+    merged = fused.get_submodule("0")
+    assert not merged.training
+    assert not any(p.requires_grad for p in merged.parameters())

@@ -281,3 +281,165 @@ def test_merge_leaves_its_inputs_unchanged() -> None:
         merged.weight.zero_()
     for p, q in zip(before, [*first.parameters(), *second.parameters()], strict=True):
         assert torch.equal(p, q)
+
+
+class Scale(nn.Module):
+    """A module merge does not know: one factor per feature."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.factor = nn.Parameter(torch.rand(features, dtype=D) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def linear_then_scale(linear: nn.Linear, scale: Scale, *, allow_border: bool) -> nn.Module:
+    weight, bias = tw.merging.compose_linear_weights(
+        linear.weight, linear.bias, torch.diag(scale.factor), None
+    )
+    merged = nn.Linear(linear.in_features, linear.out_features, bias is not None, dtype=D)
+    with torch.no_grad():
+        merged.weight.copy_(weight)
+        if bias is not None:
+            merged.bias.copy_(bias)
+    return merged
+
+
+def _listed_pairs(message: str) -> set[tuple[str, str]]:
+    """The pairs an unsupported-pair message lists: 'A then B, C or D; E then F; ...'."""
+    listed = message.split("; it merges ", 1)[1].split(" (", 1)[0]
+    pairs = set()
+    for group in listed.split("; "):
+        first, seconds = group.split(" then ")
+        for second in seconds.replace(" or ", ", ").split(", "):
+            pairs.add((first, second))
+    return pairs
+
+
+def _names(table: Any) -> set[tuple[str, str]]:
+    return {(a.__name__, b.__name__) for a, b in table}
+
+
+def test_a_user_rule_merges_a_pair_merge_does_not_know() -> None:
+    torch.manual_seed(0)
+    linear, scale = nn.Linear(5, 3, dtype=D), Scale(3)
+    rules = {(nn.Linear, Scale): linear_then_scale}
+    with pytest.raises(TypeError, match=r"cannot merge Linear then Scale"):
+        tw.merge(linear, scale)
+    merged = tw.merge(linear, scale, rules=rules)
+    assert type(merged) is nn.Linear
+    x = torch.randn(4, 5, dtype=D)
+    _close(merged(x), scale(linear(x)))
+    # The built-in pairs still merge beside the user's rules.
+    _close(tw.merge(linear, nn.Linear(3, 2, dtype=D), rules=rules)(x).shape, torch.Size([4, 2]))
+
+
+def test_a_user_rule_replaces_the_built_in_rule_for_its_pair() -> None:
+    sentinel = nn.Linear(1, 1)
+
+    def mine(first: nn.Module, second: nn.Module, *, allow_border: bool) -> nn.Module:
+        return sentinel
+
+    assert tw.merge(nn.Linear(2, 2), nn.Linear(2, 2), rules={(nn.Linear, nn.Linear): mine}) is (
+        sentinel
+    )
+
+
+def test_the_unsupported_pair_error_lists_the_rule_table() -> None:
+    with pytest.raises(TypeError) as error:
+        tw.merge(nn.Linear(4, 4), nn.ReLU())
+    assert _listed_pairs(str(error.value)) == _names(tw.merging.MERGE_RULES)
+    assert ("Conv2d", "BatchNorm2d") in _listed_pairs(str(error.value))
+    rules = {(nn.Linear, Scale): linear_then_scale}
+    with pytest.raises(TypeError, match=r"Linear then ReLU.*rules=") as error:
+        tw.merge(nn.Linear(4, 4), nn.ReLU(), rules=rules)
+    assert _listed_pairs(str(error.value)) == _names(tw.merging.MERGE_RULES) | {("Linear", "Scale")}
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        {nn.Linear: linear_then_scale},
+        {(nn.Linear, Scale): 3},
+        {(nn.Linear, int): linear_then_scale},
+    ],
+)
+def test_malformed_rules_are_refused(rules: Any) -> None:
+    with pytest.raises(TypeError, match=r"expected rules (as|keyed)|rules maps Linear then"):
+        tw.merge(nn.Linear(3, 3), Scale(3), rules=rules)
+
+
+def _frozen(m: nn.Module, *names: str) -> nn.Module:
+    for name in names:
+        getattr(m, name).requires_grad_(False)
+    return m
+
+
+# (first, second, the merged layer's frozen parameters): a parameter is frozen only where
+# every input holding a parameter of that name has it frozen.
+KEPT: list[tuple[Callable[[], tuple[nn.Module, nn.Module]], set[str]]] = [
+    (lambda: (nn.Linear(4, 4), nn.Linear(4, 2)), set()),
+    (lambda: (_frozen(nn.Linear(4, 4), "weight", "bias"), nn.Linear(4, 2)), set()),
+    (
+        lambda: (_frozen(nn.Linear(4, 4), "weight"), _frozen(nn.Linear(4, 2), "weight")),
+        {"weight"},
+    ),
+    (
+        lambda: (
+            _frozen(nn.Conv2d(2, 4, 3), "weight", "bias"),
+            _frozen(nn.Conv2d(4, 2, 1), "weight", "bias"),
+        ),
+        {"weight", "bias"},
+    ),
+    (
+        lambda: (
+            _frozen(tw.BlockLinear(4, 4, groups=2, bias=False), "weight"),
+            _frozen(reference.trained_batchnorm(nn.BatchNorm1d, 4), "weight", "bias"),
+        ),
+        {"weight", "bias"},
+    ),
+    (  # the folded BatchNorm's shift becomes a bias neither input had: it requires grad
+        lambda: (_plain_batchnorm(4), _frozen(nn.Linear(4, 2, bias=False), "weight")),
+        {"weight"},
+    ),
+]
+
+
+def _plain_batchnorm(features: int) -> nn.Module:
+    """An eval BatchNorm1d without affine parameters, holding running statistics."""
+    bn = nn.BatchNorm1d(features, affine=False, dtype=D)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)  # type: ignore[union-attr]
+    return bn.eval()
+
+
+@pytest.mark.parametrize(("build", "frozen"), KEPT)
+@pytest.mark.parametrize("training", [True, False])
+def test_the_merged_layer_keeps_first_mode_and_frozen_parameters(
+    build: Callable[[], tuple[nn.Module, nn.Module]], frozen: set[str], training: bool
+) -> None:
+    first, second = build()
+    for m, mode in ((first, training), (second, not training)):
+        if not isinstance(m, nn.BatchNorm1d):  # a BatchNorm folds in eval mode only
+            m.train(mode)
+    merged = tw.merge(first, second)
+    assert merged.training == first.training
+    assert {name for name, p in merged.named_parameters() if not p.requires_grad} == frozen
+
+
+def test_merge_refuses_a_layer_with_a_hook_or_a_parametrization() -> None:
+    hooked = nn.Linear(4, 4)
+    handle = hooked.register_forward_hook(lambda m, i, o: o * 2)
+    with pytest.raises(
+        ValueError, match=r"merge cannot rebuild the first module \(Linear\): it has hooks"
+    ):
+        tw.merge(hooked, nn.Linear(4, 2))
+    handle.remove()
+    assert type(tw.merge(hooked, nn.Linear(4, 2))) is nn.Linear
+    normed = nn.utils.parametrizations.weight_norm(nn.Conv2d(4, 2, 1))
+    match = r"merge cannot rebuild the second module \(Conv2d\): it has hooks or parametrizations"
+    with pytest.raises(ValueError, match=match):
+        tw.merge(nn.Conv2d(3, 4, 3), normed)
+    with pytest.raises(TypeError, match=r"cannot merge Linear then Conv2d"):
+        tw.merge(nn.Linear(4, 4), normed)  # the pair is looked up by the layer's own type

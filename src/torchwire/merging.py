@@ -1,7 +1,14 @@
-r"""Merging consecutive linear operators into one: :func:`merge` for two modules, and the
-tensor-level functions beneath it (:func:`compose_linear_weights`,
-:func:`compose_conv_weights`, :func:`fold_batchnorm_weights`,
-:func:`fold_input_batchnorm_weights`).
+r"""Merging consecutive linear operators into one: :func:`merge` for two modules,
+:func:`fuse` for a whole model, and the tensor-level functions beneath them
+(:func:`compose_linear_weights`, :func:`compose_conv_weights`,
+:func:`fold_batchnorm_weights`, :func:`fold_input_batchnorm_weights`).
+
+Which pairs merge is one table, :data:`MERGE_RULES`: ``{(first type, second type): rule}``,
+read by both :func:`merge` and :func:`fuse`. Both take more rules as ``rules=`` (a
+:class:`MergeRule` is ``rule(first, second, *, allow_border) -> nn.Module``), so a pair a
+user adds merges in a whole model too. Whatever the rule, a merged layer follows the
+rebuild policy of ``torchwire._surgery`` for a layer that replaces two (see :func:`merge`),
+and layers with hooks or parametrizations are refused.
 
 Merges are exact or refused. Every composition is computed in float64 and cast back to the
 parameters' dtype, so a merged layer differs from the pair it replaces only by the rounding
@@ -36,13 +43,15 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_leaves
 
 from torchwire import _surgery
@@ -52,7 +61,9 @@ from torchwire.layers import BlockLinear, SparseLinear
 from torchwire.wiring import Wiring
 
 __all__ = [
+    "MERGE_RULES",
     "FuseReport",
+    "MergeRule",
     "compose_conv_weights",
     "compose_linear_weights",
     "fold_batchnorm_weights",
@@ -63,11 +74,6 @@ __all__ = [
 
 SPARSE_DENSITY = 0.1
 """A merge of structured linear layers stays a ``SparseLinear`` up to this density."""
-_SUPPORTED = (
-    "nn.Linear, BlockLinear or SparseLinear followed by any of them; nn.Conv1d/2d/3d followed "
-    "by the same kind; a convolution or linear layer followed by its BatchNorm; a BatchNorm "
-    "followed by a convolution or linear layer"
-)
 
 
 def _f64(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -299,10 +305,33 @@ def fold_input_batchnorm_weights(
     return w.to(weight.dtype), b.to(weight.dtype)
 
 
-def merge(first: nn.Module, second: nn.Module, *, allow_border: bool = False) -> nn.Module:
+# ---------------------------------------------------------------- merge: a table of rules
+
+
+class MergeRule(Protocol):
+    """A merge rule: ``rule(first, second, *, allow_border)`` returns one new module equal to
+    ``second(first(x))``, or raises ``ValueError`` saying why no exact one exists (sizes that
+    do not chain, a border it cannot reproduce unless ``allow_border``). It reads its inputs
+    and changes neither."""
+
+    def __call__(self, first: Any, second: Any, /, *, allow_border: bool) -> nn.Module: ...
+
+
+Rules = Mapping[tuple[type[nn.Module], type[nn.Module]], MergeRule]
+
+
+def merge(
+    first: nn.Module,
+    second: nn.Module,
+    *,
+    allow_border: bool = False,
+    rules: Rules | None = None,
+) -> nn.Module:
     r"""One module equal to ``second(first(x))``, or a clear error saying why there is none.
 
-    Supported pairs:
+    The pair of layer types (their exact types) is looked up in :data:`MERGE_RULES`, the
+    table of built-in rules, and in ``rules``; the rule found composes the two layers.
+    Built-in pairs:
 
     - ``nn.Linear``, ``BlockLinear`` or ``SparseLinear`` followed by any of them:
       :math:`W_2 W_1` and :math:`W_2 b_1 + b_2`. Two ``nn.Linear`` give an ``nn.Linear``;
@@ -318,12 +347,29 @@ def merge(first: nn.Module, second: nn.Module, *, allow_border: bool = False) ->
       ``BatchNorm`` followed by a convolution or linear layer (eval statistics; before a
       zero-padded convolution only where the padding allows, as above).
 
-    Both modules must be in eval mode if either is a BatchNorm. The result is a new module in
-    ``first``'s dtype and device; neither input is changed.
+    The result is a new module in ``first``'s dtype and device; neither input is changed.
+    It follows torchwire's rebuild policy, for a layer that replaces two: it is in
+    ``first``'s train/eval mode, and a parameter of it is frozen (``requires_grad=False``)
+    only where every input holding a parameter of that name has it frozen (a parameter
+    neither input has, such as the bias a folded BatchNorm's shift creates, requires grad).
+    Layers with hooks or parametrizations (weight norm, spectral norm, pruning masks) are
+    refused, since the merged layer would lose them.
+
+    Args:
+        first: the module applied first.
+        second: the module applied to ``first``'s output.
+        allow_border: accept a convolution merge that is exact away from the border only
+            (see the module notes). Default: ``False``.
+        rules: more rules, ``{(first type, second type): rule}``, each a function
+            ``rule(first, second, *, allow_border) -> nn.Module`` (see :class:`MergeRule`).
+            They add pairs to :data:`MERGE_RULES` and replace its rule where a pair is in
+            both. :func:`fuse` takes the same ``rules``. Default: ``None``.
 
     Raises:
-        TypeError: an unsupported pair (the message lists the supported ones).
-        ValueError: a pair whose merge would not be exact, or whose sizes do not chain.
+        TypeError: an unsupported pair (the message lists the supported ones), or malformed
+            ``rules``.
+        ValueError: a pair whose merge would not be exact, or whose sizes do not chain; a
+            BatchNorm in training mode; a layer with hooks or parametrizations.
 
     Examples::
 
@@ -334,29 +380,122 @@ def merge(first: nn.Module, second: nn.Module, *, allow_border: bool = False) ->
         >>> x = torch.randn(4, 1, 28, 28)
         >>> torch.allclose(merged(x), second(first(x)), atol=1e-5)
         True
+
+        A rule for a layer merge does not know, used by ``merge`` and ``fuse`` alike:
+
+        >>> class Scale(nn.Module):  # one factor per feature
+        ...     def __init__(self, features):
+        ...         super().__init__()
+        ...         self.factor = nn.Parameter(torch.rand(features))
+        ...     def forward(self, x):
+        ...         return x * self.factor
+        >>> def linear_then_scale(linear, scale, *, allow_border):
+        ...     merged = nn.Linear(linear.in_features, linear.out_features)
+        ...     with torch.no_grad():
+        ...         merged.weight.copy_(linear.weight * scale.factor[:, None])
+        ...         merged.bias.copy_(linear.bias * scale.factor)
+        ...     return merged
+        >>> rules = {(nn.Linear, Scale): linear_then_scale}
+        >>> linear, scale = nn.Linear(8, 4), Scale(4)
+        >>> torchwire.merge(linear, scale, rules=rules)
+        Linear(in_features=8, out_features=4, bias=True)
+        >>> x = torch.randn(2, 8)
+        >>> torch.allclose(torchwire.merge(linear, scale, rules=rules)(x), scale(linear(x)))
+        True
+        >>> model = nn.Sequential(linear, scale, nn.ReLU()).eval()
+        >>> fused, report = torchwire.fuse(model, x, rules=rules)
+        >>> print(report)
+        merged: 0 + 1 -> Linear(in_features=8, out_features=4, bias=True)
     """
     for name, module in (("first", first), ("second", second)):
         if not isinstance(module, nn.Module):
             raise TypeError(
                 f"merge expected nn.Module arguments, got {type(module).__name__} as {name}"
             )
-    pair = f"{type(first).__name__} then {type(second).__name__}"
-    if type(first) in _surgery.LINEARS and type(second) in _surgery.LINEARS:
-        return _merge_linears(first, second)
-    if type(first) in _surgery.CONVS and type(second) is type(first):
-        return _merge_convs(first, second, allow_border)
-    if isinstance(second, nn.modules.batchnorm._BatchNorm) and _norm_fits(first, second):
-        return _fold_after(first, second)
-    if isinstance(first, nn.modules.batchnorm._BatchNorm) and _norm_fits(second, first):
-        return _fold_before(first, second, allow_border)
-    raise TypeError(f"merge cannot merge {pair}; it merges {_SUPPORTED}")
+    table = _table(rules, "merge")
+    kinds = (_kind(first), _kind(second))
+    rule = table.get(kinds)
+    if rule is None:
+        raise TypeError(_unsupported(*kinds, table))
+    for name, module in (("first", first), ("second", second)):
+        _surgery.check_plain(module, f"the {name} module ({_kind(module).__name__})", "merge")
+    merged = rule(first, second, allow_border=allow_border)
+    if not isinstance(merged, nn.Module):
+        raise TypeError(
+            f"merge: the rule for {kinds[0].__name__} then {kinds[1].__name__} returned "
+            f"{type(merged).__name__}; a merge rule returns an nn.Module"
+        )
+    return _rebuilt_from(merged, first, second)
 
 
-def _norm_fits(layer: nn.Module, bn: nn.Module) -> bool:
-    """Whether ``bn`` is the BatchNorm kind that goes with ``layer``."""
-    if type(layer) in _surgery.CONVS:
-        return type(bn) is _surgery.NORM_OF[type(layer)]
-    return type(layer) in _surgery.LINEARS and type(bn) is nn.BatchNorm1d
+def _kind(m: nn.Module) -> type[nn.Module]:
+    """``m``'s layer type: for a parametrized module, the class the parametrization wraps
+    (so the pair is found, then refused for its parametrization)."""
+    if parametrize.is_parametrized(m):
+        return cast("type[nn.Module]", type(m).__bases__[0])
+    return type(m)
+
+
+def _table(rules: Rules | None, caller: str) -> Rules:
+    """:data:`MERGE_RULES` with the user's ``rules`` added (theirs win), checked."""
+    if rules is None:
+        return MERGE_RULES
+    if not isinstance(rules, Mapping):
+        raise TypeError(
+            f"{caller} expected rules as a mapping {{(first type, second type): rule}}, got "
+            f"{type(rules).__name__}"
+        )
+    for pair, rule in rules.items():
+        kinds = pair if isinstance(pair, tuple) and len(pair) == 2 else ()
+        if not kinds or not all(isinstance(k, type) and issubclass(k, nn.Module) for k in kinds):
+            raise TypeError(
+                f"{caller} expected rules keyed by pairs of nn.Module types, e.g. "
+                f"{{(nn.Linear, MyScale): rule}}, got the key {pair!r}"
+            )
+        if not callable(rule):
+            raise TypeError(
+                f"{caller}: rules maps {pair[0].__name__} then {pair[1].__name__} to a "
+                f"{type(rule).__name__}; expected a function rule(first, second, *, "
+                "allow_border) -> nn.Module"
+            )
+    return {**MERGE_RULES, **rules}
+
+
+def _unsupported(first: type[nn.Module], second: type[nn.Module], table: Rules) -> str:
+    """The error for a pair not in ``table``, listing the pairs that are."""
+    seconds: dict[type[nn.Module], list[str]] = {}
+    for a, b in table:
+        seconds.setdefault(a, []).append(b.__name__)
+    listed = "; ".join(f"{a.__name__} then {_either(names)}" for a, names in seconds.items())
+    pair = f"{first.__name__} then {second.__name__}"
+    return (
+        f"merge cannot merge {pair}; it merges {listed} (to add a pair, pass "
+        f"rules={{({first.__name__}, {second.__name__}): rule}}: see torchwire.merge)"
+    )
+
+
+def _either(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _rebuilt_from(merged: nn.Module, first: nn.Module, second: nn.Module) -> nn.Module:
+    """The rebuild policy (``_surgery.rebuilt``) for a layer that replaces two: ``first``'s
+    mode; a parameter frozen only where every input holding a parameter of that name has it
+    frozen (one that neither holds requires grad)."""
+    _surgery.rebuilt(merged, first)
+    held: set[str] = set()
+    trainable: set[str] = set()
+    for module in (first, second):
+        for name, p in module.named_parameters():
+            held.add(name)
+            if p.requires_grad:
+                trainable.add(name)
+    for name, p in merged.named_parameters():
+        p.requires_grad_(name in trainable or name not in held)
+    return merged
+
+
+# ---------------------------------------------------------------- the built-in rules
 
 
 def _values(m: Any) -> tuple[Wiring, torch.Tensor]:
@@ -365,63 +504,60 @@ def _values(m: Any) -> tuple[Wiring, torch.Tensor]:
     return wiring, values.double()
 
 
-def _dense(m: Any) -> torch.Tensor:
-    """A linear layer's ``(out, in)`` weight in float64, zeros where nothing connects."""
-    wiring, values = _values(m)
+def _dense(wiring: Wiring, values: torch.Tensor) -> torch.Tensor:
+    """The ``(out, in)`` weight of ``wiring`` holding ``values``, zeros where nothing
+    connects."""
     edges = wiring.edges().to(values.device)
     dense = values.new_zeros(wiring.out_features, wiring.in_features)
     return dense.index_put((edges[:, 1], edges[:, 0]), values)
 
 
 def _same_layer(
-    m: Any, values: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+    m: Any, wiring: Wiring, values: torch.Tensor, bias: torch.Tensor | None
 ) -> nn.Module:
-    """A layer of ``m``'s type and wiring with new connection values (edges order)."""
-    if isinstance(m, nn.Linear):
-        return _surgery.dense_linear(
-            values.view_as(m.weight).to(dtype), None if bias is None else bias.to(dtype)
-        )
-    factory = {"device": m.weight.device, "dtype": dtype}
-    if isinstance(m, SparseLinear):
-        new: nn.Module = SparseLinear(m.wiring, bias is not None, backend=m.backend, **factory)
-    else:
-        new = BlockLinear(
-            list(m.in_sizes), list(m.out_sizes), bias=bias is not None, backend=m.backend, **factory
-        )
-    return _surgery.filled(new, values, bias)
+    """A layer of ``m``'s type and wiring (built by its adapter, in its dtype and device)
+    holding new connection values (``wiring.edges()`` order) and ``bias``. A shared
+    BlockLinear comes back unshared: the new values differ from group to group."""
+    found = _surgery.ADAPTERS[type(m)]
+    config = {**found.config(m), "bias": bias is not None, "wiring": wiring}
+    if "shared" in config:
+        config["shared"] = False
+    dtype = m.weight.dtype
+    new = found.build(config, m.weight.device, dtype)
+    return _surgery.filled(new, values.to(dtype), None if bias is None else bias.to(dtype))
 
 
-def _merge_linears(first: Any, second: Any) -> nn.Module:
-    if first.out_features != second.in_features:
+def _check_chain(first: Any, second: Any, gives: int, takes: int) -> None:
+    if gives != takes:
         raise ValueError(
-            f"merge: {type(first).__name__} gives {first.out_features} features but "
-            f"{type(second).__name__} takes {second.in_features}"
+            f"merge: {type(first).__name__} gives {gives} features but "
+            f"{type(second).__name__} takes {takes}"
         )
+
+
+def _merge_dense(first: Any, second: Any, *, allow_border: bool) -> nn.Module:
+    """``nn.Linear`` then ``nn.Linear``: one ``nn.Linear``."""
+    _check_chain(first, second, first.out_features, second.in_features)
+    weight, bias = compose_linear_weights(first.weight, first.bias, second.weight, second.bias)
+    return _surgery.dense_linear(weight, bias)
+
+
+def _merge_linears(first: Any, second: Any, *, allow_border: bool) -> nn.Module:
+    """Two linear layers, one of them structured: the composed wiring decides the type."""
+    (wiring1, values1), (wiring2, values2) = _values(first), _values(second)
+    _check_chain(first, second, wiring1.out_features, wiring2.in_features)
     dtype = first.weight.dtype
-    b1, b2 = _f64(first.bias), _f64(second.bias)
-    if type(first) is nn.Linear and type(second) is nn.Linear:
-        weight, bias = compose_linear_weights(first.weight, first.bias, second.weight, second.bias)
+    w2 = _dense(wiring2, values2)
+    b1 = _f64(first.bias)
+    bias = _add(None if b1 is None else w2 @ b1, _f64(second.bias))
+    bias = None if bias is None else bias.to(dtype)
+    weight = (w2 @ _dense(wiring1, values1)).to(dtype)
+    wiring = wiring1.then(wiring2)
+    if wiring.block_sizes is None and wiring.density > SPARSE_DENSITY:
         return _surgery.dense_linear(weight, bias)
-    w2 = _dense(second)
-    bias = _add(None if b1 is None else w2 @ b1, b2)
-    weight = w2 @ _dense(first)
-    wiring = _values(first)[0].then(_values(second)[0])
-    if wiring.is_block_diagonal and wiring.nnz < wiring.in_features * wiring.out_features:
-        in_sizes, out_sizes = wiring.block_sizes  # type: ignore[misc]
-        block = BlockLinear(
-            list(in_sizes),
-            list(out_sizes),
-            bias=bias is not None,
-            device=first.weight.device,
-            dtype=dtype,
-        )
-        edges = wiring.edges().to(weight.device)
-        return _surgery.filled(block, weight[edges[:, 1], edges[:, 0]], bias)
-    if wiring.density <= SPARSE_DENSITY:
-        return SparseLinear._with_values(
-            wiring, weight.to(dtype), None if bias is None else bias.to(dtype), "auto"
-        )
-    return _surgery.dense_linear(weight.to(dtype), None if bias is None else bias.to(dtype))
+    # Otherwise the smallest exact layer: BlockLinear, SparseLinear, or nn.Linear if full.
+    edges = wiring.edges().to(weight.device)
+    return _surgery.linear_for(wiring, weight[edges[:, 1], edges[:, 0]], bias)
 
 
 def _padding(conv: Any) -> tuple[int, ...]:
@@ -437,36 +573,6 @@ def _padding(conv: Any) -> tuple[int, ...]:
             "merged convolution's padding cannot express; pad explicitly with nn.ZeroPad"
         )
     return tuple(t // 2 for t in totals)
-
-
-def _conv_like(
-    conv: Any, out_channels: int, weight: torch.Tensor, bias: torch.Tensor | None, **settings: Any
-) -> nn.Module:
-    """A new convolution of ``conv``'s kind and settings (overridden by ``settings``) holding
-    ``weight`` and ``bias``."""
-    options = {
-        "stride": conv.stride,
-        "padding": conv.padding,
-        "dilation": conv.dilation,
-        "groups": conv.groups,
-        "padding_mode": conv.padding_mode,
-        **settings,
-    }
-    groups = options["groups"]
-    new = type(conv)(
-        weight.shape[1] * groups,
-        out_channels,
-        tuple(weight.shape[2:]),
-        bias=bias is not None,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-        **options,
-    )
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    return new  # type: ignore[no-any-return]
 
 
 def _border_problem(
@@ -501,7 +607,8 @@ def _border_problem(
     )
 
 
-def _merge_convs(first: Any, second: Any, allow_border: bool) -> nn.Module:
+def _merge_convs(first: Any, second: Any, *, allow_border: bool) -> nn.Module:
+    """A convolution then one of the same kind: one convolution (see the module notes)."""
     if second.in_channels != first.out_channels:
         raise ValueError(
             f"merge: {first} gives {first.out_channels} channels but {second} takes "
@@ -538,9 +645,8 @@ def _merge_convs(first: Any, second: Any, allow_border: bool) -> nn.Module:
                 if problem is not None and second.padding_mode != "zeros"
                 else mode
             )
-    return _conv_like(
+    merged: nn.Module = _surgery.conv_like(
         first,
-        second.out_channels,
         weight,
         bias,
         stride=stride,
@@ -549,6 +655,7 @@ def _merge_convs(first: Any, second: Any, allow_border: bool) -> nn.Module:
         groups=groups,
         padding_mode=mode,
     )
+    return merged
 
 
 def _check_norm(bn: Any, channels: int, layer: nn.Module, where: str) -> None:
@@ -568,59 +675,88 @@ def _check_norm(bn: Any, channels: int, layer: nn.Module, where: str) -> None:
         )
 
 
-def _fold_after(layer: Any, bn: Any) -> nn.Module:
-    channels = layer.out_channels if type(layer) in _surgery.CONVS else layer.out_features
-    _check_norm(bn, channels, layer, "gives")
-    dtype = layer.weight.dtype
-    if type(layer) in _surgery.CONVS or type(layer) is nn.Linear:
-        w, b = fold_batchnorm_weights(
-            layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
-        )
-        if type(layer) is nn.Linear:
-            return _surgery.dense_linear(w, b)
-        return _conv_like(layer, channels, w, b)
+def _fold_after_conv(conv: Any, bn: Any, *, allow_border: bool) -> nn.Module:
+    """A convolution then its BatchNorm: the convolution, scaled per output channel."""
+    _check_norm(bn, conv.out_channels, conv, "gives")
+    w, b = fold_batchnorm_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+    folded: nn.Module = _surgery.conv_like(conv, w, b)
+    return folded
+
+
+def _fold_after_linear(layer: Any, bn: Any, *, allow_border: bool) -> nn.Module:
+    """A linear layer then a BatchNorm1d: the same layer, scaled per output."""
     wiring, values = _values(layer)
+    _check_norm(bn, wiring.out_features, layer, "gives")
     scale, shift = _bn_scale_shift(bn)
     outputs = wiring.edges()[:, 1].to(values.device)
     bias = shift if layer.bias is None else layer.bias.detach().double() * scale + shift
-    return _same_layer(layer, (values * scale[outputs]).to(dtype), bias.to(dtype), dtype)
+    return _same_layer(layer, wiring, values * scale[outputs], bias)
 
 
-def _fold_before(bn: Any, layer: Any, allow_border: bool) -> nn.Module:
-    channels = layer.in_channels if type(layer) in _surgery.CONVS else layer.in_features
-    _check_norm(bn, channels, layer, "takes")
-    dtype = layer.weight.dtype
-    if type(layer) in _surgery.CONVS:
-        scale, shift = _bn_scale_shift(bn)
-        padded = any(_padding(layer)) and layer.padding_mode == "zeros"
-        if padded and bool(shift.any()) and not allow_border:
-            raise ValueError(
-                f"merge: {layer} pads the output of {bn} with zeros, but folding the "
-                "BatchNorm into it would pad its input instead, where the normalised value "
-                "of zero is its shift (beta - mean * scale), not zero. Exact when the "
-                "convolution does not pad or pads by copying (padding_mode='reflect', "
-                "'replicate' or 'circular'); pass allow_border=True to accept different "
-                "values in the outermost outputs"
-            )
-        w, b = fold_input_batchnorm_weights(
-            layer.weight,
-            layer.bias,
-            bn.running_mean,
-            bn.running_var,
-            bn.eps,
-            bn.weight,
-            bn.bias,
-            groups=layer.groups,
+def _fold_before_conv(bn: Any, conv: Any, *, allow_border: bool) -> nn.Module:
+    """A BatchNorm then a convolution: the convolution, scaled per input channel."""
+    _check_norm(bn, conv.in_channels, conv, "takes")
+    shift = _bn_scale_shift(bn)[1]
+    padded = any(_padding(conv)) and conv.padding_mode == "zeros"
+    if padded and bool(shift.any()) and not allow_border:
+        raise ValueError(
+            f"merge: {conv} pads the output of {bn} with zeros, but folding the "
+            "BatchNorm into it would pad its input instead, where the normalised value "
+            "of zero is its shift (beta - mean * scale), not zero. Exact when the "
+            "convolution does not pad or pads by copying (padding_mode='reflect', "
+            "'replicate' or 'circular'); pass allow_border=True to accept different "
+            "values in the outermost outputs"
         )
-        return _conv_like(layer, layer.out_channels, w, b)
+    w, b = fold_input_batchnorm_weights(
+        conv.weight,
+        conv.bias,
+        bn.running_mean,
+        bn.running_var,
+        bn.eps,
+        bn.weight,
+        bn.bias,
+        groups=conv.groups,
+    )
+    folded: nn.Module = _surgery.conv_like(conv, w, b)
+    return folded
+
+
+def _fold_before_linear(bn: Any, layer: Any, *, allow_border: bool) -> nn.Module:
+    """A BatchNorm1d then a linear layer: the same layer, scaled per input."""
     wiring, values = _values(layer)
+    _check_norm(bn, wiring.in_features, layer, "takes")
     scale, shift = _bn_scale_shift(bn)
     edges = wiring.edges().to(values.device)
     bias = torch.zeros(wiring.out_features, dtype=torch.float64, device=values.device)
     bias = bias.index_add(0, edges[:, 1], values * shift[edges[:, 0]])
     if layer.bias is not None:
         bias = bias + layer.bias.detach().double()
-    return _same_layer(layer, (values * scale[edges[:, 0]]).to(dtype), bias.to(dtype), dtype)
+    return _same_layer(layer, wiring, values * scale[edges[:, 0]], bias)
+
+
+def _built_in_rules() -> dict[tuple[type[nn.Module], type[nn.Module]], MergeRule]:
+    table: dict[tuple[type[nn.Module], type[nn.Module]], MergeRule] = {}
+    for first, second in itertools.product(_surgery.LINEARS, repeat=2):
+        table[first, second] = _merge_linears
+    table[nn.Linear, nn.Linear] = _merge_dense
+    for linear in _surgery.LINEARS:
+        table[linear, nn.BatchNorm1d] = _fold_after_linear
+    for conv, norm in _surgery.NORM_OF.items():
+        table[conv, conv] = _merge_convs
+        table[conv, norm] = _fold_after_conv
+    for linear in _surgery.LINEARS:
+        table[nn.BatchNorm1d, linear] = _fold_before_linear
+    for conv, norm in _surgery.NORM_OF.items():
+        table[norm, conv] = _fold_before_conv
+    return table
+
+
+MERGE_RULES: Rules = MappingProxyType(_built_in_rules())
+"""The built-in merge rules, ``{(first type, second type): rule}`` (read-only; pass more to
+:func:`merge` or :func:`fuse` as ``rules``). Types match exactly: a subclass may compute
+something else."""
 
 
 @dataclass
@@ -641,10 +777,17 @@ class FuseReport:
 
 
 class _Tracer(torch.fx.Tracer):
-    """Keeps torchwire's layers and branch containers whole in the graph."""
+    """Keeps torchwire's layers and branch containers, and every layer type a merge rule
+    names (``kinds``), whole in the graph."""
+
+    def __init__(self, kinds: set[type[nn.Module]]) -> None:
+        super().__init__()
+        self.kinds = kinds
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, (Parallel, FusedParallel, BlockLinear, SparseLinear)):
+            return True
+        if _kind(m) in self.kinds:
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -656,27 +799,35 @@ def _weights(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def fuse(model: nn.Module, example_inputs: Any = None) -> tuple[torch.fx.GraphModule, FuseReport]:
+def fuse(
+    model: nn.Module, example_inputs: Any = None, *, rules: Rules | None = None
+) -> tuple[torch.fx.GraphModule, FuseReport]:
     r"""A copy of an eval-mode ``model`` with its linear operators merged.
 
     Traces ``model`` with ``torch.fx`` (torchwire's layers and :class:`~torchwire.Parallel`
     kept whole), then: drops ``nn.Identity`` and (eval) dropout; fuses every ``Parallel``
     that :func:`~torchwire.fuse_parallel` can fuse; and merges, with :func:`merge`, every
     module whose output feeds only the next module, as long as the merged layer has no more
-    weights than the pair (BatchNorm always folds). It never merges across a nonlinearity,
-    a function call, or a module it does not know. Pairs whose merge would not be exact are
-    left alone, with the reason in the report.
+    weights than the pair (BatchNorm always folds). It merges the pairs :func:`merge` has a
+    rule for (:data:`MERGE_RULES` and ``rules``), and never across a nonlinearity, a
+    function call, or a module no rule names. Pairs whose merge would not be exact, or that
+    hold a layer with hooks or parametrizations, are left alone, with the reason in the
+    report. Merged layers follow :func:`merge`'s rebuild policy (mode, frozen parameters).
 
     Args:
         model: an ``nn.Module`` in eval mode (BatchNorm folding uses running statistics).
         example_inputs: optional input (a tensor or a tuple of ``model``'s arguments); when
             given, the new model is run on it and compared with ``model``.
+        rules: more merge rules, ``{(first type, second type): rule}``, as :func:`merge`
+            takes them (its examples show one used by both); a module whose type a rule names
+            is kept whole when ``model`` is traced. Default: ``None``.
 
     Returns:
         ``(new_model, report)``: a ``torch.fx.GraphModule`` (``model`` is not changed) and a
         :class:`FuseReport`.
 
     Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or ``rules`` are malformed.
         ValueError: ``model`` is in training mode, or the fused model's output on
             ``example_inputs`` differs from ``model``'s.
 
@@ -699,8 +850,9 @@ def fuse(model: nn.Module, example_inputs: Any = None) -> tuple[torch.fx.GraphMo
             "fuse needs the model in eval mode (BatchNorm folds use running statistics, and "
             "dropout is dropped); call model.eval() first"
         )
+    table = _table(rules, "fuse")
     source = copy.deepcopy(model)
-    graph = _Tracer().trace(source)
+    graph = _Tracer({kind for pair in table for kind in pair}).trace(source)
     gm = torch.fx.GraphModule(source, graph)
     report = FuseReport()
     modules = dict(gm.named_modules())
@@ -736,10 +888,10 @@ def fuse(model: nn.Module, example_inputs: Any = None) -> tuple[torch.fx.GraphMo
                 continue
             tried.add(names)
             first, second = modules[names[0]], modules[names[1]]
+            if (_kind(first), _kind(second)) not in table:
+                continue  # no rule merges this pair
             try:
-                merged = merge(first, second)
-            except TypeError:
-                continue  # not a pair of linear operators
+                merged = merge(first, second, rules=rules)
             except ValueError as error:
                 report.skipped.append(f"{prev.target} + {node.target}: {error}")
                 continue
