@@ -423,7 +423,7 @@ def test_from_mapping_default_order():
 
 
 def test_from_mapping_explicit_order_and_unused_names():
-    w = Wiring.from_mapping({"y": ["b", "a"]}, inputs=["a", "b", "c"], outputs=["z", "y"])
+    w = Wiring.from_mapping({"y": ["b", "a"]}, input_names=["a", "b", "c"], output_names=["z", "y"])
     assert w.input_names == ("a", "b", "c")
     assert w.output_names == ("z", "y")
     assert torch.equal(w.mask(), torch.tensor([[0, 0, 0], [1, 1, 0]]).bool())
@@ -431,38 +431,54 @@ def test_from_mapping_explicit_order_and_unused_names():
 
 
 def test_from_mapping_unknown_names():
-    with pytest.raises(ValueError, match=r"unknown output name\(s\) \['q'\].*add them to outputs="):
-        Wiring.from_mapping({"y": ["a"], "q": ["a"]}, outputs=["y"])
+    with pytest.raises(
+        ValueError, match=r"unknown output name\(s\) \['q'\].*add them to output_names="
+    ):
+        Wiring.from_mapping({"y": ["a"], "q": ["a"]}, output_names=["y"])
     with pytest.raises(
         ValueError,
         match=r"unknown input name\(s\) \['b', 'c', 'd', 'e', 'f'\] and 1 more: not in "
-        r"inputs=\['a'\]; add them to inputs=",
+        r"input_names=\['a'\]; add them to input_names=",
     ):
-        Wiring.from_mapping({"y": ["a", "b", "c", "d", "e", "f", "g"]}, inputs=["a"])
+        Wiring.from_mapping({"y": ["a", "b", "c", "d", "e", "f", "g"]}, input_names=["a"])
 
 
 def test_from_mapping_errors():
     with pytest.raises(ValueError, match=r"duplicate connection: mapping\['y'\] lists input 'a'"):
         Wiring.from_mapping({"y": ["a", "b", "a"]})
-    with pytest.raises(ValueError, match=r"inputs must not repeat a name, but 'a' appears"):
-        Wiring.from_mapping({"y": ["a"]}, inputs=["a", "a"])
-    with pytest.raises(ValueError, match=r"outputs must not repeat a name, but 'y' appears"):
-        Wiring.from_mapping({"y": ["a"]}, outputs=["y", "y"])
+    with pytest.raises(ValueError, match=r"input_names must not repeat a name, but 'a' appears"):
+        Wiring.from_mapping({"y": ["a"]}, input_names=["a", "a"])
+    with pytest.raises(ValueError, match=r"output_names must not repeat a name, but 'y' appears"):
+        Wiring.from_mapping({"y": ["a"]}, output_names=["y", "y"])
     with pytest.raises(TypeError, match=r"mapping keys must be output names \(str\), got 1"):
         Wiring.from_mapping({1: ["a"]})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match=r"mapping\['y'\] must list input names \(str\), got 0"):
         Wiring.from_mapping({"y": [0]})  # type: ignore[list-item]
     with pytest.raises(TypeError, match=r"mapping\['y'\] must be a list of input names, got 'a'"):
         Wiring.from_mapping({"y": "a"})
-    with pytest.raises(TypeError, match=r"inputs\[0\] must be a str, got int"):
-        Wiring.from_mapping({"y": ["a"]}, inputs=[0])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"input_names\[0\] must be a str, got int"):
+        Wiring.from_mapping({"y": ["a"]}, input_names=[0])  # type: ignore[list-item]
     with pytest.raises(TypeError, match=r"must be a dict .* got list"):
         Wiring.from_mapping([("y", ["a"])])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"at least one output, but mapping is empty"):
         Wiring.from_mapping({})
-    with pytest.raises(ValueError, match=r"at least one input.*pass inputs="):
+    with pytest.raises(ValueError, match=r"at least one input.*pass input_names="):
         Wiring.from_mapping({"y": []})
-    assert Wiring.from_mapping({"y": []}, inputs=["a"]).nnz == 0
+    assert Wiring.from_mapping({"y": []}, input_names=["a"]).nnz == 0
+
+
+def test_from_mapping_old_keywords_warn_and_still_work():
+    with pytest.warns(DeprecationWarning, match=r"inputs=\.\.\.\) is deprecated; use input_names="):
+        old = Wiring.from_mapping({"y": ["b"]}, inputs=["a", "b"])
+    with pytest.warns(DeprecationWarning, match=r"use output_names="):
+        both = Wiring.from_mapping({"y": ["b"]}, outputs=["z", "y"])
+    assert old == Wiring.from_mapping({"y": ["b"]}, input_names=["a", "b"])
+    assert old.input_names == ("a", "b")
+    assert both.output_names == ("z", "y")
+    with pytest.raises(TypeError, match="got both input_names= and its deprecated spelling"):
+        Wiring.from_mapping({"y": ["b"]}, input_names=["b"], inputs=["b"])
+    with pytest.raises(TypeError, match="unexpected keyword argument 'names'"):
+        Wiring.from_mapping({"y": ["b"]}, names=["b"])
 
 
 # ---------------------------------------------------------------- queries and names

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, SupportsIndex
 
@@ -479,8 +480,9 @@ class Wiring:
     def from_mapping(
         cls,
         mapping: Mapping[str, Iterable[str]],
-        inputs: Sequence[str] | None = None,
-        outputs: Sequence[str] | None = None,
+        input_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        **deprecated: Any,
     ) -> Wiring:
         """Named connections ``{output_name: [input_name, ...]}``.
 
@@ -488,10 +490,12 @@ class Wiring:
 
         Args:
             mapping: for each output name, the names of the inputs that feed it.
-            inputs: all input names, in order. Default: in order of first appearance, reading
-                the mapping's lists in its iteration order.
-            outputs: all output names, in order. Default: the mapping's keys, in order.
-                Outputs missing from ``mapping`` have no connections.
+            input_names: all input names, in order. Default: in order of first appearance,
+                reading the mapping's lists in its iteration order. (Formerly ``inputs=``,
+                deprecated.)
+            output_names: all output names, in order. Default: the mapping's keys, in order.
+                Outputs missing from ``mapping`` have no connections. (Formerly
+                ``outputs=``, deprecated.)
 
         Examples::
 
@@ -502,6 +506,9 @@ class Wiring:
             tensor([[ True,  True],
                     [False,  True]])
         """
+        input_names, output_names = _renamed(
+            "Wiring.from_mapping", deprecated, input_names, output_names
+        )
         if not isinstance(mapping, Mapping):
             raise TypeError(
                 "mapping must be a dict {output_name: [input_name, ...]}, "
@@ -528,24 +535,26 @@ class Wiring:
                     "once; list each input at most once per output"
                 )
             lists[key] = names
-        out_names = tuple(lists) if outputs is None else _name_tuple(outputs, "outputs")
-        _check_known(lists, out_names, "output", "outputs")
-        if inputs is None:
+        if output_names is None:
+            out_names = tuple(lists)
+        else:
+            out_names = _name_tuple(output_names, "output_names")
+        _check_known(lists, out_names, "output", "output_names")
+        if input_names is None:
             in_names = tuple(dict.fromkeys(name for names in lists.values() for name in names))
         else:
-            in_names = _name_tuple(inputs, "inputs")
-            _check_known(
-                (name for names in lists.values() for name in names), in_names, "input", "inputs"
-            )
+            in_names = _name_tuple(input_names, "input_names")
+            inputs_used = (name for names in lists.values() for name in names)
+            _check_known(inputs_used, in_names, "input", "input_names")
         if not out_names:
             raise ValueError(
-                "from_mapping needs at least one output, but mapping is empty and outputs= "
-                "was not given"
+                "from_mapping needs at least one output, but mapping is empty and "
+                "output_names= was not given"
             )
         if not in_names:
             raise ValueError(
                 "from_mapping needs at least one input, but no output lists any input; "
-                "pass inputs=[...] to declare them"
+                "pass input_names=[...] to declare them"
             )
         out_index = {name: o for o, name in enumerate(out_names)}
         in_index = {name: i for i, name in enumerate(in_names)}
@@ -1149,6 +1158,27 @@ def _check_known(names: Iterable[str], known: tuple[str, ...], kind: str, arg: s
             f"unknown {kind} name(s) {unknown[:5]}{more}: not in {arg}={_short(known)}; "
             f"add them to {arg}= or fix the mapping"
         )
+
+
+def _renamed(
+    where: str, deprecated: dict[str, Any], input_names: Any, output_names: Any
+) -> tuple[Any, Any]:
+    """``input_names``/``output_names``, taking the deprecated ``inputs=``/``outputs=`` of
+    ``where`` (with a DeprecationWarning naming the new keyword)."""
+    found = {"input_names": input_names, "output_names": output_names}
+    for old, value in deprecated.items():
+        new = {"inputs": "input_names", "outputs": "output_names"}.get(old)
+        if new is None:
+            raise TypeError(f"{where}() got an unexpected keyword argument {old!r}")
+        if found[new] is not None:
+            raise TypeError(f"{where}() got both {new}= and its deprecated spelling {old}=")
+        warnings.warn(
+            f"{where}({old}=...) is deprecated; use {new}=...",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        found[new] = value
+    return found["input_names"], found["output_names"]
 
 
 def _short(names: tuple[str, ...]) -> str:
