@@ -5,6 +5,7 @@ cannot be fused exactly is refused with the branch's name."""
 from __future__ import annotations
 
 import copy
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -291,7 +292,7 @@ REFUSED: list[tuple[Callable[[], Any], type[Exception], str]] = [
     (
         lambda: tw.Parallel(nn.Linear(4, 2), _hooked()),
         ValueError,
-        r"branch '1' \(Linear\) has hooks",
+        r"cannot rebuild branch '1' \(Linear\): it has hooks",
     ),
     (lambda: tw.Parallel(nn.Linear(4, 2), _pruned()), ValueError, r"has hooks"),
     (
@@ -325,3 +326,65 @@ def test_what_cannot_be_fused_exactly_is_refused_naming_the_branch(
 def test_unfuse_needs_a_fused_parallel() -> None:
     with pytest.raises(TypeError, match=r"unfuse expected a torchwire.FusedParallel, got Parallel"):
         tw.unfuse(tw.Parallel(nn.Linear(2, 2)))  # type: ignore[arg-type]
+
+
+def _forward_hook(m: nn.Module) -> None:
+    m.register_forward_hook(lambda *args: None)
+
+
+def _weight_norm(m: nn.Module) -> None:
+    nn.utils.parametrizations.weight_norm(m)
+
+
+POLICY_BRANCHES: list[Callable[[], list[Any]]] = [
+    lambda: [nn.Linear(4, 2), nn.Linear(4, 3)],
+    lambda: [nn.Conv1d(4, 2, 3, groups=2), nn.Conv1d(4, 4, 3, groups=2)],
+    lambda: [tw.BlockLinear(4, 2, groups=2), tw.BlockLinear([1, 3], [2, 2])],
+    lambda: [tw.SparseLinear(tw.Wiring.random(4, 3, density=0.5, seed=0)), nn.Linear(4, 2)],
+]
+
+
+@pytest.mark.parametrize("branches", POLICY_BRANCHES, ids=["linear", "conv", "block", "mixed"])
+def test_fuse_parallel_and_unfuse_keep_mode_and_frozen_parameters_and_refuse_hooks(
+    branches: Callable[[], list[Any]],
+) -> None:
+    first, second = branches()
+    first.requires_grad_(False)
+    second.weight.requires_grad_(False)
+    parallel = tw.Parallel(first, second).eval()
+    fused = tw.fuse_parallel(parallel)
+    assert not fused.training
+    assert not fused.layer.training
+    assert not fused.layer.weight.requires_grad  # every branch froze its weight
+    assert fused.layer.bias.requires_grad  # not every branch froze its bias
+    back = tw.unfuse(fused)
+    assert not back.training
+    for branch in back:
+        assert not branch.training
+        assert not branch.weight.requires_grad
+        assert branch.bias.requires_grad
+    # in training mode and trainable unless every branch is not
+    first, second = branches()
+    fused = tw.fuse_parallel(tw.Parallel(first.requires_grad_(False), second.eval()))
+    assert fused.layer.training
+    assert all(p.requires_grad for p in fused.layer.parameters())
+    # unfuse gives every branch the wide layer's mode and frozen parameters
+    fused.layer.eval().bias.requires_grad_(False)
+    for branch in tw.unfuse(fused):
+        assert not branch.training
+        assert branch.weight.requires_grad
+        assert not branch.bias.requires_grad
+    # hooks and parametrizations are refused with one message
+    for refused in (_forward_hook, _weight_norm):
+        first, second = branches()
+        refused(second)
+        label = f"branch '1' ({type(second).__name__})"
+        message = f"fuse_parallel cannot rebuild {label}: it has hooks or parametrizations"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            tw.fuse_parallel(tw.Parallel(first, second))
+        fused = tw.fuse_parallel(tw.Parallel(*branches()))
+        refused(fused.layer)
+        label = f"its layer ({type(fused.layer).__name__})"
+        message = f"unfuse cannot rebuild {label}: it has hooks or parametrizations"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            tw.unfuse(fused)

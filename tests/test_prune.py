@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -424,12 +426,12 @@ def test_neurons_warns_for_zero_padded_convs_and_refuses_bad_arguments() -> None
 
 
 def test_neurons_leaves_hooked_shared_and_grouped_layers_whole() -> None:
-    hooked = nn.Linear(4, 6)
+    hooked = nn.ReLU()  # a hook between the layers (a hooked layer is refused: see below)
     hooked.register_forward_hook(lambda *args: None)
     shared = nn.Linear(6, 6)
     grouped = nn.Conv1d(4, 4, 1, groups=2)
     for model in (
-        nn.Sequential(hooked, nn.ReLU(), nn.Linear(6, 2)),
+        nn.Sequential(nn.Linear(4, 6), hooked, nn.Linear(6, 2)),
         nn.Sequential(nn.Linear(4, 6), shared, nn.ReLU(), shared),
         nn.Sequential(grouped, nn.ReLU(), nn.Conv1d(4, 2, 1)),
     ):
@@ -567,3 +569,66 @@ def test_a_bare_layer_can_be_the_model() -> None:
     assert isinstance(tw.sparsify(layer, density=0.5), tw.SparseLinear)
     assert tw.prune.global_edges(layer, amount=3).nnz == 29
     assert type(layer) is nn.Linear
+
+
+# ---------------------------------------------------------------------------- rebuild policy
+
+
+def _policy_model() -> Any:
+    """An eval-mode MLP with a frozen bias, a frozen weight and a dead unit."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    model[0].bias.requires_grad_(False)
+    model[2].weight.requires_grad_(False)
+    with torch.no_grad():
+        model[0].weight[0] = 0  # unit 0 of layer 0 is dead
+    return model
+
+
+def _forward_hook(m: nn.Module) -> None:
+    m.register_forward_hook(lambda *args: None)
+
+
+def _weight_norm(m: nn.Module) -> None:
+    nn.utils.parametrizations.weight_norm(m)
+
+
+ENTRY_POINTS: list[tuple[str, Callable[[Any], Any], str]] = [
+    ("prune.edges", lambda m: tw.prune.edges(m[0], amount=5), "the {}"),
+    ("prune.global_edges", lambda m: tw.prune.global_edges(m, amount=0.5), "layer '0' ({})"),
+    ("sparsify", lambda m: tw.sparsify(m, density=0.5), "layer '0' ({})"),
+    ("prune.neurons", lambda m: tw.prune.neurons(m, amount=2), "layer '0' ({})"),
+    ("prune.dead_neurons", tw.prune.dead_neurons, "layer '0' ({})"),
+]
+
+
+@pytest.mark.parametrize(
+    ("operation", "prune", "label"), ENTRY_POINTS, ids=[op for op, _, _ in ENTRY_POINTS]
+)
+def test_every_entry_point_keeps_mode_and_frozen_parameters_and_refuses_hooks(
+    operation: str, prune: Callable[[Any], Any], label: str
+) -> None:
+    model = _policy_model()
+    pruned = prune(model)
+    pairs = [(pruned, model[0])] if operation == "prune.edges" else [(pruned[0], model[0])]
+    if operation != "prune.edges":
+        pairs.append((pruned[2], model[2]))
+    for new, old in pairs:
+        assert new is not old
+        assert not new.training
+        for name, p in old.named_parameters():
+            assert getattr(new, name).requires_grad == p.requires_grad, name
+    # torch.nn.utils.prune's masks are read through
+    masked = _policy_model()
+    torch_prune.l1_unstructured(masked[0], "weight", amount=0.25)
+    assert not prune(masked).training
+    # hooks and parametrizations are refused with one message
+    for refused in (_forward_hook, _weight_norm):
+        model = _policy_model()
+        refused(model[0])
+        kind = type(model[0]).__name__
+        message = (
+            f"{operation} cannot rebuild {label.format(kind)}: it has hooks or parametrizations"
+        )
+        with pytest.raises(ValueError, match=re.escape(message)):
+            prune(model)

@@ -3,59 +3,52 @@
 
 Fusing is exact: the wide layer holds the branches' weights side by side, so it computes
 the same outputs (up to floating-point summation order) and the same gradients.
+
+Both follow surgery's one rebuild policy (``torchwire._surgery``). The wide layer is in
+eval mode when every branch is (else in training mode), and each of its parameters
+(``weight``, ``bias``) is frozen (``requires_grad=False``) when every branch holding that
+parameter froze it, else trainable; the :class:`FusedParallel` takes the Parallel's mode.
+:func:`unfuse` gives every branch the wide layer's mode and frozen parameters, and the
+Parallel the FusedParallel's mode. Modules with hooks or parametrizations are refused, since
+the new ones would lose them.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from torchwire import _surgery
 from torchwire.containers import Parallel, _merge
-from torchwire.functional import _group_sizes
 from torchwire.layers import BlockLinear, SparseLinear
 from torchwire.wiring import Wiring
 
 __all__ = ["FusedParallel", "fuse_parallel", "unfuse"]
 
-_CONVS: dict[str, type[nn.modules.conv._ConvNd]] = {
-    "Conv1d": nn.Conv1d,
-    "Conv2d": nn.Conv2d,
-    "Conv3d": nn.Conv3d,
-}
-# What every fused convolution must share (besides its class, dtype and device).
-_CONV_ATTRS = (
-    "in_channels",
-    "kernel_size",
-    "stride",
-    "padding",
-    "dilation",
-    "groups",
-    "padding_mode",
-)
-_FUSABLE = (nn.Linear, BlockLinear, SparseLinear, *_CONVS.values())
 _SUPPORTED = "nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, torchwire.BlockLinear, SparseLinear"
 
 
 # Branches by name (typed Any: attribute access on checked nn.Linear / ConvNd / BlockLinear /
 # SparseLinear branches).
 _Named = list[tuple[str, Any]]
+# A wide layer and where branch order reads its outputs (None: they are already in order).
+_Fused = tuple[nn.Module, list[int] | None]
 
 
 class _Branch(NamedTuple):
     """What :func:`unfuse` needs to rebuild one branch besides its values."""
 
     name: str
-    kind: str  # class name: Linear, Conv1d/2d/3d, BlockLinear or SparseLinear
+    kind: type[nn.Module]  # the branch's layer type: its adapter builds it back
     size: int  # outputs (features or channels)
     bias: bool
-    config: dict[str, Any]  # BlockLinear constructor sizes, SparseLinear wiring, backend
+    config: dict[str, Any]  # the adapter's config of the branch (see _config)
 
 
 class FusedParallel(nn.Module):
@@ -83,7 +76,7 @@ class FusedParallel(nn.Module):
           (layer): Linear(in_features=8, out_features=5, bias=True)
         )
         >>> x = torch.randn(4, 8)
-        >>> all(torch.allclose(a, b) for a, b in zip(fused(x), heads(x)))
+        >>> all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fused(x), heads(x)))
         True
     """
 
@@ -215,14 +208,16 @@ def fuse_parallel(parallel: nn.Module) -> FusedParallel:
             raises ``TypeError``.)
 
     Returns:
-        A new :class:`FusedParallel`; ``parallel`` is not changed.
+        A new :class:`FusedParallel`; ``parallel`` is not changed. The wide layer is in eval
+        mode when every branch is, and a parameter of it is frozen when every branch
+        holding that parameter froze it (see the module docstring).
 
     Raises:
         TypeError: a branch is of a type that cannot be fused, or types are mixed.
         ValueError: a branch differs from the first in something fusing cannot keep
             exactly (its input size, kernel, stride, ...), shares a module with another
             branch, has hooks or parametrizations, or is a shared-block ``BlockLinear``.
-            The message names the branch.
+            The message names the branch. The Parallel itself has hooks.
 
     Examples::
 
@@ -242,19 +237,18 @@ def fuse_parallel(parallel: nn.Module) -> FusedParallel:
     named = [(name, m) for name, m in parallel._modules.items() if m is not None]
     if not named:
         raise ValueError("fuse_parallel got a Parallel without branches")
+    _surgery.check_plain(parallel, "the Parallel", "fuse_parallel")
     _check_branches(named)
     kinds = {type(m) for _, m in named}
-    first = named[0][1]
-    if type(first) in _CONVS.values():
-        layer, order, feature_dim = _fuse_convs(named)
-    elif kinds == {nn.Linear}:
-        layer, order, feature_dim = _surgery.dense_linear(*_cat_rows(named)), None, -1
-    elif kinds == {BlockLinear} and len({m.in_sizes for _, m in named}) == 1:
-        layer, order, feature_dim = _fuse_blocks(named)
-    else:
-        layer, order, feature_dim = _fuse_sparse(named), None, -1
+    rule = _RULES.get(kinds.pop()) if len(kinds) == 1 else None
+    fused = None if rule is None else rule(named)
+    layer, order = _fuse_wirings(named) if fused is None else fused
+    layer = _surgery.rebuilt(layer, _as_one(named))
     branches = [_describe(name, m) for name, m in named]
-    return FusedParallel(layer, branches, order, parallel.merge, parallel.dim, feature_dim)
+    feature_dim = -(_FACTS[type(named[0][1])].spatial + 1)
+    result = FusedParallel(layer, branches, order, parallel.merge, parallel.dim, feature_dim)
+    result.training = parallel.training  # the container's own flag; the layer keeps its mode
+    return result
 
 
 def unfuse(fused: nn.Module) -> Parallel:
@@ -263,7 +257,9 @@ def unfuse(fused: nn.Module) -> Parallel:
 
     A branch that had no bias stays without one, unless the wide layer's bias for its outputs
     was trained away from zero after fusing: then it keeps that bias (so outputs do not
-    change) and a warning says so.
+    change) and a warning says so. Every branch takes the wide layer's train/eval mode and
+    frozen parameters; a FusedParallel or wide layer with hooks or parametrizations is
+    refused (``ValueError``).
 
     Examples::
 
@@ -275,30 +271,29 @@ def unfuse(fused: nn.Module) -> Parallel:
     if not isinstance(fused, FusedParallel):
         raise TypeError(f"unfuse expected a torchwire.FusedParallel, got {type(fused).__name__}")
     layer = fused.layer
+    _surgery.check_plain(fused, "the FusedParallel", "unfuse")
+    _surgery.check_plain(layer, f"its layer ({type(layer).__name__})", "unfuse")
     positions = fused._positions()
     modules: OrderedDict[str, nn.Module] = OrderedDict()
     start = 0
-    for b, branch in enumerate(fused.branches):
+    for branch in fused.branches:
         rows = positions[start : start + branch.size]
         start += branch.size
-        modules[branch.name] = _unfuse_branch(layer, fused.branches, b, rows)
-    return Parallel(modules, merge=fused.merge, dim=fused.dim)
+        modules[branch.name] = _unfuse_branch(layer, branch, rows)
+    parallel = Parallel(modules, merge=fused.merge, dim=fused.dim)
+    parallel.training = fused.training  # the container's own flag; branches take the layer's
+    return parallel
 
 
 def _check_branches(named: _Named) -> None:
     """Everything fusing could not keep exactly is an error naming the branch."""
     seen: dict[int, str] = {}
     first_name, first = named[0]
-    first_conv = type(first) in _CONVS.values()
     for name, m in named:
         label = f"branch {name!r} ({type(m).__name__})"
-        hooks = m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-        if hooks or parametrize.is_parametrized(m):
-            raise ValueError(
-                f"{label} has hooks or parametrizations (pruning masks, weight norm, ...), "
-                "which a fused layer would not run; remove them first"
-            )
-        if type(m) not in _FUSABLE:
+        _surgery.check_plain(m, label, "fuse_parallel")
+        facts = _FACTS.get(type(m))
+        if facts is None:
             raise TypeError(f"fuse_parallel cannot fuse {label}; it fuses {_SUPPORTED}")
         if id(m) in seen:
             raise ValueError(
@@ -306,7 +301,7 @@ def _check_branches(named: _Named) -> None:
                 "a fused layer would hold two copies and train them apart"
             )
         seen[id(m)] = name
-        if isinstance(m, BlockLinear) and m.shared:
+        if getattr(m, "shared", False):
             raise ValueError(
                 f"{label} shares one block across its groups, which a wider layer cannot keep "
                 "shared; fuse it with shared=False or leave it as its own branch"
@@ -318,14 +313,13 @@ def _check_branches(named: _Named) -> None:
                 f"holds {expected.dtype} on {expected.device}; move them to one dtype and "
                 "device first"
             )
-        conv = type(m) in _CONVS.values()
-        if conv != first_conv or (conv and type(m) is not type(first)):
+        if facts.family is not _FACTS[type(first)].family:
             raise TypeError(
                 f"fuse_parallel cannot fuse {label} with branch {first_name!r} "
                 f"({type(first).__name__}): convolutions fuse only with convolutions of the "
                 "same dimension, linear layers only with linear layers"
             )
-        for attr in _CONV_ATTRS if conv else ("in_features",):
+        for attr in _agreed(m, facts):
             if getattr(m, attr) != getattr(first, attr):
                 raise ValueError(
                     f"{label} has {attr}={getattr(m, attr)}, but branch {first_name!r} has "
@@ -333,20 +327,33 @@ def _check_branches(named: _Named) -> None:
                 )
 
 
+def _agreed(m: nn.Module, facts: _Facts) -> list[str]:
+    """What branches of ``m``'s family must agree on: a linear layer's input size; all of a
+    convolution's settings but its output channels and bias."""
+    if not facts.spatial:
+        return ["in_features"]
+    config = _surgery.ADAPTERS[type(m)].config(m)
+    return [key for key in config if key not in ("out_channels", "bias")]
+
+
 def _describe(name: str, m: Any) -> _Branch:
-    config: dict[str, Any] = {}
-    if isinstance(m, BlockLinear):
-        uneven = m._uneven_args
-        config = {
-            "in_features": list(m.in_sizes) if uneven else m.in_features,
-            "out_features": list(m.out_sizes) if uneven else m.out_features,
-            "groups": None if uneven else m.groups,
-            "backend": m.backend,
-        }
-    elif isinstance(m, SparseLinear):
-        config = {"wiring": m.wiring, "backend": m.backend}
-    size = m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
-    return _Branch(name, type(m).__name__, int(size), m.bias is not None, config)
+    size = _FACTS[type(m)].sizes(m)[1]
+    return _Branch(name, type(m), size, m.bias is not None, _config(m))
+
+
+def _as_one(named: _Named) -> nn.Module:
+    """The branches as the one layer that the wide layer replaces, for
+    :func:`~torchwire._surgery.rebuilt`: in training mode unless every branch is in eval mode,
+    and with a parameter frozen where every branch holding it froze it."""
+    one = nn.Module()
+    one.train(any(m.training for _, m in named))
+    trainable: dict[str, bool] = {}
+    for _, m in named:
+        for name, p in m.named_parameters():
+            trainable[name] = trainable.get(name, False) or p.requires_grad
+    for name, grad in trainable.items():
+        one.register_parameter(name, nn.Parameter(torch.empty(0), requires_grad=grad))
+    return one
 
 
 def _bias_or_zeros(m: Any, size: int) -> torch.Tensor:
@@ -362,8 +369,8 @@ def _any_bias(named: _Named) -> bool:
 
 def _common_backend(named: _Named) -> str:
     """The backend every branch forces, else ``"auto"`` (``nn.Linear`` counts as auto)."""
-    backends = {getattr(m, "backend", "auto") for _, m in named}
-    return backends.pop() if len(backends) == 1 else "auto"
+    backends = {_surgery.ADAPTERS[type(m)].config(m).get("backend", "auto") for _, m in named}
+    return str(backends.pop()) if len(backends) == 1 else "auto"
 
 
 def _cat_rows(named: _Named) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -393,70 +400,60 @@ def _group_major(sizes: Sequence[Sequence[int]]) -> list[int] | None:
     return None if order == list(range(len(order))) else order
 
 
-def _fuse_convs(named: _Named) -> tuple[nn.Module, list[int] | None, int]:
+def _fuse_linears(named: _Named) -> _Fused:
+    """``nn.Linear`` branches: one ``nn.Linear`` of their rows."""
+    return _surgery.dense_linear(*_cat_rows(named)), None
+
+
+def _fuse_convs(named: _Named) -> _Fused:
+    """Convolutions of one kind and settings: one of their output channels, group by group."""
     first: Any = named[0][1]
     g = first.groups
     # Group g of the wide convolution holds group g of every branch.
     weight = torch.cat([m.weight.detach().unflatten(0, (g, -1)) for _, m in named], 1)
-    outs = sum(m.out_channels for _, m in named)
-    layer = type(first)(
-        first.in_channels,
-        outs,
-        first.kernel_size,
-        first.stride,
-        first.padding,
-        first.dilation,
-        g,
-        bias=_any_bias(named),
-        padding_mode=first.padding_mode,
-        device=first.weight.device,
-        dtype=first.weight.dtype,
-    )
-    with torch.no_grad():
-        layer.weight.copy_(weight.flatten(0, 1))
-        if layer.bias is not None:
-            biases = [_bias_or_zeros(m, m.out_channels).view(g, -1) for _, m in named]
-            layer.bias.copy_(torch.cat(biases, 1).flatten())
-    order = _group_major([[m.out_channels // g] * g for _, m in named])
-    return layer, order, -(len(first.kernel_size) + 1)
+    bias = None
+    if _any_bias(named):
+        biases = [_bias_or_zeros(m, m.out_channels).view(g, -1) for _, m in named]
+        bias = torch.cat(biases, 1).flatten()
+    layer = _surgery.conv_like(first, weight.flatten(0, 1), bias)
+    return layer, _group_major([[m.out_channels // g] * g for _, m in named])
 
 
-def _blocks(m: BlockLinear) -> list[torch.Tensor]:
-    """The ``(out_g, in_g)`` block of every group."""
-    weight = m.weight.detach()
-    if weight.dim() == 3:
-        return list(weight.unbind(0))
-    sizes = [i * o for i, o in zip(m.in_sizes, m.out_sizes, strict=True)]
-    return [
-        w.view(o, i) for w, i, o in zip(weight.split(sizes), m.in_sizes, m.out_sizes, strict=True)
-    ]
-
-
-def _fuse_blocks(named: _Named) -> tuple[nn.Module, list[int] | None, int]:
-    layers: list[BlockLinear] = [m for _, m in named]
-    first = layers[0]
-    per_branch = [_blocks(m) for m in layers]
+def _fuse_blocks(named: _Named) -> _Fused | None:
+    """BlockLinear branches with the same input groups: one BlockLinear whose group ``g``
+    holds group ``g`` of every branch (else ``None``: they fuse as any linear layers)."""
+    found = _surgery.ADAPTERS[BlockLinear]
+    configs = [found.config(m) for _, m in named]
+    if len({tuple(c["in_sizes"]) for c in configs}) != 1:
+        return None
+    per_branch = []  # the (out_g, in_g) block of every group, of every branch
+    for (_, m), c in zip(named, configs, strict=True):
+        _, values = _surgery.edges(m)  # blocks one after another, each row by row
+        sizes = [i * o for i, o in zip(c["in_sizes"], c["out_sizes"], strict=True)]
+        blocks = values.split(sizes)
+        per_branch.append([b.view(o, -1) for b, o in zip(blocks, c["out_sizes"], strict=True)])
     blocks = [torch.cat(group) for group in zip(*per_branch, strict=True)]
-    layer = BlockLinear(
-        list(first.in_sizes),
-        [b.shape[0] for b in blocks],
-        bias=_any_bias(named),
-        backend=_common_backend(named),
-        device=first.weight.device,
-        dtype=first.weight.dtype,
-    )
-    with torch.no_grad():
-        if layer.weight.dim() == 3:
-            layer.weight.copy_(torch.stack(blocks))
-        else:
-            layer.weight.copy_(torch.cat([b.flatten() for b in blocks]))
-        if layer.bias is not None:
-            biases = [_bias_or_zeros(m, m.out_features).split(list(m.out_sizes)) for m in layers]
-            layer.bias.copy_(torch.cat([torch.cat(group) for group in zip(*biases, strict=True)]))
-    return layer, _group_major([m.out_sizes for m in layers]), -1
+    config = {
+        **configs[0],
+        "out_sizes": [b.shape[0] for b in blocks],
+        "bias": _any_bias(named),
+        "backend": _common_backend(named),
+    }
+    weight = blocks[0]
+    layer = found.build(config, weight.device, weight.dtype)
+    bias = None
+    if _any_bias(named):
+        biases = [
+            _bias_or_zeros(m, m.out_features).split(c["out_sizes"])
+            for (_, m), c in zip(named, configs, strict=True)
+        ]
+        bias = torch.cat([torch.cat(group) for group in zip(*biases, strict=True)])
+    values = torch.cat([b.flatten() for b in blocks])
+    return _surgery.filled(layer, values, bias), _group_major([c["out_sizes"] for c in configs])
 
 
-def _fuse_sparse(named: _Named) -> SparseLinear:
+def _fuse_wirings(named: _Named) -> _Fused:
+    """Any linear layers: a SparseLinear of their wirings, outputs stacked."""
     wirings, values = zip(*(_surgery.edges(m) for _, m in named), strict=True)
     edges, offset = [], 0
     for w in wirings:  # outputs stacked: each branch's edges keep their canonical order
@@ -466,32 +463,27 @@ def _fuse_sparse(named: _Named) -> SparseLinear:
         offset += w.out_features
     stacked = Wiring.from_edges(torch.cat(edges), wirings[0].in_features, offset)
     weight = values[0]
-    layer = SparseLinear(
-        stacked,
-        bias=_any_bias(named),
-        backend=_common_backend(named),
-        device=weight.device,
-        dtype=weight.dtype,
-    )
-    with torch.no_grad():
-        layer.weight.copy_(torch.cat(values))
-        if layer.bias is not None:
-            layer.bias.copy_(
-                torch.cat(
-                    [
-                        _bias_or_zeros(m, w.out_features)
-                        for (_, m), w in zip(named, wirings, strict=True)
-                    ]
-                )
-            )
-    return layer
+    config = {"wiring": stacked, "bias": _any_bias(named), "backend": _common_backend(named)}
+    layer = _surgery.ADAPTERS[SparseLinear].build(config, weight.device, weight.dtype)
+    bias = None
+    if _any_bias(named):
+        bias = torch.cat(
+            [_bias_or_zeros(m, w.out_features) for (_, m), w in zip(named, wirings, strict=True)]
+        )
+    return _surgery.filled(layer, torch.cat(values), bias), None
 
 
-def _unfuse_branch(
-    layer: nn.Module, branches: Sequence[_Branch], b: int, rows: list[int]
-) -> nn.Module:
-    """Branch ``b`` rebuilt from the wide layer's outputs ``rows``."""
-    branch = branches[b]
+# How branches all of one type fuse into one layer (a rule may return None: then, and for
+# branches of mixed types, they fuse as any linear layers, by their wirings).
+_RULES: dict[type[nn.Module], Callable[[_Named], _Fused | None]] = {
+    nn.Linear: _fuse_linears,
+    BlockLinear: _fuse_blocks,
+    **dict.fromkeys(_surgery.CONVS, _fuse_convs),
+}
+
+
+def _unfuse_branch(layer: nn.Module, branch: _Branch, rows: list[int]) -> nn.Module:
+    """``branch`` rebuilt from the wide layer's outputs ``rows`` (increasing)."""
     weight: torch.Tensor = layer.weight  # type: ignore[assignment]
     index = torch.tensor(rows, dtype=torch.long, device=weight.device)
     wide_bias: torch.Tensor | None = layer.bias  # type: ignore[assignment]
@@ -505,59 +497,84 @@ def _unfuse_branch(
             stacklevel=3,
         )
         has_bias = True
-    module = _empty_branch(layer, branch, has_bias)
-    if isinstance(layer, SparseLinear):  # outputs stacked: one contiguous run of connections
-        indptr = layer.wiring.indptr
-        values = weight.detach()[int(indptr[rows[0]]) : int(indptr[rows[-1] + 1])]
-    elif isinstance(layer, BlockLinear):
-        values = torch.cat([blk.flatten() for blk in _branch_blocks(layer, branches, b)])
-    else:
+    if _FACTS[type(layer)].dense:  # its weight's rows are its outputs
         values = weight.detach().index_select(0, index)
-    target: Any = module  # its weight and bias are tensors
-    with torch.no_grad():
-        target.weight.copy_(values.view_as(target.weight))
-        if target.bias is not None:
-            assert bias is not None
-            target.bias.copy_(bias)
-    return module
+    else:  # the values of those outputs' connections, in the branch's own order
+        wiring, all_values = _surgery.edges(layer)
+        values = all_values[wiring.selected_edges(outputs=rows).to(all_values.device)]
+    config = {**branch.config, "bias": has_bias}
+    module = _build(branch.kind, config, weight.device, weight.dtype)
+    module = _surgery.filled(module, values, bias if has_bias else None)
+    return _surgery.rebuilt(module, layer)
 
 
-def _branch_blocks(layer: BlockLinear, branches: Sequence[_Branch], b: int) -> list[torch.Tensor]:
-    """Branch ``b``'s blocks inside a wide BlockLinear (its rows of every group's block)."""
-    sizes = [_out_sizes(br) for br in branches]
-    out = []
-    for g, block in enumerate(_blocks(layer)):
-        start = sum(s[g] for s in sizes[:b])
-        out.append(block[start : start + sizes[b][g]])
-    return out
+# ---------------------------------------------------------------------------- layer facts
+# What fusing needs to know of a layer type beyond what _surgery's adapters tell (wiring
+# and values, config, build). One table, to become fields of _surgery.Adapter.
 
 
-def _out_sizes(branch: _Branch) -> tuple[int, ...]:
-    """A BlockLinear branch's output group sizes, from its constructor arguments."""
-    config = branch.config
-    return _group_sizes(config["in_features"], config["out_features"], config["groups"])[1]
+@dataclass(frozen=True)
+class _Facts:
+    """How a layer type's units sit.
+
+    Attributes:
+        family: the layers it fuses with: ``nn.Linear`` for every linear layer (features, on
+            the last dimension), the conv type for a convolution (channels, on dimension 1).
+        spatial: the dimensions after the units' one (0 for linear layers).
+        sizes: ``(input units, output units)`` of a layer.
+        dense: its weight holds every possible connection, one row per output.
+    """
+
+    family: type[nn.Module]
+    spatial: int
+    sizes: Callable[[Any], tuple[int, int]]
+    dense: bool
 
 
-def _empty_branch(layer: nn.Module, branch: _Branch, bias: bool) -> nn.Module:
-    """A new module of the branch's type and sizes, on the wide layer's device and dtype."""
-    weight: torch.Tensor = layer.weight  # type: ignore[assignment]
-    factory: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
-    if branch.kind == "Linear":
-        return nn.Linear(layer.in_features, branch.size, bias, **factory)  # type: ignore[arg-type]
-    if branch.kind in _CONVS:
-        conv: Any = layer
-        return _CONVS[branch.kind](
-            conv.in_channels,
-            branch.size,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            bias=bias,
-            padding_mode=conv.padding_mode,
-            **factory,
-        )
-    if branch.kind == "BlockLinear":
-        return BlockLinear(**branch.config, bias=bias, **factory)
-    return SparseLinear(branch.config["wiring"], bias, backend=branch.config["backend"], **factory)
+def _features(m: Any) -> tuple[int, int]:
+    return int(m.in_features), int(m.out_features)
+
+
+def _channels(m: Any) -> tuple[int, int]:
+    return int(m.in_channels), int(m.out_channels)
+
+
+_FACTS: dict[type[nn.Module], _Facts] = {
+    nn.Linear: _Facts(nn.Linear, 0, _features, True),
+    BlockLinear: _Facts(nn.Linear, 0, _features, False),
+    SparseLinear: _Facts(nn.Linear, 0, _features, False),
+    **{conv: _Facts(conv, d, _channels, True) for d, conv in enumerate(_surgery.CONVS, 1)},
+}
+
+
+def _config(m: Any) -> dict[str, Any]:
+    """``m``'s adapter config, completed to rebuild ``m`` exactly where the adapters do not
+    yet: a SparseLinear's wiring (its config leaves the connections to the ``state_dict``) and
+    the ``groups`` of a BlockLinear built from equal groups (its repr:
+    ``BlockLinear(8, 6, groups=2)``, not ``BlockLinear([4, 4], [3, 3])``)."""
+    config = _surgery.ADAPTERS[type(m)].config(m)
+    if type(m) is SparseLinear:
+        config["wiring"] = m.wiring
+    elif type(m) is BlockLinear and not m._uneven_args:
+        config["groups"] = m.groups
+    return config
+
+
+def _build(
+    kind: type[nn.Module], config: dict[str, Any], device: torch.device, dtype: torch.dtype
+) -> nn.Module:
+    """A new ``kind`` from :func:`_config`'s ``config``: the adapter's build, or a BlockLinear
+    in its equal-groups form."""
+    groups = config.get("groups") if kind is BlockLinear else None
+    if groups is None:
+        return _surgery.ADAPTERS[kind].build(config, device, dtype)
+    return BlockLinear(
+        sum(config["in_sizes"]),
+        sum(config["out_sizes"]),
+        groups,
+        shared=config["shared"],
+        bias=config["bias"],
+        backend=config["backend"],
+        device=device,
+        dtype=dtype,
+    )

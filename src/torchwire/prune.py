@@ -14,6 +14,11 @@ BatchNorm in eval mode), by layers that read it as an input feature or channel. 
 unit that is constant (its incoming weights are gone or zero) contributes a constant to the
 next layer: that contribution is folded into the next layer's bias, so the outputs stay
 exact where the unit was dead. Constants are computed as in eval mode.
+
+Every rebuilt layer follows surgery's one policy (``torchwire._surgery``): it keeps the
+replaced layer's train/eval mode, frozen parameters, device, dtype and backend setting. A
+layer that would be rebuilt and has hooks or parametrizations is refused (``ValueError``),
+since the new layer would lose them; ``torch.nn.utils.prune`` masks are read through.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from torchwire import _surgery
 from torchwire.containers import Parallel
@@ -75,7 +81,12 @@ def edges(
         seed: seed for ``method="random"``. Default: ``None`` (torch's global generator).
 
     Returns:
-        A new :class:`SparseLinear` on the module's device and dtype, with its bias.
+        A new :class:`SparseLinear` on the module's device and dtype, with its bias, mode
+        and frozen parameters.
+
+    Raises:
+        ValueError: the module has hooks or parametrizations (``torch.nn.utils.prune``
+            masks are read through), which the new layer would lose.
 
     Examples::
 
@@ -87,6 +98,7 @@ def edges(
         250
     """
     _check_linear(module, "prune.edges")
+    _check_plain(module, "", "prune.edges")
     wiring, values = _surgery.edges(module)
     if (amount is None) == (threshold is None):
         raise ValueError(
@@ -131,7 +143,8 @@ def global_edges(
             SparseLinear.
 
     Returns:
-        A new model (the input is unchanged).
+        A new model (the input is unchanged). A selected layer with hooks or
+        parametrizations raises ``ValueError`` (prune masks are read through).
 
     Examples::
 
@@ -173,7 +186,8 @@ def sparsify(model: nn.Module, density: float, *, filter: Filter | None = None) 
             directly by their owners and left alone).
 
     Returns:
-        A new model (the input is unchanged).
+        A new model (the input is unchanged). A selected layer with hooks or
+        parametrizations raises ``ValueError`` (prune masks are read through).
 
     Examples::
 
@@ -214,8 +228,10 @@ def neurons(
     computes (``torch.nn.utils.prune.ln_structured``'s masked model), physically smaller.
 
     Args:
-        model: the model; modules holding hooks or parametrizations other than
-            ``torch.nn.utils.prune`` masks, or used at two places, are left whole.
+        model: the model; modules used at two places, and units that pass through a
+            module with hooks between the layers, are left whole. A layer or BatchNorm that
+            would be rebuilt and has hooks or parametrizations raises ``ValueError``
+            (``torch.nn.utils.prune`` masks are read through); ``filter`` can leave it out.
         amount: units to remove from each prunable layer: fraction (float, rounded) or
             count (int), with torch's validation; at least one unit must stay.
         criterion: ``"l2"`` or ``"l1"`` norm of each unit's incoming weights, or
@@ -242,10 +258,11 @@ def neurons(
         raise ValueError(f"criterion must be 'l1', 'l2' or a callable, got {criterion!r}")
     _check_amount(amount)
     new = _copy(model)
-    plan = _Plan()
+    plan = _Plan("prune.neurons")
     for link in _links(new):
         if filter is not None and not filter(link.name, link.producer):
             continue
+        plan.check(link)
         units = _units(link.producer)
         count = _amount_count(amount, units)
         if count == units:
@@ -279,7 +296,9 @@ def dead_neurons(model: nn.Module) -> nn.Module:
     leave others without connections.
 
     Computed as in eval mode; units whose constant would reach a zero-padded conv (where it
-    is not constant at the border) are kept.
+    is not constant at the border) are kept. A layer or BatchNorm it examines that has
+    hooks or parametrizations raises ``ValueError`` (``torch.nn.utils.prune`` masks are
+    read through), as in :func:`neurons`.
 
     Examples::
 
@@ -304,8 +323,9 @@ def _dead_plan(model: nn.Module, *, new_biases: bool) -> _Plan:
     """The plan removing ``model``'s dead units (see :func:`dead_neurons`); with
     ``new_biases=False``, a unit whose constant output would need a bias its consumer does
     not have is kept."""
-    plan = _Plan()
+    plan = _Plan("prune.dead_neurons")
     for link in _links(model):
+        plan.check(link)
         dead = _fan(link.producer, "in") == 0
         if any(_zero_padded(c) for c in link.consumers) or (
             not new_biases and any(getattr(c, "bias", None) is None for c in link.consumers)
@@ -327,12 +347,15 @@ def _dead_plan(model: nn.Module, *, new_biases: bool) -> _Plan:
 
 @dataclass
 class _Link:
-    """A layer (``producer``) whose outputs reach ``consumers`` through ``chain``."""
+    """A layer (``producer``) whose outputs reach ``consumers`` through ``chain``, of which
+    ``norms`` are BatchNorms (the modules pruning rebuilds: producer, norms, consumers)."""
 
     name: str
     producer: nn.Module
     chain: list[nn.Module]
     consumers: list[nn.Module]
+    norms: list[nn.Module]
+    names: dict[int, str]  # the model's modules' names, by id
 
 
 @dataclass
@@ -340,21 +363,28 @@ class _Cut:
     keep_in: torch.Tensor | None = None
     keep_out: torch.Tensor | None = None
     bias_add: torch.Tensor | None = None
+    norm: bool = False  # a BatchNorm: its channels (every per-channel state) are cut
 
 
 @dataclass
 class _Plan:
+    operation: str
     layers: dict[int, tuple[nn.Module, _Cut]] = field(default_factory=dict)
 
     def _cut(self, module: nn.Module) -> _Cut:
         return self.layers.setdefault(id(module), (module, _Cut()))[1]
 
+    def check(self, link: _Link) -> None:
+        """Refuse the link if a module it would rebuild has hooks or parametrizations."""
+        for m in (link.producer, *link.norms, *link.consumers):
+            _check_plain(m, link.names[id(m)], self.operation)
+
     def remove(self, link: _Link, remove: torch.Tensor, *, warn: bool) -> None:
         keep = ~remove
         self._cut(link.producer).keep_out = keep
-        for norm in link.chain:
-            if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-                self._cut(norm).keep_out = keep
+        for norm in link.norms:
+            cut = self._cut(norm)
+            cut.keep_out, cut.norm = keep, True
         # A removed unit's incoming weights count as zero (all of them, also those from
         # units removed upstream), so it sends its bias through the chain: the masked model.
         constants = torch.where(remove, _constants(link), 0.0)
@@ -396,6 +426,7 @@ def _links(model: nn.Module) -> list[_Link]:
     counts: dict[int, int] = {}
     for _, m in model.named_modules(remove_duplicate=False):
         counts[id(m)] = counts.get(id(m), 0) + 1
+    names = {id(m): name for name, m in model.named_modules()}
     covered: set[str] = set()
     links = []
     for prefix, seq in model.named_modules():
@@ -419,9 +450,10 @@ def _links(model: nn.Module) -> list[_Link]:
             stateful = [producer, *consumers, *(m for m in chain if _has_state(m))]
             if any(counts[id(m)] > 1 for m in stateful):
                 continue  # a module used twice: shrinking it would break its other use
-            if not all(_surgery.plain(m, prune_masks=True) for m in [producer, *chain, *consumers]):
-                continue
-            links.append(_Link(name, producer, chain, consumers))
+            norms = [m for m in chain if type(m) is _NORM_OF[kind]]
+            if not all(_surgery.plain(m, prune_masks=True) for m in chain if m not in norms):
+                continue  # a hook between the layers could change the units: leave them
+            links.append(_Link(name, producer, chain, consumers, norms, names))
     return links
 
 
@@ -439,38 +471,37 @@ def _flatten(seq: nn.Module, prefix: str, covered: set[str]) -> list[tuple[str, 
     return leaves
 
 
-def _kind(m: nn.Module) -> type | None:
-    """``nn.Linear`` for linear layers, the conv type for ungrouped convs, else ``None``."""
-    if type(m) in _surgery.LINEARS:
-        return nn.Linear
-    if type(m) in _surgery.CONVS and getattr(m, "groups", None) == 1:
-        return type(m)
-    return None
+def _kind(m: nn.Module) -> type[nn.Module] | None:
+    """The family of ``m``'s units (:attr:`_Facts.family`: ``nn.Linear`` for linear layers,
+    the conv type for convolutions) where pruning follows them, else ``None`` (grouped
+    convolutions, other modules)."""
+    facts = _facts(m)
+    if facts is None or (facts.spatial and getattr(m, "groups", None) != 1):
+        return None
+    return facts.family
 
 
 def _units(m: Any) -> int:
-    return int(m.out_features if _kind(m) is nn.Linear else m.out_channels)
+    return _sizes(m)[1]
 
 
-def _elementwise(m: Any, kind: type, units: int) -> bool:
+def _elementwise(m: Any, kind: type[nn.Module], units: int) -> bool:
     if type(m) in _ELEMENTWISE:
         return True
     if type(m) is nn.PReLU:
         return m.num_parameters == 1
-    norm = nn.BatchNorm1d if kind is nn.Linear else _surgery.NORM_OF[kind]
     return bool(
-        type(m) is norm
+        type(m) is _NORM_OF[kind]
         and m.num_features == units
         and m.running_mean is not None
         and not m.training
     )
 
 
-def _entries(m: Any, kind: type, units: int) -> list[nn.Module] | None:
+def _entries(m: Any, kind: type[nn.Module], units: int) -> list[nn.Module] | None:
     """The layers that read ``m``'s input as features (``None`` if something else does)."""
     if _kind(m) is kind:
-        width = m.in_features if kind is nn.Linear else m.in_channels
-        return [m] if width == units else None
+        return [m] if _sizes(m)[0] == units else None
     if type(m) is nn.Sequential:
         first = next(iter(m.children()), None)
         return None if first is None else _entries(first, kind, units)
@@ -514,14 +545,15 @@ def _unit_scores(link: _Link, criterion: Any) -> torch.Tensor:
 def _fan(m: Any, side: str) -> torch.Tensor:
     """Connections into each output (``side="in"``) or out of each input (``"out"``);
     for dense layers a connection is a nonzero weight."""
-    if isinstance(m, (SparseLinear, BlockLinear)):
-        return m.wiring.fan_in() if side == "in" else m.wiring.fan_out()
+    if not _facts_of(m).dense:
+        wiring, _ = _surgery.edges(m)
+        return wiring.fan_in() if side == "in" else wiring.fan_out()
     nonzero: torch.Tensor = m.weight.detach() != 0
     return (nonzero if side == "in" else nonzero.transpose(0, 1)).flatten(1).sum(1).cpu()
 
 
 def _zero_padded(m: Any) -> bool:
-    if type(m) not in _surgery.CONVS:
+    if not _facts_of(m).spatial:
         return False
     padding = m.padding
     padded = padding == "same" or (not isinstance(padding, str) and any(padding))
@@ -535,8 +567,7 @@ def _constants(link: _Link) -> torch.Tensor:
     units = _units(m)
     # a copy: an in-place activation in the chain must not write into the bias
     bias = m.bias.detach().clone() if m.bias is not None else m.weight.new_zeros(units)
-    spatial = m.weight.ndim - 2 if type(m) in _surgery.CONVS else 0
-    x = bias.view(1, units, *([1] * spatial))
+    x = bias.view(1, units, *([1] * _facts_of(m).spatial))
     with torch.no_grad():
         for step in link.chain:
             was = step.training
@@ -563,7 +594,7 @@ def _bias_contribution(consumer: Any, constants: torch.Tensor) -> torch.Tensor:
 def _shrunk(m: Any, cut: _Cut) -> Any:
     """``m`` without the inputs and outputs ``cut`` drops, ``cut.bias_add`` folded in."""
     keep_out: Any = cut.keep_out if cut.keep_out is not None else slice(None)
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+    if cut.norm:
         return _shrunk_norm(m, keep_out)
     bias = None if m.bias is None else m.bias.detach().double()
     if cut.bias_add is not None:
@@ -571,58 +602,123 @@ def _shrunk(m: Any, cut: _Cut) -> Any:
         bias = add if bias is None else bias + add
     if bias is not None:
         bias = bias[keep_out].to(m.weight.dtype)
-    if type(m) in _surgery.CONVS:
+    if _kind(m) is not nn.Linear:  # an (ungrouped) convolution: cut its weight's channels
         keep_in = cut.keep_in if cut.keep_in is not None else slice(None)
         weight = m.weight.detach()[keep_out][:, keep_in]
-        new = type(m)(
-            weight.shape[1],
-            weight.shape[0],
-            m.kernel_size,
-            stride=m.stride,
-            padding=m.padding,
-            dilation=m.dilation,
-            bias=bias is not None,
-            padding_mode=m.padding_mode,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        return _surgery.rebuilt(_surgery.filled(new, weight, bias), m)
+        return _surgery.rebuilt(_surgery.conv_like(m, weight, bias), m)
     wiring, values = _surgery.edges(m)
     kept = wiring.selected_edges(cut.keep_in, cut.keep_out)
     sub = wiring.select(cut.keep_in, cut.keep_out)
     values = values[kept.to(values.device)]
-    if type(m) is nn.Linear:
-        new = _surgery.dense_linear(values.view(sub.out_features, sub.in_features), bias)
-    elif isinstance(m, BlockLinear) and sub.block_sizes is not None:
-        in_sizes, out_sizes = sub.block_sizes
-        block = BlockLinear(
-            list(in_sizes),
-            list(out_sizes),
-            bias=bias is not None,
-            backend=m.backend,
-            device=values.device,
-            dtype=values.dtype,
-        )
-        new = _surgery.filled(block, values, bias)
-    else:
-        new = _sparse(sub, values, bias, m.backend if isinstance(m, SparseLinear) else "auto")
-    return _surgery.rebuilt(new, m)
+    return _surgery.rebuilt(_rewired(m, sub, values, bias), m)
 
 
 def _shrunk_norm(norm: Any, keep: torch.Tensor) -> Any:
     """A BatchNorm of the ``keep`` channels of ``norm`` (which tracks running statistics)."""
-    new = type(norm)(
-        int(keep.sum()),
-        eps=norm.eps,
-        momentum=norm.momentum,
-        affine=norm.affine,
-        track_running_stats=norm.track_running_stats,
-        device=norm.running_mean.device,
-        dtype=norm.running_mean.dtype,
-    )
+    found = _surgery.ADAPTERS[type(norm)]
+    config = {**found.config(norm), "num_features": int(keep.sum())}
+    new = found.build(config, norm.running_mean.device, norm.running_mean.dtype)
     state = norm.state_dict()
     new.load_state_dict({k: v[keep.to(v.device)] if v.ndim else v for k, v in state.items()})
     return _surgery.rebuilt(new, norm)
+
+
+# ---------------------------------------------------------------------------- layer facts
+# What pruning needs to know of a layer type beyond what _surgery's adapters tell (wiring
+# and values, config, build). One table, to become fields of _surgery.Adapter.
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """How a layer type's units sit and how it holds a new wiring.
+
+    Attributes:
+        family: the layers whose units can feed each other's: ``nn.Linear`` for every linear
+            layer (features, on the last dimension), the conv type for a convolution
+            (channels, on dimension 1).
+        spatial: the dimensions after the units' one (0 for linear layers).
+        sizes: ``(input units, output units)`` of a layer.
+        dense: its weight holds every possible connection, so a zero weight is an absent one.
+        rewire: for linear layers, the config of this type holding another wiring, from a
+            layer's config, or ``None`` where the type cannot hold that wiring.
+    """
+
+    family: type[nn.Module]
+    spatial: int
+    sizes: Callable[[Any], tuple[int, int]]
+    dense: bool
+    rewire: Callable[[dict[str, Any], Wiring], dict[str, Any] | None] | None = None
+
+
+def _features(m: Any) -> tuple[int, int]:
+    return int(m.in_features), int(m.out_features)
+
+
+def _channels(m: Any) -> tuple[int, int]:
+    return int(m.in_channels), int(m.out_channels)
+
+
+def _rewire_dense(config: dict[str, Any], wiring: Wiring) -> dict[str, Any] | None:
+    if wiring.nnz != wiring.in_features * wiring.out_features:
+        return None  # a dense layer holds every connection
+    return {**config, "in_features": wiring.in_features, "out_features": wiring.out_features}
+
+
+def _rewire_blocks(config: dict[str, Any], wiring: Wiring) -> dict[str, Any] | None:
+    sizes = wiring.block_sizes
+    if sizes is None:
+        return None
+    return {**config, "in_sizes": list(sizes[0]), "out_sizes": list(sizes[1]), "shared": False}
+
+
+def _rewire_sparse(config: dict[str, Any], wiring: Wiring) -> dict[str, Any]:
+    return {**config, "wiring": wiring}
+
+
+_FACTS: dict[type[nn.Module], _Facts] = {
+    nn.Linear: _Facts(nn.Linear, 0, _features, True, _rewire_dense),
+    BlockLinear: _Facts(nn.Linear, 0, _features, False, _rewire_blocks),
+    SparseLinear: _Facts(nn.Linear, 0, _features, False, _rewire_sparse),
+    **{conv: _Facts(conv, d, _channels, True) for d, conv in enumerate(_surgery.CONVS, 1)},
+}
+# The BatchNorm of each family's units (to join _surgery.NORM_OF).
+_NORM_OF: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: nn.BatchNorm1d, **_surgery.NORM_OF}
+
+
+def _facts(m: nn.Module) -> _Facts | None:
+    """The facts of ``m``'s type (seen through parametrizations, which are then refused)."""
+    return _FACTS.get(parametrize.type_before_parametrizations(m))
+
+
+def _facts_of(m: nn.Module) -> _Facts:
+    return _FACTS[parametrize.type_before_parametrizations(m)]
+
+
+def _sizes(m: nn.Module) -> tuple[int, int]:
+    return _facts_of(m).sizes(m)
+
+
+def _rewired(
+    m: nn.Module,
+    wiring: Wiring,
+    values: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    kind: type[nn.Module] | None = None,
+) -> nn.Module:
+    """A layer of ``kind`` (default: ``m``'s type) with ``wiring``, holding ``values``
+    (``wiring.edges()`` order) and ``bias``, with ``m``'s settings (its backend) where the
+    type stays ``m``'s; a SparseLinear where ``kind`` cannot hold the wiring. Not yet
+    :func:`~torchwire._surgery.rebuilt`."""
+    kind = type(m) if kind is None else kind
+    base = _surgery.ADAPTERS[kind].config(m) if kind is type(m) else {"backend": "auto"}
+    rewire = _FACTS[kind].rewire
+    config = None if rewire is None else rewire(base, wiring)
+    if config is None:
+        kind, config = SparseLinear, _rewire_sparse({"backend": "auto"}, wiring)
+    config["bias"] = bias is not None
+    layer = _surgery.ADAPTERS[kind].build(config, values.device, values.dtype)
+    return _surgery.filled(layer, values, bias)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -635,7 +731,7 @@ def _check_linear(module: object, where: str) -> None:
             f"{type(module).__name__}; for a whole model use torchwire.prune.global_edges or "
             "torchwire.sparsify"
         )
-    if isinstance(module, BlockLinear) and module.shared:
+    if getattr(module, "shared", False):
         raise ValueError(
             f"{where} cannot prune a shared BlockLinear: its one block serves every group, so "
             "removing connections group by group would store more weights, not fewer; untie "
@@ -709,27 +805,28 @@ def _layers(
         )
     for name, m in layers:
         _check_linear(m, f"{where} (filter selected {name!r})")
+        _check_plain(m, name, where)
     return layers
 
 
 def _prunable(name: str, m: nn.Module) -> bool:
     """Edge pruning's default layers: exact ``nn.Linear`` (subclasses, such as attention's
-    output projection, are read directly by their owners), SparseLinear, unshared BlockLinear."""
-    return type(m) in _surgery.LINEARS and not getattr(m, "shared", False)
+    output projection, are read directly by their owners), SparseLinear, unshared BlockLinear
+    (also with hooks or parametrizations, which are then refused)."""
+    return _kind(m) is nn.Linear and not getattr(m, "shared", False)
 
 
-def _sparse(wiring: Wiring, values: torch.Tensor, bias: torch.Tensor | None, backend: str) -> Any:
-    layer = SparseLinear(
-        wiring, bias is not None, backend=backend, device=values.device, dtype=values.dtype
-    )
-    return _surgery.filled(layer, values, bias)
+def _check_plain(m: nn.Module, name: str, operation: str) -> None:
+    """Refuse ``m`` (called ``name`` in the model; ``""``: the module given) if it has hooks or
+    parametrizations, except ``torch.nn.utils.prune`` masks, which pruning reads through."""
+    label = f"layer {name!r} ({type(m).__name__})" if name else f"the {type(m).__name__}"
+    _surgery.check_plain(m, label, operation, prune_masks=True)
 
 
 def _sparse_with(module: Any, wiring: Wiring, values: torch.Tensor) -> SparseLinear:
     bias = None if module.bias is None else module.bias.detach()
-    backend = module.backend if isinstance(module, SparseLinear) else "auto"
-    layer: SparseLinear = _surgery.rebuilt(_sparse(wiring, values, bias, backend), module)
-    return layer
+    layer = _rewired(module, wiring, values, bias, kind=SparseLinear)
+    return cast(SparseLinear, _surgery.rebuilt(layer, module))
 
 
 def _copy(model: nn.Module) -> nn.Module:
