@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.prune import BasePruningMethod
 
 from torchwire.layers import BlockLinear, MultiLinear, SparseLinear
@@ -46,11 +47,15 @@ __all__ = [
     "dense_linear",
     "edges",
     "filled",
+    "known",
     "linear_for",
     "lowest",
     "plain",
     "rebuilt",
+    "rebuilt_from",
+    "rewired",
     "sparse_wiring",
+    "units",
 ]
 
 M = TypeVar("M", bound=nn.Module)
@@ -59,6 +64,8 @@ LINEARS: tuple[type[nn.Module], ...] = (nn.Linear, BlockLinear, SparseLinear)
 CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 NORM_OF: dict[type[nn.Module], type[nn.Module]] = dict(zip(CONVS, NORMS, strict=True))
+# The BatchNorm that normalises the units of each family (see Adapter.family).
+UNIT_NORM: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: nn.BatchNorm1d, **NORM_OF}
 
 # Where a module keeps the hooks that cannot follow it into a rebuilt layer.
 HOOKS = (
@@ -84,12 +91,26 @@ class Adapter:
         build: a new layer from ``config``, on a device and dtype.
         edges: for linear layers, the wiring and its connection values (``wiring.edges()``
             order, detached); ``None`` for other layers.
+        family: the layers whose units can feed each other's: ``nn.Linear`` for every
+            linear layer (features, on the last dimension), the conv type for a convolution
+            (channels, on dimension 1); ``None`` for layers without units of their own.
+        spatial: the dimensions after the units' one (0 for linear layers).
+        sizes: ``(input units, output units)`` of a layer.
+        dense: its weight holds every possible connection, one row per output, so a zero
+            weight is an absent connection.
+        rewire: for linear layers, the config of this type holding another wiring (from a
+            layer's config), or ``None`` where the type cannot hold that wiring.
     """
 
     kind: type[nn.Module]
     config: Callable[[Any], dict[str, Any]]
     build: Callable[[dict[str, Any], torch.device | None, torch.dtype | None], nn.Module]
     edges: Callable[[Any], tuple[Wiring, torch.Tensor]] | None = None
+    family: type[nn.Module] | None = None
+    spatial: int = 0
+    sizes: Callable[[Any], tuple[int, int]] | None = None
+    dense: bool = False
+    rewire: Callable[[dict[str, Any], Wiring], dict[str, Any] | None] | None = None
 
 
 ADAPTERS: dict[type[nn.Module], Adapter] = {}
@@ -100,8 +121,11 @@ def register(adapter: Adapter) -> None:
 
 
 def adapter(m: object) -> Adapter | None:
-    """The adapter of ``m``'s exact type, or ``None`` where surgery does not know it."""
-    return ADAPTERS.get(type(m))  # type: ignore[arg-type]
+    """The adapter of ``m``'s exact type, or ``None`` where surgery does not know it. A
+    parametrized layer is seen as the type it wraps (and then refused by
+    :func:`check_plain`)."""
+    kind = parametrize.type_before_parametrizations(m) if isinstance(m, nn.Module) else type(m)
+    return ADAPTERS.get(kind)
 
 
 def edges(m: object) -> tuple[Wiring, torch.Tensor]:
@@ -113,6 +137,22 @@ def edges(m: object) -> tuple[Wiring, torch.Tensor]:
             f"got {type(m).__name__}"
         )
     return found.edges(m)
+
+
+def known(m: object) -> Adapter:
+    """The adapter of ``m``, which the caller knows surgery supports."""
+    found = adapter(m)
+    if found is None:
+        raise TypeError(f"torchwire's surgery does not know {type(m).__name__} layers")
+    return found
+
+
+def units(m: object) -> tuple[int, int]:
+    """``(input units, output units)`` of a layer with units: features or channels."""
+    sizes = known(m).sizes
+    if sizes is None:
+        raise TypeError(f"{type(m).__name__} layers have no input and output units")
+    return sizes(m)
 
 
 def _linear_kinds() -> list[type[nn.Module]]:
@@ -131,6 +171,20 @@ def rebuilt(new: M, old: nn.Module) -> M:
     for name, p in new.named_parameters():
         if name in frozen or name + "_orig" in frozen:
             p.requires_grad_(False)
+    return new
+
+
+def rebuilt_from(new: M, olds: Sequence[nn.Module], training: bool) -> M:
+    """:func:`rebuilt` for a layer that replaces several (a merge, fused branches): in
+    ``training`` mode, and a parameter frozen where every old layer holding a parameter of
+    that name froze it (one that none holds is trainable)."""
+    new.train(training)
+    trainable: dict[str, bool] = {}
+    for old in olds:
+        for name, p in old.named_parameters():
+            trainable[name] = trainable.get(name, False) or p.requires_grad
+    for name, p in new.named_parameters():
+        p.requires_grad_(trainable.get(name, True))
     return new
 
 
@@ -209,6 +263,29 @@ def linear_for(
     return filled(layer, values, bias)
 
 
+def rewired(
+    m: nn.Module,
+    wiring: Wiring,
+    values: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    kind: type[nn.Module] | None = None,
+) -> nn.Module:
+    """A layer of ``kind`` (default: ``m``'s type) with ``wiring``, holding ``values``
+    (``wiring.edges()`` order) and ``bias``, with ``m``'s settings (its backend) where the
+    type stays ``m``'s; a SparseLinear where ``kind`` cannot hold the wiring. Not yet
+    :func:`rebuilt`."""
+    kind = type(m) if kind is None else kind
+    base = ADAPTERS[kind].config(m) if kind is type(m) else {"backend": "auto"}
+    rewire = ADAPTERS[kind].rewire
+    config = None if rewire is None else rewire(base, wiring)
+    if config is None:
+        kind, config = SparseLinear, _rewire_sparse({"backend": "auto"}, wiring)
+    config["bias"] = bias is not None
+    layer = ADAPTERS[kind].build(config, values.device, values.dtype)
+    return filled(layer, values, bias)
+
+
 def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of the ``count`` lowest scores; ties broken by position (stable)."""
     return torch.sort(scores, stable=True).indices[:count]
@@ -219,6 +296,35 @@ def _names(names: Sequence[str] | None) -> list[str] | None:
 
 
 # ---------------------------------------------------------------- the adapters
+
+
+def _features(m: Any) -> tuple[int, int]:
+    return int(m.in_features), int(m.out_features)
+
+
+def _channels(m: Any) -> tuple[int, int]:
+    return int(m.in_channels), int(m.out_channels)
+
+
+def _rewire_dense(config: dict[str, Any], wiring: Wiring) -> dict[str, Any] | None:
+    if wiring.nnz != wiring.in_features * wiring.out_features:
+        return None  # a dense layer holds every connection
+    return {**config, "in_features": wiring.in_features, "out_features": wiring.out_features}
+
+
+def _rewire_blocks(config: dict[str, Any], wiring: Wiring) -> dict[str, Any] | None:
+    sizes = wiring.block_sizes
+    if sizes is None:
+        return None
+    return {**_block_config(list(sizes[0]), list(sizes[1])), **_settings(config), "shared": False}
+
+
+def _rewire_sparse(config: dict[str, Any], wiring: Wiring) -> dict[str, Any]:
+    return {**config, "wiring": wiring}
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k in ("bias", "backend", "shared")}
 
 
 def _linear_edges(m: nn.Linear) -> tuple[Wiring, torch.Tensor]:
@@ -238,6 +344,10 @@ register(
             c["in_features"], c["out_features"], c["bias"], device=device, dtype=dtype
         ),
         _linear_edges,
+        family=nn.Linear,
+        sizes=_features,
+        dense=True,
+        rewire=_rewire_dense,
     )
 )
 
@@ -249,26 +359,36 @@ def _block_edges(m: BlockLinear) -> tuple[Wiring, torch.Tensor]:
     return m.wiring, weight.reshape(-1)
 
 
+def _block_config(in_sizes: list[int], out_sizes: list[int]) -> dict[str, Any]:
+    return {"in_sizes": in_sizes, "out_sizes": out_sizes}
+
+
+def _block_build(c: dict[str, Any], device: Any, dtype: Any) -> nn.Module:
+    """From the group sizes, or from ``in_features``, ``out_features`` and ``groups`` where a
+    caller knows the layer was written that way (``BlockLinear(8, 6, groups=2)``)."""
+    if "groups" in c:
+        sizes: tuple[Any, ...] = (c["in_features"], c["out_features"], c["groups"])
+    else:
+        sizes = (c["in_sizes"], c["out_sizes"])
+    return BlockLinear(
+        *sizes, shared=c["shared"], bias=c["bias"], backend=c["backend"], device=device, dtype=dtype
+    )
+
+
 register(
     Adapter(
         BlockLinear,
         lambda m: {
-            "in_sizes": list(m.in_sizes),
-            "out_sizes": list(m.out_sizes),
+            **_block_config(list(m.in_sizes), list(m.out_sizes)),
             "shared": m.shared,
             "bias": m.bias is not None,
             "backend": m.backend,
         },
-        lambda c, device, dtype: BlockLinear(
-            c["in_sizes"],
-            c["out_sizes"],
-            shared=c["shared"],
-            bias=c["bias"],
-            backend=c["backend"],
-            device=device,
-            dtype=dtype,
-        ),
+        _block_build,
         _block_edges,
+        family=nn.Linear,
+        sizes=_features,
+        rewire=_rewire_blocks,
     )
 )
 
@@ -310,6 +430,9 @@ register(
         _sparse_config,
         _sparse_build,
         lambda m: (m.wiring, m.weight.detach()),
+        family=nn.Linear,
+        sizes=_features,
+        rewire=_rewire_sparse,
     )
 )
 
@@ -333,6 +456,8 @@ register(
             c["in_features"], c["out_features"], c["bias"], device=device, dtype=dtype
         ),
         _multi_edges,
+        sizes=lambda m: (sum(m.in_features), int(m.out_features)),
+        dense=True,
     )
 )
 
@@ -377,11 +502,21 @@ def _norm_builder(kind: type[nn.Module]) -> Callable[..., nn.Module]:
     return build
 
 
-for _kind in CONVS:
-    register(Adapter(_kind, _conv_config, _conv_builder(_kind)))
+for _spatial, _kind in enumerate(CONVS, 1):
+    register(
+        Adapter(
+            _kind,
+            _conv_config,
+            _conv_builder(_kind),
+            family=_kind,
+            spatial=_spatial,
+            sizes=_channels,
+            dense=True,
+        )
+    )
 for _kind in NORMS:
     register(Adapter(_kind, _norm_config, _norm_builder(_kind)))
-del _kind
+del _kind, _spatial
 
 
 def conv_like(conv: Any, weight: torch.Tensor, bias: torch.Tensor | None, **changes: Any) -> Any:

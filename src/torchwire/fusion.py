@@ -18,7 +18,6 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -243,9 +242,10 @@ def fuse_parallel(parallel: nn.Module) -> FusedParallel:
     rule = _RULES.get(kinds.pop()) if len(kinds) == 1 else None
     fused = None if rule is None else rule(named)
     layer, order = _fuse_wirings(named) if fused is None else fused
-    layer = _surgery.rebuilt(layer, _as_one(named))
+    training = any(m.training for _, m in named)
+    layer = _surgery.rebuilt_from(layer, [m for _, m in named], training)
     branches = [_describe(name, m) for name, m in named]
-    feature_dim = -(_FACTS[type(named[0][1])].spatial + 1)
+    feature_dim = -(_surgery.known(named[0][1]).spatial + 1)
     result = FusedParallel(layer, branches, order, parallel.merge, parallel.dim, feature_dim)
     result.training = parallel.training  # the container's own flag; the layer keeps its mode
     return result
@@ -292,7 +292,7 @@ def _check_branches(named: _Named) -> None:
     for name, m in named:
         label = f"branch {name!r} ({type(m).__name__})"
         _surgery.check_plain(m, label, "fuse_parallel")
-        facts = _FACTS.get(type(m))
+        facts = _surgery.adapter(m)
         if facts is None:
             raise TypeError(f"fuse_parallel cannot fuse {label}; it fuses {_SUPPORTED}")
         if id(m) in seen:
@@ -313,7 +313,7 @@ def _check_branches(named: _Named) -> None:
                 f"holds {expected.dtype} on {expected.device}; move them to one dtype and "
                 "device first"
             )
-        if facts.family is not _FACTS[type(first)].family:
+        if facts.family is not _surgery.known(first).family:
             raise TypeError(
                 f"fuse_parallel cannot fuse {label} with branch {first_name!r} "
                 f"({type(first).__name__}): convolutions fuse only with convolutions of the "
@@ -327,7 +327,7 @@ def _check_branches(named: _Named) -> None:
                 )
 
 
-def _agreed(m: nn.Module, facts: _Facts) -> list[str]:
+def _agreed(m: nn.Module, facts: _surgery.Adapter) -> list[str]:
     """What branches of ``m``'s family must agree on: a linear layer's input size; all of a
     convolution's settings but its output channels and bias."""
     if not facts.spatial:
@@ -337,23 +337,8 @@ def _agreed(m: nn.Module, facts: _Facts) -> list[str]:
 
 
 def _describe(name: str, m: Any) -> _Branch:
-    size = _FACTS[type(m)].sizes(m)[1]
+    size = _surgery.units(m)[1]
     return _Branch(name, type(m), size, m.bias is not None, _config(m))
-
-
-def _as_one(named: _Named) -> nn.Module:
-    """The branches as the one layer that the wide layer replaces, for
-    :func:`~torchwire._surgery.rebuilt`: in training mode unless every branch is in eval mode,
-    and with a parameter frozen where every branch holding it froze it."""
-    one = nn.Module()
-    one.train(any(m.training for _, m in named))
-    trainable: dict[str, bool] = {}
-    for _, m in named:
-        for name, p in m.named_parameters():
-            trainable[name] = trainable.get(name, False) or p.requires_grad
-    for name, grad in trainable.items():
-        one.register_parameter(name, nn.Parameter(torch.empty(0), requires_grad=grad))
-    return one
 
 
 def _bias_or_zeros(m: Any, size: int) -> torch.Tensor:
@@ -497,7 +482,7 @@ def _unfuse_branch(layer: nn.Module, branch: _Branch, rows: list[int]) -> nn.Mod
             stacklevel=3,
         )
         has_bias = True
-    if _FACTS[type(layer)].dense:  # its weight's rows are its outputs
+    if _surgery.known(layer).dense:  # its weight's rows are its outputs
         values = weight.detach().index_select(0, index)
     else:  # the values of those outputs' connections, in the branch's own order
         wiring, all_values = _surgery.edges(layer)
@@ -508,54 +493,16 @@ def _unfuse_branch(layer: nn.Module, branch: _Branch, rows: list[int]) -> nn.Mod
     return _surgery.rebuilt(module, layer)
 
 
-# ---------------------------------------------------------------------------- layer facts
-# What fusing needs to know of a layer type beyond what _surgery's adapters tell (wiring
-# and values, config, build). One table, to become fields of _surgery.Adapter.
-
-
-@dataclass(frozen=True)
-class _Facts:
-    """How a layer type's units sit.
-
-    Attributes:
-        family: the layers it fuses with: ``nn.Linear`` for every linear layer (features, on
-            the last dimension), the conv type for a convolution (channels, on dimension 1).
-        spatial: the dimensions after the units' one (0 for linear layers).
-        sizes: ``(input units, output units)`` of a layer.
-        dense: its weight holds every possible connection, one row per output.
-    """
-
-    family: type[nn.Module]
-    spatial: int
-    sizes: Callable[[Any], tuple[int, int]]
-    dense: bool
-
-
-def _features(m: Any) -> tuple[int, int]:
-    return int(m.in_features), int(m.out_features)
-
-
-def _channels(m: Any) -> tuple[int, int]:
-    return int(m.in_channels), int(m.out_channels)
-
-
-_FACTS: dict[type[nn.Module], _Facts] = {
-    nn.Linear: _Facts(nn.Linear, 0, _features, True),
-    BlockLinear: _Facts(nn.Linear, 0, _features, False),
-    SparseLinear: _Facts(nn.Linear, 0, _features, False),
-    **{conv: _Facts(conv, d, _channels, True) for d, conv in enumerate(_surgery.CONVS, 1)},
-}
-
-
 def _config(m: Any) -> dict[str, Any]:
-    """``m``'s adapter config, completed to rebuild ``m`` exactly where the adapters do not
-    yet: a SparseLinear's wiring (its config leaves the connections to the ``state_dict``) and
-    the ``groups`` of a BlockLinear built from equal groups (its repr:
-    ``BlockLinear(8, 6, groups=2)``, not ``BlockLinear([4, 4], [3, 3])``)."""
-    config = _surgery.ADAPTERS[type(m)].config(m)
+    """``m``'s adapter config, completed to rebuild ``m`` exactly: a SparseLinear's wiring
+    (its config leaves the connections to the ``state_dict``) and the ``groups`` of a
+    BlockLinear written with equal groups (its repr: ``BlockLinear(8, 6, groups=2)``, not
+    ``BlockLinear([4, 4], [3, 3])``)."""
+    config = _surgery.known(m).config(m)
     if type(m) is SparseLinear:
         config["wiring"] = m.wiring
     elif type(m) is BlockLinear and not m._uneven_args:
+        config |= {"in_features": m.in_features, "out_features": m.out_features}
         config["groups"] = m.groups
     return config
 
@@ -563,18 +510,5 @@ def _config(m: Any) -> dict[str, Any]:
 def _build(
     kind: type[nn.Module], config: dict[str, Any], device: torch.device, dtype: torch.dtype
 ) -> nn.Module:
-    """A new ``kind`` from :func:`_config`'s ``config``: the adapter's build, or a BlockLinear
-    in its equal-groups form."""
-    groups = config.get("groups") if kind is BlockLinear else None
-    if groups is None:
-        return _surgery.ADAPTERS[kind].build(config, device, dtype)
-    return BlockLinear(
-        sum(config["in_sizes"]),
-        sum(config["out_sizes"]),
-        groups,
-        shared=config["shared"],
-        bias=config["bias"],
-        backend=config["backend"],
-        device=device,
-        dtype=dtype,
-    )
+    """A new ``kind`` from :func:`_config`'s ``config``."""
+    return _surgery.ADAPTERS[kind].build(config, device, dtype)

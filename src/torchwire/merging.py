@@ -425,7 +425,7 @@ def merge(
             f"merge: the rule for {kinds[0].__name__} then {kinds[1].__name__} returned "
             f"{type(merged).__name__}; a merge rule returns an nn.Module"
         )
-    return _rebuilt_from(merged, first, second)
+    return _surgery.rebuilt_from(merged, [first, second], first.training)
 
 
 def _kind(m: nn.Module) -> type[nn.Module]:
@@ -476,23 +476,6 @@ def _unsupported(first: type[nn.Module], second: type[nn.Module], table: Rules) 
 
 def _either(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-
-
-def _rebuilt_from(merged: nn.Module, first: nn.Module, second: nn.Module) -> nn.Module:
-    """The rebuild policy (``_surgery.rebuilt``) for a layer that replaces two: ``first``'s
-    mode; a parameter frozen only where every input holding a parameter of that name has it
-    frozen (one that neither holds requires grad)."""
-    _surgery.rebuilt(merged, first)
-    held: set[str] = set()
-    trainable: set[str] = set()
-    for module in (first, second):
-        for name, p in module.named_parameters():
-            held.add(name)
-            if p.requires_grad:
-                trainable.add(name)
-    for name, p in merged.named_parameters():
-        p.requires_grad_(name in trainable or name not in held)
-    return merged
 
 
 # ---------------------------------------------------------------- the built-in rules

@@ -32,11 +32,10 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from torchwire import _surgery
 from torchwire.containers import Parallel
-from torchwire.layers import BlockLinear, SparseLinear
+from torchwire.layers import SparseLinear
 from torchwire.wiring import Wiring
 
 __all__ = ["dead_neurons", "edges", "global_edges", "neurons", "sparsify"]
@@ -450,7 +449,7 @@ def _links(model: nn.Module) -> list[_Link]:
             stateful = [producer, *consumers, *(m for m in chain if _has_state(m))]
             if any(counts[id(m)] > 1 for m in stateful):
                 continue  # a module used twice: shrinking it would break its other use
-            norms = [m for m in chain if type(m) is _NORM_OF[kind]]
+            norms = [m for m in chain if type(m) is _surgery.UNIT_NORM[kind]]
             if not all(_surgery.plain(m, prune_masks=True) for m in chain if m not in norms):
                 continue  # a hook between the layers could change the units: leave them
             links.append(_Link(name, producer, chain, consumers, norms, names))
@@ -472,17 +471,17 @@ def _flatten(seq: nn.Module, prefix: str, covered: set[str]) -> list[tuple[str, 
 
 
 def _kind(m: nn.Module) -> type[nn.Module] | None:
-    """The family of ``m``'s units (:attr:`_Facts.family`: ``nn.Linear`` for linear layers,
-    the conv type for convolutions) where pruning follows them, else ``None`` (grouped
-    convolutions, other modules)."""
-    facts = _facts(m)
+    """The family of ``m``'s units (``_surgery.Adapter.family``: ``nn.Linear`` for linear
+    layers, the conv type for convolutions) where pruning follows them, else ``None``
+    (grouped convolutions, other modules)."""
+    facts = _surgery.adapter(m)
     if facts is None or (facts.spatial and getattr(m, "groups", None) != 1):
         return None
     return facts.family
 
 
 def _units(m: Any) -> int:
-    return _sizes(m)[1]
+    return _surgery.units(m)[1]
 
 
 def _elementwise(m: Any, kind: type[nn.Module], units: int) -> bool:
@@ -491,7 +490,7 @@ def _elementwise(m: Any, kind: type[nn.Module], units: int) -> bool:
     if type(m) is nn.PReLU:
         return m.num_parameters == 1
     return bool(
-        type(m) is _NORM_OF[kind]
+        type(m) is _surgery.UNIT_NORM[kind]
         and m.num_features == units
         and m.running_mean is not None
         and not m.training
@@ -501,7 +500,7 @@ def _elementwise(m: Any, kind: type[nn.Module], units: int) -> bool:
 def _entries(m: Any, kind: type[nn.Module], units: int) -> list[nn.Module] | None:
     """The layers that read ``m``'s input as features (``None`` if something else does)."""
     if _kind(m) is kind:
-        return [m] if _sizes(m)[0] == units else None
+        return [m] if _surgery.units(m)[0] == units else None
     if type(m) is nn.Sequential:
         first = next(iter(m.children()), None)
         return None if first is None else _entries(first, kind, units)
@@ -545,7 +544,7 @@ def _unit_scores(link: _Link, criterion: Any) -> torch.Tensor:
 def _fan(m: Any, side: str) -> torch.Tensor:
     """Connections into each output (``side="in"``) or out of each input (``"out"``);
     for dense layers a connection is a nonzero weight."""
-    if not _facts_of(m).dense:
+    if not _surgery.known(m).dense:
         wiring, _ = _surgery.edges(m)
         return wiring.fan_in() if side == "in" else wiring.fan_out()
     nonzero: torch.Tensor = m.weight.detach() != 0
@@ -553,7 +552,7 @@ def _fan(m: Any, side: str) -> torch.Tensor:
 
 
 def _zero_padded(m: Any) -> bool:
-    if not _facts_of(m).spatial:
+    if not _surgery.known(m).spatial:
         return False
     padding = m.padding
     padded = padding == "same" or (not isinstance(padding, str) and any(padding))
@@ -567,7 +566,7 @@ def _constants(link: _Link) -> torch.Tensor:
     units = _units(m)
     # a copy: an in-place activation in the chain must not write into the bias
     bias = m.bias.detach().clone() if m.bias is not None else m.weight.new_zeros(units)
-    x = bias.view(1, units, *([1] * _facts_of(m).spatial))
+    x = bias.view(1, units, *([1] * _surgery.known(m).spatial))
     with torch.no_grad():
         for step in link.chain:
             was = step.training
@@ -610,7 +609,7 @@ def _shrunk(m: Any, cut: _Cut) -> Any:
     kept = wiring.selected_edges(cut.keep_in, cut.keep_out)
     sub = wiring.select(cut.keep_in, cut.keep_out)
     values = values[kept.to(values.device)]
-    return _surgery.rebuilt(_rewired(m, sub, values, bias), m)
+    return _surgery.rebuilt(_surgery.rewired(m, sub, values, bias), m)
 
 
 def _shrunk_norm(norm: Any, keep: torch.Tensor) -> Any:
@@ -621,104 +620,6 @@ def _shrunk_norm(norm: Any, keep: torch.Tensor) -> Any:
     state = norm.state_dict()
     new.load_state_dict({k: v[keep.to(v.device)] if v.ndim else v for k, v in state.items()})
     return _surgery.rebuilt(new, norm)
-
-
-# ---------------------------------------------------------------------------- layer facts
-# What pruning needs to know of a layer type beyond what _surgery's adapters tell (wiring
-# and values, config, build). One table, to become fields of _surgery.Adapter.
-
-
-@dataclass(frozen=True)
-class _Facts:
-    """How a layer type's units sit and how it holds a new wiring.
-
-    Attributes:
-        family: the layers whose units can feed each other's: ``nn.Linear`` for every linear
-            layer (features, on the last dimension), the conv type for a convolution
-            (channels, on dimension 1).
-        spatial: the dimensions after the units' one (0 for linear layers).
-        sizes: ``(input units, output units)`` of a layer.
-        dense: its weight holds every possible connection, so a zero weight is an absent one.
-        rewire: for linear layers, the config of this type holding another wiring, from a
-            layer's config, or ``None`` where the type cannot hold that wiring.
-    """
-
-    family: type[nn.Module]
-    spatial: int
-    sizes: Callable[[Any], tuple[int, int]]
-    dense: bool
-    rewire: Callable[[dict[str, Any], Wiring], dict[str, Any] | None] | None = None
-
-
-def _features(m: Any) -> tuple[int, int]:
-    return int(m.in_features), int(m.out_features)
-
-
-def _channels(m: Any) -> tuple[int, int]:
-    return int(m.in_channels), int(m.out_channels)
-
-
-def _rewire_dense(config: dict[str, Any], wiring: Wiring) -> dict[str, Any] | None:
-    if wiring.nnz != wiring.in_features * wiring.out_features:
-        return None  # a dense layer holds every connection
-    return {**config, "in_features": wiring.in_features, "out_features": wiring.out_features}
-
-
-def _rewire_blocks(config: dict[str, Any], wiring: Wiring) -> dict[str, Any] | None:
-    sizes = wiring.block_sizes
-    if sizes is None:
-        return None
-    return {**config, "in_sizes": list(sizes[0]), "out_sizes": list(sizes[1]), "shared": False}
-
-
-def _rewire_sparse(config: dict[str, Any], wiring: Wiring) -> dict[str, Any]:
-    return {**config, "wiring": wiring}
-
-
-_FACTS: dict[type[nn.Module], _Facts] = {
-    nn.Linear: _Facts(nn.Linear, 0, _features, True, _rewire_dense),
-    BlockLinear: _Facts(nn.Linear, 0, _features, False, _rewire_blocks),
-    SparseLinear: _Facts(nn.Linear, 0, _features, False, _rewire_sparse),
-    **{conv: _Facts(conv, d, _channels, True) for d, conv in enumerate(_surgery.CONVS, 1)},
-}
-# The BatchNorm of each family's units (to join _surgery.NORM_OF).
-_NORM_OF: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: nn.BatchNorm1d, **_surgery.NORM_OF}
-
-
-def _facts(m: nn.Module) -> _Facts | None:
-    """The facts of ``m``'s type (seen through parametrizations, which are then refused)."""
-    return _FACTS.get(parametrize.type_before_parametrizations(m))
-
-
-def _facts_of(m: nn.Module) -> _Facts:
-    return _FACTS[parametrize.type_before_parametrizations(m)]
-
-
-def _sizes(m: nn.Module) -> tuple[int, int]:
-    return _facts_of(m).sizes(m)
-
-
-def _rewired(
-    m: nn.Module,
-    wiring: Wiring,
-    values: torch.Tensor,
-    bias: torch.Tensor | None,
-    *,
-    kind: type[nn.Module] | None = None,
-) -> nn.Module:
-    """A layer of ``kind`` (default: ``m``'s type) with ``wiring``, holding ``values``
-    (``wiring.edges()`` order) and ``bias``, with ``m``'s settings (its backend) where the
-    type stays ``m``'s; a SparseLinear where ``kind`` cannot hold the wiring. Not yet
-    :func:`~torchwire._surgery.rebuilt`."""
-    kind = type(m) if kind is None else kind
-    base = _surgery.ADAPTERS[kind].config(m) if kind is type(m) else {"backend": "auto"}
-    rewire = _FACTS[kind].rewire
-    config = None if rewire is None else rewire(base, wiring)
-    if config is None:
-        kind, config = SparseLinear, _rewire_sparse({"backend": "auto"}, wiring)
-    config["bias"] = bias is not None
-    layer = _surgery.ADAPTERS[kind].build(config, values.device, values.dtype)
-    return _surgery.filled(layer, values, bias)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -825,7 +726,7 @@ def _check_plain(m: nn.Module, name: str, operation: str) -> None:
 
 def _sparse_with(module: Any, wiring: Wiring, values: torch.Tensor) -> SparseLinear:
     bias = None if module.bias is None else module.bias.detach()
-    layer = _rewired(module, wiring, values, bias, kind=SparseLinear)
+    layer = _surgery.rewired(module, wiring, values, bias, kind=SparseLinear)
     return cast(SparseLinear, _surgery.rebuilt(layer, module))
 
 
