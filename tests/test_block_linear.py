@@ -3,8 +3,12 @@ conversions and backend selection. Generic module behaviour is in test_module_co
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import math
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +18,9 @@ from torch import nn
 
 import torchwire as tw
 from tests import reference
+from torchwire._overhead import OpCounter
 
+TRACEABLE = ["auto", "dense", "bmm_autograd"]  # run under compile and torch.func
 BACKENDS = tw.backends.available("block_linear")
 
 
@@ -302,11 +308,11 @@ def test_outputs_with_no_grad_and_inference_mode() -> None:
         torch.testing.assert_close(m(x), expected)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", TRACEABLE)  # the others are refused there
 @pytest.mark.parametrize(
     "sizes", [([3, 3, 2], [2, 2, 4]), (12, 6, 3), ([2, 1] * 3 + [4], [1, 2] * 3 + [3])]
 )
-def test_compile_fullgraph_matches_eager_for_every_backend(
+def test_compile_fullgraph_matches_eager_for_every_traceable_backend(
     backend: str, sizes: tuple[object, ...]
 ) -> None:
     torch._dynamo.reset()
@@ -385,7 +391,7 @@ def test_autocast_computes_in_the_autocast_dtype(backend: str) -> None:
     assert m.weight.grad.dtype == torch.float32
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", TRACEABLE)  # the others are refused there
 def test_torch_func_grad_and_vmap(backend: str) -> None:
     m = tw.BlockLinear([2, 3, 3], [4, 1, 1], backend=backend, dtype=torch.float64)
     params = dict(m.named_parameters())
@@ -454,3 +460,157 @@ def test_batches_larger_than_a_row_chunk(backend: str) -> None:
     # 300 rows: several of the packed backend's 128-row chunks, the last one partial.
     m = tw.BlockLinear([3, 3, 2, 2], [2, 2, 3, 3], backend=backend, dtype=torch.float64)
     _check_against_oracle(m, torch.randn(300, 10, dtype=torch.float64, requires_grad=True))
+
+
+# select() sees what changes what runs: torch.compile / torch.export tracing and torch.func
+# transforms are properties of the problem, so resolve_backend reports the backend that runs.
+
+HAND_WRITTEN = ("bmm", "bmm_packed", "bmm_t")  # forward and backward written with out=
+
+
+@contextlib.contextmanager
+def recording_block_backends() -> Iterator[list[str]]:
+    """Every block_linear backend wrapped so that running its code records its name."""
+    ran: list[str] = []
+    layout = tw.backends.block_layout((2, 2), (2, 2))
+    anything = tw.backends.BlockProblem(layout, 1, torch.float32, "cpu", False)
+    originals = [
+        tw.backends.select("block_linear", anything, name)
+        for name in tw.backends.available("block_linear")
+    ]
+
+    def recording(backend: tw.backends.Backend) -> Callable[..., torch.Tensor]:
+        def fn(*args: Any, **kwargs: Any) -> torch.Tensor:
+            ran.append(backend.name)
+            return backend.fn(*args, **kwargs)
+
+        return fn
+
+    try:
+        for backend in originals:
+            tw.backends.register(dataclasses.replace(backend, fn=recording(backend), bind=None))
+        yield ran
+    finally:
+        for backend in originals:
+            tw.backends.register(backend)
+
+
+def _small_blocks() -> tw.BlockLinear:
+    """64 groups of 4 -> 4: at a batch of 256, "auto" picks a hand-written mode in eager."""
+    return tw.BlockLinear(256, 256, groups=64, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_resolve_backend_inside_torch_compile_reports_the_backend_that_runs(grad: bool) -> None:
+    torch._dynamo.reset()
+    m = _small_blocks()
+    x = torch.randn(256, 256, dtype=torch.float64, requires_grad=grad)
+    eager = m.resolve_backend(x)
+    assert eager in HAND_WRITTEN  # the point: eager's choice cannot be traced
+    reported: list[str] = []
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        reported.append(m.resolve_backend(x))
+        y: torch.Tensor = m(x)
+        return y
+
+    with recording_block_backends() as ran:
+        y = torch.compile(step, backend="eager", fullgraph=True)(x)
+    assert reported == ran
+    assert ran[0] in ("dense", "bmm_autograd")
+    torch.testing.assert_close(y, m(x))
+    assert m.resolve_backend(x) == eager  # eager calls keep their own choice
+
+
+def test_resolve_backend_under_torch_func_reports_the_backend_that_runs() -> None:
+    m = _small_blocks()
+    x = torch.randn(256, 256, dtype=torch.float64)
+    assert m.resolve_backend(x.requires_grad_()) in HAND_WRITTEN
+    params = {name: p.detach() for name, p in m.named_parameters()}
+    reported: list[str] = []
+
+    def loss(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        reported.append(m.resolve_backend(x))
+        y: torch.Tensor = torch.func.functional_call(m, p, (x,))
+        return y.pow(2).sum()
+
+    def per_sample(rows: torch.Tensor) -> torch.Tensor:
+        reported.append(m.resolve_backend(rows))
+        y: torch.Tensor = m(rows)
+        return y
+
+    with recording_block_backends() as ran:
+        grads = torch.func.grad(loss)(params, x)
+        batched = torch.func.vmap(per_sample)(x.detach().view(4, 64, 256))
+    assert reported == ran
+    assert len(ran) == 2
+    assert set(ran) <= {"dense", "bmm_autograd"}
+    expected = torch.autograd.grad(loss(dict(m.named_parameters()), x), list(m.parameters()))
+    for name, want in zip(params, expected, strict=True):
+        torch.testing.assert_close(grads[name], want)
+    torch.testing.assert_close(batched.view(256, 256), m(x).detach())
+
+
+@pytest.mark.parametrize("backend", HAND_WRITTEN)
+def test_forcing_a_backend_that_cannot_be_traced_or_transformed_names_the_reason(
+    backend: str,
+) -> None:
+    m = tw.BlockLinear([2, 3, 3, 1], [1, 4, 4, 2], backend=backend)
+    x = torch.randn(5, 9)
+    torch.testing.assert_close(m(x), m.to_dense()(x))  # eager runs it
+    refused = rf"backend '{backend}' cannot compute this block_linear: "
+    choices = r".*use backend='auto' or one of \['dense', 'bmm_autograd'\]"
+    with pytest.raises(ValueError, match=refused + "torch.func transforms" + choices):
+        torch.func.vmap(m)(x)
+    torch._dynamo.reset()
+    # dynamo reports select's ValueError inside its own error
+    with pytest.raises(Exception, match=refused + "torch.compile and torch.export"):
+        torch.compile(m, backend="eager", fullgraph=True)(x)
+
+
+@pytest.mark.parametrize("backend", HAND_WRITTEN)
+def test_torch_export_of_a_forced_hand_written_mode_takes_a_backend_that_runs(
+    backend: str,
+) -> None:
+    # An export makes a graph for later runs (as ONNX does): the forced backend gives way to
+    # the cheapest one that can be traced, and the eager module keeps its own.
+    m = tw.BlockLinear([2, 3, 3, 1], [1, 4, 4, 2], backend=backend).eval()
+    x = torch.randn(5, 9)
+    with recording_block_backends() as ran:
+        program = torch.export.export(m, (x,))
+    assert ran in (["dense"], ["bmm_autograd"])
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), m(x))
+    assert m.resolve_backend(x) == backend
+
+
+@pytest.mark.parametrize("backend", HAND_WRITTEN)
+@pytest.mark.parametrize(
+    ("sizes", "plan"),
+    [
+        (([2, 3] * 3, [3, 1] * 3), "pattern"),
+        (([3, 1, 2, 1, 3, 2, 2, 3], [1, 2, 2, 2, 1, 2, 2, 1]), "gather"),
+    ],
+)
+def test_double_backward_of_a_hand_written_mode_differentiates_its_own_products(
+    backend: str, sizes: tuple[list[int], list[int]], plan: str
+) -> None:
+    # With create_graph=True the backward runs its two products per call in differentiable
+    # ops; the forward is not recomputed.
+    m = tw.BlockLinear(*sizes, backend=backend, dtype=torch.float64)
+    layout = tw.backends.block_layout(tuple(sizes[0]), tuple(sizes[1]))
+    assert layout.plan == plan
+    x = torch.randn(3, m.in_features, dtype=torch.float64, requires_grad=True)
+    y = m(x)
+    with OpCounter() as counter:
+        torch.autograd.grad(y, (x, m.weight), torch.randn_like(y), create_graph=True)
+    products = counter.counts["bmm"] + counter.counts["baddbmm"]
+    assert products == 2 * layout.calls
+    w = m.weight.detach().clone().requires_grad_()
+    b = m.bias.detach().clone().requires_grad_()  # type: ignore[union-attr]
+
+    def fn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = torch.func.functional_call(m, {"weight": w, "bias": b}, (x,))
+        return y
+
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))

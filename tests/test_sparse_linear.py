@@ -840,3 +840,31 @@ def test_dense_positions_are_the_connections_row_major(wiring: tw.Wiring) -> Non
     positions = tw.backends.sparse_dense.positions(index)
     assert positions.dtype == torch.int64
     assert positions.tolist() == (outputs * wiring.in_features + inputs).tolist()
+
+
+def test_block_wirings_under_compile_and_torch_func_run_a_block_kernel_that_can() -> None:
+    # The block backend's own choice of block-linear kernel sees torch.compile and torch.func
+    # too: there it runs one whose code runs there, not a hand-written bmm mode.
+    from tests.test_block_linear import HAND_WRITTEN, recording_block_backends
+
+    torch._dynamo.reset()
+    wiring = tw.Wiring.block_diagonal([4] * 64, [4] * 64)
+    m = tw.SparseLinear(wiring, backend="block", dtype=F64)
+    x = torch.randn(256, 256, dtype=F64)
+    with recording_block_backends() as ran, torch.no_grad():
+        m(x)
+    assert ran[0] in HAND_WRITTEN  # the point: eager's choice cannot be traced
+    with recording_block_backends() as ran, torch.no_grad():
+        per_sample = torch.func.vmap(m)(x.view(4, 64, 256))
+        compiled = torch.compile(m, backend="eager", fullgraph=True)(x)
+    assert len(ran) == 2
+    assert set(ran) <= {"dense", "bmm_autograd"}
+    with torch.no_grad():
+        torch.testing.assert_close(per_sample.view(256, 256), m(x))
+        torch.testing.assert_close(compiled, m(x))
+    params = {name: p.detach() for name, p in m.named_parameters()}
+    with recording_block_backends() as ran:
+        grads = torch.func.grad(lambda p: torch.func.functional_call(m, p, (x,)).sum())(params)
+    assert set(ran) <= {"dense", "bmm_autograd"}
+    m(x).sum().backward()
+    torch.testing.assert_close(grads["weight"], m.weight.grad)

@@ -92,14 +92,17 @@ def _block_call(
     traits = _traits("block_linear", input, weight, bias, layout.in_features, layout.out_features)
     run: Callable[..., torch.Tensor] | None
     if torch.compiler.is_compiling():  # a traced graph takes the backend's plain function
-        chosen, problem = backends.plan("block_linear", backend, (layout, *traits), _block_problem)
+        chosen, problem = backends.plan(
+            "block_linear", backend, (layout, *traits, _functorch(), True), _block_problem
+        )
         run = functools.partial(chosen.fn, problem=problem)
     else:
-        key = (layout, backend, *traits, _functorch(), _thread(), _GENERATION[0])
+        functorch = _functorch()
+        key = (layout, backend, *traits, functorch, _thread(), _GENERATION[0])
         run = _BLOCK_CALLS.get(key)
         if run is None:
             chosen, problem = backends.plan(
-                "block_linear", backend, (layout, *traits), _block_problem
+                "block_linear", backend, (layout, *traits, functorch, False), _block_problem
             )
             run = _remember(_BLOCK_CALLS, key, chosen.bound(problem, layout, weight))
     if input.dim() == 2:
@@ -139,15 +142,23 @@ def _block_plan(
     backend: str,
 ) -> tuple[backends.Backend, BlockProblem]:
     """Check a block_linear call (integer and identity comparisons only; the full checks
-    run to word an error) and choose its backend (the only place that does)."""
+    run to word an error) and choose its backend (the only place that does), for the
+    context it is called in (torch.compile or torch.export tracing, torch.func transforms)."""
     traits = _traits("block_linear", input, weight, bias, layout.in_features, layout.out_features)
-    return backends.plan("block_linear", backend, (layout, *traits), _block_problem)
+    key = (layout, *traits, _functorch(), torch.compiler.is_compiling())
+    return backends.plan("block_linear", backend, key, _block_problem)
 
 
 def _block_problem(
-    layout: BlockLayout, rows: int, dtype: torch.dtype, device: torch.device, grad: bool
+    layout: BlockLayout,
+    rows: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    grad: bool,
+    functorch: bool,
+    compiling: bool,
 ) -> BlockProblem:
-    return BlockProblem(layout, rows, dtype, device.type, grad)
+    return BlockProblem(layout, rows, dtype, device.type, grad, functorch, compiling)
 
 
 def _traits(
@@ -445,7 +456,7 @@ def _sparse_call(
         run = memo.get(key)
         if run is None:
             chosen, problem = backends.plan(
-                "sparse_linear", backend, _sparse_key(index, key[1:-2]), _sparse_problem
+                "sparse_linear", backend, _sparse_key(index, (*key[1:-2], False)), _sparse_problem
             )
             run = _remember(memo, key, chosen.bound(problem, index, weight))
     if input.dim() == 2:
@@ -463,8 +474,9 @@ def _sparse_plan(
     backend: str,
 ) -> tuple[backends.Backend, SparseProblem]:
     """Check a sparse_linear call (integer and identity comparisons only; the full checks
-    run to word an error) and choose its backend (the only place that does)."""
-    traits = _sparse_traits(input, weight, index, bias)
+    run to word an error) and choose its backend (the only place that does), for the
+    context it is called in (torch.compile or torch.export tracing, torch.func transforms)."""
+    traits = (*_sparse_traits(input, weight, index, bias), torch.compiler.is_compiling())
     return backends.plan("sparse_linear", backend, _sparse_key(index, traits), _sparse_problem)
 
 
@@ -503,9 +515,10 @@ def _sparse_problem(
     device: torch.device,
     grad: bool,
     functorch: bool,
+    compiling: bool,
 ) -> SparseProblem:
     return SparseProblem(
-        in_features, out_features, nnz, blocks, rows, dtype, device.type, grad, functorch
+        in_features, out_features, nnz, blocks, rows, dtype, device.type, grad, functorch, compiling
     )
 
 

@@ -159,7 +159,14 @@ class BlockLinear(nn.Module):
         return F._block_call(input, weight, bias, self._layout, self.backend)
 
     def resolve_backend(self, input: torch.Tensor) -> str:
-        """Name of the backend this layer runs for ``input`` (what ``backend="auto"`` picks)."""
+        """Name of the backend this layer runs for ``input`` (what ``backend="auto"`` picks), in
+        the context it is called in: inside a function torch.compile or torch.export traces,
+        or under torch.func transforms, the backend that runs there. The hand-written
+        ``bmm``, ``bmm_packed`` and ``bmm_t`` modes cannot run there, so ``bmm_autograd`` or
+        ``dense`` does; a forced hand-written mode is refused there with the reason, except
+        in an export, which takes the cheapest backend that can. When their backward is
+        differentiated again (``create_graph=True``), it computes its products as
+        differentiable ops."""
         chosen, _ = F._block_plan(input, self.weight, self.bias, self._layout, self.backend)
         return chosen.name
 
@@ -515,7 +522,10 @@ class SparseLinear(nn.Module):
         return F._sparse_call(input, weight, index, bias, self.backend)
 
     def resolve_backend(self, input: torch.Tensor) -> str:
-        """Name of the backend this layer runs for ``input`` (what ``backend="auto"`` picks)."""
+        """Name of the backend this layer runs for ``input`` (what ``backend="auto"`` picks), in
+        the context it is called in (torch.compile or torch.export tracing, torch.func
+        transforms: ``csr`` cannot run under torch.func). Backend ``"block"`` chooses its
+        block-linear kernel the same way."""
         chosen, _ = F._sparse_plan(input, self.weight, self._index(), self.bias, self.backend)
         return chosen.name
 

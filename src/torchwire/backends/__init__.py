@@ -6,6 +6,16 @@ backends whose check accepts the problem and returns the one with the lowest est
 a name forces that backend (an error if it cannot run the problem). The cost models are
 calibrated from ``torchwire bench`` runs; their constants live next to each backend.
 
+A problem holds everything that changes what runs: besides sizes and the input's traits,
+whether torch.compile or torch.export traces the call (``compiling``) and whether torch.func
+transforms run (``functorch``). A backend whose code cannot run there refuses the problem in
+its capability check, so ``select`` returns the backend that really runs, and a forced name
+that cannot run there is an error naming the reason (a ``torch.export`` trace, which makes a
+graph for later runs, takes the cheapest backend that can instead, as ONNX exports do).
+No backend switches to other code on either. (Whether a backward will be differentiated
+again, ``create_graph=True``, is not known when the forward chooses: a backend with a
+hand-written backward keeps it differentiable.)
+
 While ``torch.onnx.export`` traces a model, the computation is meant for onnxruntime, not for
 torch's kernels: ``select`` then chooses among the backends' ONNX forms (graphs of standard
 ONNX ops, :attr:`Backend.onnx`) by their onnxruntime costs. That is the only place torchwire
@@ -49,16 +59,18 @@ RUNS, PATTERN, GATHER = "runs", "pattern", "gather"
 
 @dataclass(frozen=True, eq=False)
 class BlockLayout:
-    """Group structure of a block-diagonal layer (interned by :func:`block_layout`, so it
-    compares and hashes by identity: cheap on every forward).
+    """Group structure of a block-diagonal layer and how a batched kernel splits the work
+    (interned by :func:`block_layout`, so it compares and hashes by identity: cheap on every
+    forward).
 
     ``runs`` lists maximal stretches of consecutive groups with the same block shape as
     ``(count, in_size, out_size)``; ``period`` is the length of the shortest pattern of block
     shapes whose repetition gives all groups; ``classes`` lists the distinct block shapes as
     ``(count, in_size, out_size)`` in order of first appearance. A batched kernel computes a
     layout with one call per run, per position of the pattern (strided views), or per
-    distinct shape after gathering each shape's groups together (two index copies): ``plan``
-    names the cheapest of the three, ``calls`` its number of calls.
+    distinct shape after gathering each shape's groups together (two index copies of the
+    activations): ``plan`` names the split this layout computes with (by default the one
+    with the fewest calls: :func:`block_layout`), ``calls`` its number of calls.
     """
 
     in_sizes: tuple[int, ...]
@@ -90,14 +102,17 @@ class BlockLayout:
     def __fx_create_arg__(self, tracer: Any) -> Any:
         """In a ``torch.fx`` graph, a layout is rebuilt (from the cache) by its group sizes."""
         return tracer.create_node(
-            "call_function", block_layout, (self.in_sizes, self.out_sizes, self.shared), {}
+            "call_function",
+            block_layout,
+            (self.in_sizes, self.out_sizes, self.shared, self.plan),
+            {},
         )
 
     def gathered(self) -> BlockLayout:
         """The layout of the groups in gather-plan order: one run per distinct shape."""
         ins = tuple(i for count, i, _ in self.classes for _ in range(count))
         outs = tuple(o for count, _, o in self.classes for _ in range(count))
-        return block_layout(ins, outs)
+        return block_layout(ins, outs, False, RUNS)
 
     def gather_order(self) -> tuple[list[int], list[int], list[int]]:
         """Input features, weights and outputs in the order of the gather plan: the groups
@@ -121,7 +136,7 @@ class BlockLayout:
 
 
 def _make_block_layout(
-    in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], shared: bool
+    in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], shared: bool, plan: str | None
 ) -> BlockLayout:
     shapes = list(zip(in_sizes, out_sizes, strict=True))
     runs: list[tuple[int, int, int]] = []
@@ -136,9 +151,11 @@ def _make_block_layout(
     )
     distinct = list(dict.fromkeys(shapes))
     classes = tuple((shapes.count(shape), *shape) for shape in distinct)
-    # Gathering costs two index copies of the activations: worth it when it saves more calls.
-    options = {RUNS: len(runs), PATTERN: period, GATHER: len(classes) + 2}
-    plan = min(options, key=options.__getitem__)
+    if plan is None:  # the fewest calls; gathering's two index copies count as two calls
+        options = {RUNS: len(runs), PATTERN: period, GATHER: len(classes) + 2}
+        return block_layout(in_sizes, out_sizes, shared, min(options, key=options.__getitem__))
+    if plan not in (RUNS, PATTERN, GATHER):
+        raise ValueError(f"unknown block plan {plan!r}; expected one of {[RUNS, PATTERN, GATHER]}")
     return BlockLayout(in_sizes, out_sizes, shared, tuple(runs), period, classes, plan)
 
 
@@ -146,12 +163,16 @@ _cached_block_layout = functools.lru_cache(maxsize=4096)(_make_block_layout)
 
 
 def block_layout(
-    in_sizes: tuple[int, ...], out_sizes: tuple[int, ...], shared: bool = False
+    in_sizes: tuple[int, ...],
+    out_sizes: tuple[int, ...],
+    shared: bool = False,
+    plan: str | None = None,
 ) -> BlockLayout:
-    """The (cached) :class:`BlockLayout` of validated group sizes."""
+    """The (cached) :class:`BlockLayout` of validated group sizes, computed with the split
+    ``plan`` (``"runs"``, ``"pattern"`` or ``"gather"``; default: the fewest calls)."""
     if torch.compiler.is_compiling():  # dynamo traces plain Python; it warns on lru_cache
-        return _make_block_layout(in_sizes, out_sizes, shared)
-    return _cached_block_layout(in_sizes, out_sizes, shared)
+        return _make_block_layout(in_sizes, out_sizes, shared, plan)
+    return _cached_block_layout(in_sizes, out_sizes, shared, plan)
 
 
 def _make_equal_layout(groups: int, in_size: int, out_size: int, shared: bool) -> BlockLayout:
@@ -170,13 +191,17 @@ def equal_block_layout(groups: int, in_size: int, out_size: int, shared: bool) -
 
 @dataclass(frozen=True)
 class BlockProblem:
-    """What a block-linear backend is asked to compute: the layout and the input's traits."""
+    """What a block-linear backend is asked to compute: the layout, the input's traits,
+    whether torch.func transforms (grad, vmap, ...) are active and whether torch.compile or
+    torch.export traces the call (``torch.compiler.is_compiling()``)."""
 
     layout: BlockLayout
     rows: int
     dtype: torch.dtype
     device_type: str
     requires_grad: bool
+    functorch: bool = False
+    compiling: bool = False
 
 
 class IndexCache(dict[Any, Any]):
@@ -282,8 +307,8 @@ def sparse_index(wiring: Wiring, device: torch.device | str | None = None) -> Sp
 @dataclass(frozen=True)
 class SparseProblem:
     """What a sparse-linear backend is asked to compute: sizes, block structure (a
-    :class:`BlockLayout` or ``None``), the input's traits, and whether torch.func transforms
-    (grad, vmap, ...) are active."""
+    :class:`BlockLayout` or ``None``), the input's traits, whether torch.func transforms
+    (grad, vmap, ...) are active and whether torch.compile or torch.export traces the call."""
 
     in_features: int
     out_features: int
@@ -294,6 +319,7 @@ class SparseProblem:
     device_type: str
     requires_grad: bool
     functorch: bool = False
+    compiling: bool = False
 
 
 @dataclass(frozen=True)
@@ -448,6 +474,11 @@ def available(op: str, problem: Any = None) -> tuple[str, ...]:
 def select(op: str, problem: Any, backend: str = "auto") -> Backend:
     """Return the backend that computes ``problem``: the named one, or the cheapest for "auto".
 
+    A named backend that cannot compute the problem is a ``ValueError`` giving its reason
+    (under torch.compile or torch.func too), except while ``torch.export`` traces a graph for
+    later runs (non-strict, as ``torch.onnx.export`` does): there it gives way to the
+    cheapest backend that can (the module's eager calls keep it).
+
     While ``torch.onnx.export`` traces, the backend returned computes through its ONNX form
     (its ``fn`` is :attr:`Backend.onnx`, its ``cost`` the onnxruntime cost): the named one
     where it has such a form, else the cheapest in onnxruntime of those that have one.
@@ -460,12 +491,13 @@ def select(op: str, problem: Any, backend: str = "auto") -> Backend:
         if chosen is None:
             _unknown(op, backend, backends)
         reason = chosen.supports(problem)
-        if reason is not None:
+        if reason is None:
+            return chosen
+        if not _exporting():
             raise ValueError(
                 f"backend {backend!r} cannot compute this {op}: {reason}; "
                 f"use backend='auto' or one of {list(available(op, problem))}"
             )
-        return chosen
     compiling = torch.compiler.is_compiling()
     if not compiling:  # the choice depends only on the (hashable, frozen) problem
         memo = _CHOSEN.get((op, problem))
@@ -487,11 +519,17 @@ def select(op: str, problem: Any, backend: str = "auto") -> Backend:
     return best
 
 
+def _exporting() -> bool:
+    """Whether ``torch.export`` (non-strict; ``torch.onnx.export`` too) traces the call:
+    compiling, but not with dynamo."""
+    return torch.compiler.is_compiling() and not torch.compiler.is_dynamo_compiling()
+
+
 def _exporting_onnx() -> bool:
     """Whether ``torch.onnx.export`` is tracing the call (``dynamo=True`` traces with
     ``torch.export``'s non-strict mode, which runs this Python). False under torch.compile and
     strict ``torch.export`` (dynamo's own answer there), and cheap when not compiling."""
-    if not torch.compiler.is_compiling() or torch.compiler.is_dynamo_compiling():
+    if not _exporting():
         return False
     onnx = sys.modules.get("torch.onnx")  # an export has imported it; don't import it here
     return onnx is not None and bool(onnx.is_in_onnx_export())

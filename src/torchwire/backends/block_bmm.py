@@ -16,13 +16,19 @@ registered backend because each wins somewhere (see ``torchwire bench``):
   one copy back), differentiated by autograd's C++ formulas with no Python backward. Least
   fixed cost per call: best for mid-sized blocks at small batches, above all in inference.
 
-The first three write forward and backward by hand (three batched products per call). When
-double backward is requested, their backward uses ``bmm_autograd``'s ops instead of ``out=``
-ones.
+The first three write forward and backward by hand (three batched products per call), into
+preallocated tensors and strided views (``out=``): code that torch.compile and torch.export
+cannot trace and torch.func transforms cannot run. They refuse those problems
+(``BlockProblem.compiling``, ``functorch``), so there ``select`` picks ``bmm_autograd`` or
+``dense``, which run. Their backward stays differentiable: when autograd records it
+(``create_graph=True``, which the forward cannot know), it computes the same two products
+in allocating ops with strided reads, as ``bmm_autograd``'s backward does.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -178,12 +184,32 @@ def _forward(
     return y
 
 
+def _join(parts: list[torch.Tensor], layout: BlockLayout, rows: int, features: int) -> torch.Tensor:
+    """``(M, features)`` activations from their ``(M, n, size)`` parts (one per batched call,
+    as :func:`_pieces` splits them)."""
+    if len(parts) == 1:
+        return parts[0].reshape(rows, features)
+    if layout.plan == PATTERN:  # (M, repeats, size_p) per position: join within each repeat
+        return torch.cat(parts, dim=-1).reshape(rows, features)
+    return torch.cat([part.flatten(1) for part in parts], dim=-1)
+
+
+def _join_weight(parts: list[torch.Tensor], layout: BlockLayout, shape: torch.Size) -> torch.Tensor:
+    """A weight of ``shape`` from its ``(n, o, i)`` parts (as :func:`_pieces` splits it)."""
+    if len(parts) == 1:
+        return parts[0].reshape(shape)
+    if layout.plan == PATTERN:  # (repeats, o_p, i_p) per position: join within each repeat
+        repeats = layout.groups // layout.period
+        return torch.cat([part.reshape(repeats, -1) for part in parts], dim=1).reshape(shape)
+    return torch.cat([part.reshape(-1) for part in parts]).reshape(shape)
+
+
 def _plain(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout
 ) -> torch.Tensor:
     """:func:`_forward` in plain differentiable ops, so autograd's C++ formulas do the
-    backward: the ``bmm_autograd`` backend, and the path for torch.compile (dynamo takes no
-    strided ``out=``; inductor chooses layouts itself), torch.func and double backward.
+    backward: the ``bmm_autograd`` backend (which torch.compile, torch.export and torch.func
+    run; dynamo takes no strided ``out=``, inductor chooses layouts itself).
 
     Each batched call reads strided views of ``x`` and writes a contiguous group-major
     ``(n, M, o)`` result; one copy per call puts it back in row-major order."""
@@ -196,16 +222,43 @@ def _plain(
         else:
             yp = torch.baddbmm(bp.unsqueeze(1), xp.transpose(0, 1), wp.transpose(1, 2))
         ys.append(yp.transpose(0, 1))
-    rows = x.shape[0]
-    if len(ys) == 1:
-        return ys[0].reshape(rows, layout.out_features)
-    if layout.plan == PATTERN:  # (M, repeats, o_p) per position: join within each repeat
-        return torch.cat(ys, dim=-1).reshape(rows, layout.out_features)
-    return torch.cat([yp.flatten(1) for yp in ys], dim=-1)
+    return _join(ys, layout, x.shape[0], layout.out_features)
+
+
+def _plain_grads(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    layout: BlockLayout,
+    need_x: bool,
+    need_w: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of :func:`_forward` for its input and weight in differentiable ops
+    (strided reads, allocated results): what the hand-written backward computes while
+    autograd records it, so that it can be differentiated again."""
+    xs, ws, gs = (
+        _pieces(layout, x, "in"),
+        _pieces(layout, weight, "weight"),
+        _pieces(layout, grad, "out"),
+    )
+    grad_x = grad_w = None
+    if need_x:  # (n, M, o) @ (n, o, i) per call
+        parts = [
+            torch.bmm(gp.transpose(0, 1), wp).transpose(0, 1) for gp, wp in zip(gs, ws, strict=True)
+        ]
+        grad_x = _join(parts, layout, x.shape[0], layout.in_features)
+    if need_w:  # (n, o, M) @ (n, M, i) per call
+        parts = [
+            torch.bmm(gp.permute(1, 2, 0), xp.transpose(0, 1))
+            for gp, xp in zip(gs, xs, strict=True)
+        ]
+        grad_w = _join_weight(parts, layout, weight.shape)
+    return grad_x, grad_w
 
 
 class _BlockMatmul(torch.autograd.Function):
-    """:func:`_forward` with a hand-written backward that also writes into whole tensors."""
+    """:func:`_forward` with a hand-written backward that also writes into whole tensors
+    (differentiable while autograd records it: :func:`_plain_grads`)."""
 
     @staticmethod
     def forward(
@@ -228,20 +281,9 @@ class _BlockMatmul(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         layout = ctx.layout
         grad_b = grad.sum(0) if ctx.has_bias and need_b else None
-        if torch.is_grad_enabled():  # double backward: recompute in differentiable ops
-            wanted = [t for t, need in ((x, need_x), (weight, need_w)) if need]
-            found = iter(
-                torch.autograd.grad(
-                    _plain(x, weight, None, layout), wanted, grad, create_graph=True
-                )
-            )
-            return (
-                next(found) if need_x else None,
-                next(found) if need_w else None,
-                grad_b,
-                None,
-                None,
-            )
+        if torch.is_grad_enabled():  # create_graph: the same products, differentiable
+            grad_x, grad_w = _plain_grads(x, weight, grad, layout, need_x, need_w)
+            return grad_x, grad_w, grad_b, None, None
         grad_x = x.new_empty(x.shape) if need_x else None
         grad_w = None
         if need_w:  # only the packed mode accumulates (over row chunks)
@@ -266,6 +308,9 @@ def _block_linear(
     mode: str,
     needs_grad: bool,
 ) -> torch.Tensor:
+    """The layer in ``mode``, with ``layout``'s split. The hand-written modes run only where
+    their backend accepts the problem (not while torch.compile or torch.export traces, nor
+    under torch.func)."""
     rows = input.shape[0]
     if layout.shared:  # one block for every group: a single GEMM over all groups' rows
         shared = F.linear(input.reshape(rows, layout.groups, layout.in_sizes[0]), weight[0])
@@ -281,11 +326,7 @@ def _block_linear(
             needs_grad,
         )
         return gathered.index_select(1, positions)
-    if (
-        mode == AUTOGRAD
-        or torch.compiler.is_compiling()
-        or torch._C._are_functorch_transforms_active()
-    ):
+    if mode == AUTOGRAD:
         return _plain(input, weight, bias, layout)
     if needs_grad:
         y: torch.Tensor = _BlockMatmul.apply(input, weight, bias, layout, mode)
@@ -312,10 +353,27 @@ def _gather_index(layout: BlockLayout, device: torch.device) -> tuple[torch.Tens
     return cached_for_device("gather_index", layout, device, build)
 
 
+_HAND_WRITTEN = {
+    "compiling": "torch.compile and torch.export cannot trace its hand-written kernels (they "
+    "write into preallocated tensors and strided views with out=); backend 'bmm_autograd' "
+    "computes the same products in plain ops",
+    "functorch": "torch.func transforms (grad, vmap, ...) cannot run its hand-written kernels "
+    "(an autograd.Function writing into preallocated tensors); backend 'bmm_autograd' "
+    "computes the same products in plain ops",
+}
+
+
 def _backend(name: str, mode: str) -> Backend:
     def supports(problem: BlockProblem) -> str | None:
-        if problem.layout.shared and mode != STRIDED:
-            return "a shared block runs as one GEMM, which backend 'bmm' computes"
+        if problem.layout.shared:  # one F.linear, which runs everywhere
+            if mode != STRIDED:
+                return "a shared block runs as one GEMM, which backend 'bmm' computes"
+            return None
+        if mode != AUTOGRAD:
+            if problem.compiling:
+                return _HAND_WRITTEN["compiling"]
+            if problem.functorch:
+                return _HAND_WRITTEN["functorch"]
         return None
 
     def fn(
@@ -323,8 +381,22 @@ def _backend(name: str, mode: str) -> Backend:
     ) -> torch.Tensor:
         return _block_linear(input, weight, bias, problem.layout, mode, problem.requires_grad)
 
-    # Traced graphs (torch.export, ONNX) take the plain per-run products: standard ops.
-    return Backend(name, "block_linear", fn, supports, lambda p: _cost_for(p, mode), onnx=fn)
+    def bind(
+        problem: BlockProblem, layout: BlockLayout, like: torch.Tensor
+    ) -> Callable[..., torch.Tensor]:
+        return functools.partial(
+            _block_linear,
+            layout=layout,
+            mode=mode,
+            needs_grad=problem.requires_grad,
+        )
+
+    def cost(problem: BlockProblem) -> float:
+        return _cost_for(problem, problem.layout, mode)
+
+    # Where a mode accepts a traced problem (bmm_autograd; bmm's shared GEMM), fn is plain
+    # ops: standard ONNX ops too.
+    return Backend(name, "block_linear", fn, supports, cost, bind, onnx=fn)
 
 
 # Cost model, in units of one multiply-add of a large GEMM (block_dense uses the same units).
@@ -349,8 +421,8 @@ _PER_CALL = 20_000.0
 _COPY_IN_CACHE, _COPY_OUT_OF_CACHE, _CACHE_BYTES = 5.0, 20.0, 2**20
 
 
-def _cost_for(problem: BlockProblem, mode: str) -> float:
-    layout = problem.layout
+def _cost_for(problem: BlockProblem, layout: BlockLayout, mode: str) -> float:
+    """The cost of ``problem`` computed in ``mode`` with ``layout`` (its layout in a split)."""
     passes = 3 if problem.requires_grad else 1
     if problem.device_type != "cpu":
         launches = passes * layout.calls * (2 if mode == STRIDED else 4)

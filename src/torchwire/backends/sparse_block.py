@@ -26,7 +26,15 @@ def _block_plan(problem: SparseProblem) -> tuple[Backend, BlockProblem]:
     """The block-linear backend and problem of a block-diagonal sparse problem."""
     if problem.blocks is None:
         raise ValueError(f"backend 'block' needs a block-diagonal wiring: {_supports(problem)}")
-    key = (problem.blocks, problem.rows, problem.dtype, problem.device_type, problem.requires_grad)
+    key = (
+        problem.blocks,
+        problem.rows,
+        problem.dtype,
+        problem.device_type,
+        problem.requires_grad,
+        problem.functorch,
+        problem.compiling,
+    )
     return plan("block_linear", "auto", key, BlockProblem)
 
 

@@ -223,12 +223,12 @@ def sparse_linear_csr(
     problem: SparseProblem,
 ) -> Tensor:
     if not problem.requires_grad:  # no graph to record: one kernel, the bias fused
-        if torch.compiler.is_compiling():  # an opaque call in the graph
+        if problem.compiling:  # an opaque call in the graph
             addmm = torch.ops.torchwire.csr_addmm
             out: Tensor = addmm(input, weight, index.indptr, index.indices, index.in_features, bias)
             return out
         return _addmm(input, weight, index.indptr, index.indices, index.in_features, bias)
-    if torch.compiler.is_compiling():  # graphs keep the custom op, an opaque call
+    if problem.compiling:  # graphs keep the custom op, an opaque call
         y: Tensor = csr_linear(input, weight, *index.tensors, False)
     else:
         y = _CsrLinear.apply(input, weight, *index.tensors, False)
