@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchwire import backends
-from torchwire import functional as F
+from torchwire import _calls, backends
+from torchwire._checks import is_int
 from torchwire.backends import SparseIndex
 from torchwire.backends import sparse_dense as _sparse_dense
 from torchwire.backends.block_dense import dense_weight
@@ -93,8 +93,8 @@ class BlockLinear(nn.Module):
     ) -> None:
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
-        self.in_sizes, self.out_sizes = F._group_sizes(in_features, out_features, groups)
-        self._uneven_args = not F._is_int(in_features)
+        self.in_sizes, self.out_sizes = _calls.group_sizes(in_features, out_features, groups)
+        self._uneven_args = not is_int(in_features)
         self.groups = len(self.in_sizes)
         self.in_features = sum(self.in_sizes)
         self.out_features = sum(self.out_sizes)
@@ -156,7 +156,7 @@ class BlockLinear(nn.Module):
         weight, bias = _weight_and_bias(self)
         if weight.shape != self._weight_shape:
             _wrong_weight(self, weight)
-        return F._block_call(input, weight, bias, self._layout, self.backend)
+        return _calls.block_call(input, weight, bias, self._layout, self.backend)
 
     def resolve_backend(self, input: torch.Tensor) -> str:
         """Name of the backend this layer runs for ``input`` (what ``backend="auto"`` picks), in
@@ -167,7 +167,7 @@ class BlockLinear(nn.Module):
         in an export, which takes the cheapest backend that can. When their backward is
         differentiated again (``create_graph=True``), it computes its products as
         differentiable ops."""
-        chosen, _ = F._block_plan(input, self.weight, self.bias, self._layout, self.backend)
+        chosen, _ = _calls.block_plan(input, self.weight, self.bias, self._layout, self.backend)
         return chosen.name
 
     def get_extra_state(self) -> torch.Tensor:
@@ -519,14 +519,14 @@ class SparseLinear(nn.Module):
         index = self._cached_index
         if index is None or not self._current(index):
             index = self._index()
-        return F._sparse_call(input, weight, index, bias, self.backend)
+        return _calls.sparse_call(input, weight, index, bias, self.backend)
 
     def resolve_backend(self, input: torch.Tensor) -> str:
         """Name of the backend this layer runs for ``input`` (what ``backend="auto"`` picks), in
         the context it is called in (torch.compile or torch.export tracing, torch.func
         transforms: ``csr`` cannot run under torch.func). Backend ``"block"`` chooses its
         block-linear kernel the same way."""
-        chosen, _ = F._sparse_plan(input, self.weight, self._index(), self.bias, self.backend)
+        chosen, _ = _calls.sparse_plan(input, self.weight, self._index(), self.bias, self.backend)
         return chosen.name
 
     def _index(self) -> SparseIndex:
@@ -946,7 +946,7 @@ class MultiLinear(nn.Module):
     ) -> None:
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
-        if F._is_int(in_features) or isinstance(in_features, (str, bytes)):
+        if is_int(in_features) or isinstance(in_features, (str, bytes)):
             raise TypeError(
                 f"MultiLinear expected in_features as a sequence of ints (one per input), got "
                 f"{in_features!r}; for one input use nn.Linear"
@@ -958,11 +958,11 @@ class MultiLinear(nn.Module):
                 f"MultiLinear expected in_features as a sequence of ints, got "
                 f"{type(in_features).__name__}"
             ) from None
-        if not sizes or not all(F._is_int(s) for s in sizes) or min(sizes) < 1:
+        if not sizes or not all(is_int(s) for s in sizes) or min(sizes) < 1:
             raise ValueError(
                 f"MultiLinear expected positive input sizes, got in_features={list(sizes)}"
             )
-        if not F._is_int(out_features) or out_features < 1:
+        if not is_int(out_features) or out_features < 1:
             raise ValueError(f"out_features must be a positive int, got {out_features!r}")
         self.in_features = tuple(int(s) for s in sizes)
         self.out_features = int(out_features)
@@ -1004,7 +1004,7 @@ class MultiLinear(nn.Module):
         weights: tuple[torch.Tensor, ...] = tuple(listed._parameters.values())  # type: ignore[union-attr,arg-type]
         if len(weights) != count:  # parametrized: read them one by one
             weights = tuple(self.weights)
-        return F._multi_call(xs, weights, _tensor(self, "bias"))
+        return _calls.multi_call(xs, weights, _tensor(self, "bias"))
 
     def _wrong_count(self, xs: tuple[Any, ...]) -> None:
         raise ValueError(

@@ -16,12 +16,13 @@ from typing import Any, SupportsIndex
 import torch
 from torch import Tensor
 
+from torchwire._checks import check_size
+
 __all__ = ["Wiring"]
 
 _FORMAT = "torchwire.wiring/1"
 # Every tensor a Wiring makes lives on the CPU, even inside `with torch.device(...)`.
 _CPU = torch.device("cpu")
-_MAX_FEATURES = 2**31  # input indices are stored as int32
 # Wiring.random uses one full permutation when in * out is at most this (or at most 4 * nnz).
 _RANDPERM_LIMIT = 1 << 20
 # Wiring.then uses a dense float matmul when its operands and result hold at most this many
@@ -90,8 +91,8 @@ class Wiring:
         input_names: Sequence[str] | None = None,
         output_names: Sequence[str] | None = None,
     ) -> None:
-        in_f = _check_size(in_features, "in_features")
-        out_f = _check_size(out_features, "out_features")
+        in_f = check_size(in_features, "in_features")
+        out_f = check_size(out_features, "out_features")
         ptr = _as_index_tensor(indptr, "indptr")
         idx = _as_index_tensor(indices, "indices")
         if ptr.ndim != 1 or ptr.numel() != out_f + 1:
@@ -226,8 +227,8 @@ class Wiring:
                 "in_sizes and out_sizes must have one entry per group (the same length), "
                 f"got {len(a)} and {len(b)} entries"
             )
-        in_f = _check_size(sum(a), "in_features = sum(in_sizes)")
-        out_f = _check_size(sum(b), "out_features = sum(out_sizes)")
+        in_f = check_size(sum(a), "in_features = sum(in_sizes)")
+        out_f = check_size(sum(b), "out_features = sum(out_sizes)")
         in_size, out_size = torch.tensor(a, device=_CPU), torch.tensor(b, device=_CPU)
         row_group = torch.repeat_interleave(torch.arange(len(a), device=_CPU), out_size)
         fan = in_size[row_group]
@@ -281,8 +282,8 @@ class Wiring:
             >>> w == Wiring.random(100, 50, nnz=500, seed=0)
             True
         """
-        in_f = _check_size(in_features, "in_features")
-        out_f = _check_size(out_features, "out_features")
+        in_f = check_size(in_features, "in_features")
+        out_f = check_size(out_features, "out_features")
         total = in_f * out_f
         if (density is None) == (nnz is None):
             raise ValueError(
@@ -341,9 +342,9 @@ class Wiring:
                     [0, 1, 1, 1, 0],
                     [0, 0, 1, 1, 1]], dtype=torch.int32)
         """
-        in_f = _check_size(in_features, "in_features")
-        out_f = _check_size(out_features, "out_features")
-        w = _check_size(width, "width")
+        in_f = check_size(in_features, "in_features")
+        out_f = check_size(out_features, "out_features")
+        w = check_size(width, "width")
         if w > in_f:
             raise ValueError(
                 f"width must be at most in_features = {in_f} (each output connects to width "
@@ -403,8 +404,8 @@ class Wiring:
                     f"mask must be bool or hold only 0 and 1, got {m[r, c].item()!r} at "
                     f"[{r}, {c}] (dtype {m.dtype}); pass a bool mask, e.g. `mask != 0`"
                 )
-        out_f = _check_size(m.shape[0], "out_features")
-        in_f = _check_size(m.shape[1], "in_features")
+        out_f = check_size(m.shape[0], "out_features")
+        in_f = check_size(m.shape[1], "in_features")
         nz = torch.nonzero(m)
         return cls._trusted(
             nz[:, 0],
@@ -439,8 +440,8 @@ class Wiring:
             >>> w.edges().tolist()
             [[0, 0], [1, 1], [2, 1]]
         """
-        in_f = _check_size(in_features, "in_features")
-        out_f = _check_size(out_features, "out_features")
+        in_f = check_size(in_features, "in_features")
+        out_f = check_size(out_features, "out_features")
         e = torch.as_tensor(edges, device=_CPU)
         if e.numel() == 0:
             e = torch.zeros(0, 2, dtype=torch.int64, device=_CPU)
@@ -1034,28 +1035,13 @@ def _row_ids(indptr: Tensor, out_features: int, nnz: int) -> Tensor:
     return torch.arange(out_features, device=_CPU).repeat_interleave(indptr.diff(), output_size=nnz)
 
 
-def _check_size(value: object, name: str) -> int:
-    # type() first: isinstance against the SupportsIndex protocol costs microseconds, and
-    # layers validate sizes on every forward.
-    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, SupportsIndex)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    size = operator.index(value)
-    if size <= 0:
-        raise ValueError(f"{name} must be a positive int, got {size}")
-    if size >= _MAX_FEATURES:
-        raise ValueError(
-            f"{name} must be less than 2**31 (inputs are indexed with int32), got {size}"
-        )
-    return size
-
-
 def _check_group_sizes(sizes: object, name: str) -> list[int]:
     if isinstance(sizes, str) or not isinstance(sizes, Iterable):
         raise TypeError(
             f"{name} must be a sequence of positive ints (one per group), got "
             f"{type(sizes).__name__} ({sizes!r}); for G equal groups of n pass [n] * G"
         )
-    values = [_check_size(size, f"{name}[{g}]") for g, size in enumerate(sizes)]
+    values = [check_size(size, f"{name}[{g}]") for g, size in enumerate(sizes)]
     if not values:
         raise ValueError(f"{name} must list at least one group size, got an empty sequence")
     return values
