@@ -90,7 +90,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 
 def merge(outputs: Sequence[torch.Tensor], how: str | None, dim: int) -> Any:
-    """What ``Parallel(merge=how)`` makes of its branches' outputs, in float64."""
+    """What ``Parallel(join=how)`` makes of its branches' outputs, in float64."""
     outputs = [y.double() for y in outputs]
     if how is None:
         return tuple(outputs)

@@ -24,7 +24,7 @@ def test_parallel_gives_every_branch_the_input_and_merges(merge: str | None) -> 
     torch.manual_seed(0)
     a, b = nn.Linear(8, 3), nn.Linear(8, 3)
     x = torch.randn(4, 8)
-    out = tw.Parallel(a, b, merge=merge)(x)
+    out = tw.Parallel(a, b, join=merge)(x)
     ya, yb = a(x), b(x)
     expected = {
         None: (ya, yb),
@@ -67,8 +67,8 @@ def test_parallel_behaves_like_a_container() -> None:
     assert isinstance(tail, tw.Parallel)
     assert len(tail) == 2
     assert tail[0] is named.logvar
-    assert repr(tw.Parallel(nn.Identity(), merge="cat", dim=1)).startswith(
-        "Parallel(\n  merge='cat', dim=1"
+    assert repr(tw.Parallel(nn.Identity(), join="cat", dim=1)).startswith(
+        "Parallel(\n  join='cat', dim=1"
     )
 
 
@@ -100,7 +100,7 @@ def _models() -> list[nn.Module]:
         ),
         nn.Sequential(
             nn.Linear(8, 8),
-            tw.Parallel(nn.Linear(8, 2), nn.Linear(8, 4), merge="cat"),
+            tw.Parallel(nn.Linear(8, 2), nn.Linear(8, 4), join="cat"),
             tw.Split(2),
             tw.Concat(),
         ),
@@ -130,3 +130,33 @@ def test_a_split_pickled_by_torchwire_0_1_still_cuts() -> None:
     old.__dict__["_total"] = 6
     loaded = pickle.loads(pickle.dumps(old))
     assert [p.shape[-1] for p in loaded(torch.randn(3, 6))] == [2, 4]
+
+
+def test_parallel_merge_keyword_and_attribute_are_deprecated_spellings_of_join() -> None:
+    a, b = nn.Linear(4, 2), nn.Linear(4, 3)
+    x = torch.randn(5, 4)
+    with pytest.warns(DeprecationWarning, match=r"Parallel\(merge=\.\.\.\) is deprecated; use"):
+        old = tw.Parallel(a, b, merge="cat")
+    assert old.join == "cat"
+    torch.testing.assert_close(old(x), tw.Parallel(a, b, join="cat")(x))
+    with pytest.warns(
+        DeprecationWarning, match=r"Parallel\.merge is deprecated; use Parallel\.join"
+    ):
+        assert old.merge == "cat"
+    fused = tw.fuse_parallel(old)
+    with pytest.warns(DeprecationWarning, match=r"FusedParallel\.merge is deprecated"):
+        assert fused.merge == "cat"
+    with pytest.raises(TypeError, match="got both join= and its deprecated spelling merge="):
+        tw.Parallel(a, join="cat", merge="cat")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'how'"):
+        tw.Parallel(a, how="cat")
+
+
+def test_a_parallel_pickled_by_torchwire_0_1_still_joins() -> None:
+    p = tw.Parallel(nn.Linear(4, 2), nn.Linear(4, 3), join="cat")
+    state = p.__dict__.copy()
+    state["merge"] = state.pop("join")  # the attribute's name in torchwire 0.1
+    old = tw.Parallel.__new__(tw.Parallel)
+    old.__setstate__(state)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(old(x), p(x))

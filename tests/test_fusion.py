@@ -92,7 +92,7 @@ def _linear_parallels(draw: st.DrawFn) -> tuple[tw.Parallel, torch.Tensor]:
             wiring = tw.Wiring.random(in_features, out, density=density, seed=b)
             branches.append(tw.SparseLinear(wiring, bias=bias, dtype=D))
     batch = draw(st.sampled_from([(3,), (2, 3), ()]))
-    return tw.Parallel(*branches, merge=merge), torch.randn(*batch, in_features, dtype=D)
+    return tw.Parallel(*branches, join=merge), torch.randn(*batch, in_features, dtype=D)
 
 
 @settings(max_examples=80, deadline=None)
@@ -135,7 +135,7 @@ def _conv_parallels(draw: st.DrawFn) -> tuple[tw.Parallel, torch.Tensor]:
     ]
     batch = draw(st.sampled_from([(2,), ()]))
     x = torch.randn(*batch, in_channels, *[5] * d, dtype=D)
-    return tw.Parallel(*branches, merge=merge, dim=dim), x
+    return tw.Parallel(*branches, join=merge, dim=dim), x
 
 
 @settings(max_examples=60, deadline=None)
@@ -195,12 +195,12 @@ def test_fusing_leaves_the_parallel_unchanged_and_copies_weights() -> None:
 
 
 def test_named_branches_keep_their_names_through_unfuse() -> None:
-    heads = tw.Parallel(OrderedDict(mean=nn.Linear(8, 2), logvar=nn.Linear(8, 2)), merge="cat")
+    heads = tw.Parallel(OrderedDict(mean=nn.Linear(8, 2), logvar=nn.Linear(8, 2)), join="cat")
     fused = tw.fuse_parallel(heads)
     assert fused.names == ["mean", "logvar"]
     back = tw.unfuse(fused)
     assert list(back.state_dict()) == ["mean.weight", "mean.bias", "logvar.weight", "logvar.bias"]
-    assert back.merge == "cat"
+    assert back.join == "cat"
 
 
 def test_a_bias_trained_after_fusing_is_kept_with_a_warning() -> None:

@@ -313,7 +313,7 @@ def _tuple_of(*sizes: int) -> Callable[[nn.Module, tuple[int, ...], torch.dtype,
 
 
 def _parallel_oracle(m: tw.Parallel, x: torch.Tensor) -> Any:
-    return reference.merge([_oracle(branch, x) for branch in m], m.merge, m.dim)
+    return reference.merge([_oracle(branch, x) for branch in m], m.join, m.dim)
 
 
 def _split_oracle(m: tw.Split, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -331,17 +331,17 @@ CASES += [
         "Parallel(\n  (0): Linear(in_features=6, out_features=3, bias=True)\n  (1): BlockLinear(",
         compile=True,
         bad_construction=[
-            (lambda: tw.Parallel(nn.Identity(), merge="max"), ValueError, r"merge must be one of"),
+            (lambda: tw.Parallel(nn.Identity(), join="max"), ValueError, r"join must be one of"),
             (lambda: tw.Parallel(nn.Identity(), 3), TypeError, r"nn.Module branches, got int"),
             (lambda: tw.Parallel(nn.Identity(), dim=1.0), TypeError, r"dim must be an int"),
         ],
     ),
     Case(
         "Parallel-cat",
-        lambda **f: tw.Parallel(tw.SparseLinear(_RANDOM, **f), nn.Linear(12, 2, **f), merge="cat"),
+        lambda **f: tw.Parallel(tw.SparseLinear(_RANDOM, **f), nn.Linear(12, 2, **f), join="cat"),
         _features(12),
         _parallel_oracle,
-        "Parallel(\n  merge='cat'\n  (0): SparseLinear(",
+        "Parallel(\n  join='cat'\n  (0): SparseLinear(",
         compile=True,
         bad_inputs=[
             (
@@ -355,11 +355,11 @@ CASES += [
         Case(
             f"Parallel-{merge}-named",
             lambda merge=merge, **f: tw.Parallel(
-                OrderedDict(mean=nn.Linear(5, 4, **f), logvar=nn.Linear(5, 4, **f)), merge=merge
+                OrderedDict(mean=nn.Linear(5, 4, **f), logvar=nn.Linear(5, 4, **f)), join=merge
             ),
             _features(5),
             _parallel_oracle,
-            f"Parallel(\n  merge='{merge}'\n  (mean): Linear(",
+            f"Parallel(\n  join='{merge}'\n  (mean): Linear(",
             compile=True,
         )
         for merge in ("sum", "mean", "stack")
@@ -481,12 +481,12 @@ CASES += [
         _fused(
             lambda **f: nn.Conv2d(4, 4, 3, padding=1, groups=2, **f),
             lambda **f: nn.Conv2d(4, 2, 3, padding=1, groups=2, bias=False, **f),
-            merge="cat",
+            join="cat",
             dim=-3,
         ),
         _images,
         _fused_oracle,
-        "FusedParallel(\n  names=['0', '1'], sizes=[4, 2], merge='cat', dim=-3\n  (layer): "
+        "FusedParallel(\n  names=['0', '1'], sizes=[4, 2], join='cat', dim=-3\n  (layer): "
         "Conv2d(4, 6, ",
         compile=True,
     ),
@@ -495,7 +495,7 @@ CASES += [
         _fused(
             lambda **f: tw.BlockLinear([3, 5], [2, 1], **f),
             lambda **f: tw.BlockLinear([3, 5], [1, 2], **f),
-            merge="sum",
+            join="sum",
         ),
         _features(8),
         _fused_oracle,

@@ -89,7 +89,7 @@ class Written(nn.Module):
 def _parallel() -> tuple[nn.Module, Arguments, Callable[..., Any], Arguments]:
     a, b = nn.Linear(IN_FEATURES, 3), nn.Linear(IN_FEATURES, 3)
     written = Written(lambda x: torch.cat([a(x), b(x)], -1), a, b)
-    return tw.Parallel(a, b, merge="cat"), _whole, written, _whole
+    return tw.Parallel(a, b, join="cat"), _whole, written, _whole
 
 
 def _split() -> tuple[nn.Module, Arguments, Callable[..., Any], Arguments]:
@@ -143,7 +143,7 @@ LAYERS = (
 CONTAINERS = (
     OverheadCase(
         "parallel",
-        "Parallel(Linear(4, 3), Linear(4, 3), merge='cat')",
+        "Parallel(Linear(4, 3), Linear(4, 3), join='cat')",
         "module: cat([a(x), b(x)], -1)",
         _parallel,
     ),

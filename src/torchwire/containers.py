@@ -9,6 +9,7 @@ a ``TypeError`` naming both.
 from __future__ import annotations
 
 import operator
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -16,20 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchwire import _join
+
 __all__ = ["Concat", "Map", "Parallel", "Split", "Sum"]
-
-MERGES = (None, "cat", "sum", "mean", "stack")
-
-
-def _sum_tensors(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The elementwise sum of a sequence of tensors (a leaf for torch.fx)."""
-    total = tensors[0]
-    for t in tensors[1:]:
-        total = total + t
-    return total
-
-
-torch.fx.wrap("_sum_tensors")
 
 
 def _check_tensor(value: object, module: str) -> None:
@@ -55,29 +45,42 @@ def _check_tuple(value: object, module: str) -> None:
         raise TypeError(f"{module} expected a tuple of tensors, got {type(value).__name__}")
 
 
-def _merge(outputs: list[torch.Tensor], merge: str | None, dim: int) -> Any:
-    if merge is None:
-        return tuple(outputs)
-    if merge == "cat":
-        return torch.cat(outputs, dim)
-    if merge == "stack":
-        return torch.stack(outputs, dim)
-    total = _sum_tensors(tuple(outputs))
-    return total if merge == "sum" else total / len(outputs)
+def _warn_merge(old: str, new: str) -> None:
+    warnings.warn(
+        f'{old} is deprecated; use {new} ("merge" is torchwire.merge, composing layers)',
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+def _renamed_join(join: str | None, deprecated: dict[str, Any], where: str) -> str | None:
+    """``join``, or the value of the deprecated ``merge=`` keyword of ``where`` (warned)."""
+    for name in deprecated:
+        if name != "merge":
+            raise TypeError(f"{where}() got an unexpected keyword argument {name!r}")
+    if "merge" not in deprecated:
+        return join
+    if join is not None:
+        raise TypeError(f"{where}() got both join= and its deprecated spelling merge=")
+    _warn_merge(f"{where}(merge=...)", f"{where}(join=...)")
+    value: str | None = deprecated["merge"]
+    return value
 
 
 class Parallel(nn.Module):
-    r"""Runs every branch on the same input: :math:`(f_1(x), \dots, f_n(x))`, optionally merged.
+    r"""Runs every branch on the same input: :math:`(f_1(x), \dots, f_n(x))`, optionally joined.
 
     Args:
         *modules: the branches, or one ``OrderedDict`` of named branches (as ``nn.Sequential``).
-        merge: ``None`` (return a tuple), ``"cat"`` or ``"stack"`` (along ``dim``), ``"sum"``
-            or ``"mean"`` (elementwise). Default: ``None``.
+        join: how the outputs are joined: ``None`` (return a tuple), ``"cat"`` or ``"stack"``
+            (along ``dim``), ``"sum"`` or ``"mean"`` (elementwise). Default: ``None``.
+            (Formerly ``merge=``, deprecated: "merge" is :func:`torchwire.merge`, composing
+            layers.)
         dim: the dimension ``"cat"`` and ``"stack"`` use. Default: ``-1``.
 
     Shape:
         - Input: whatever every branch accepts.
-        - Output: a tuple of the branches' outputs, or their merge.
+        - Output: a tuple of the branches' outputs, or their join.
 
     Examples::
 
@@ -85,26 +88,28 @@ class Parallel(nn.Module):
         >>> mean, logvar = heads(torch.randn(4, 8))
         >>> mean.shape
         torch.Size([4, 2])
-        >>> both = torchwire.Parallel(nn.Linear(8, 2), nn.Linear(8, 3), merge="cat")
+        >>> both = torchwire.Parallel(nn.Linear(8, 2), nn.Linear(8, 3), join="cat")
         >>> both(torch.randn(4, 8)).shape
         torch.Size([4, 5])
     """
 
-    merge: str | None
+    join: str | None
     dim: int
 
     def __init__(
         self,
         *modules: nn.Module | OrderedDict[str, nn.Module],
-        merge: str | None = None,
+        join: str | None = None,
         dim: int = -1,
+        **deprecated: Any,
     ) -> None:
         super().__init__()
-        if merge not in MERGES:
-            raise ValueError(f"merge must be one of {list(MERGES)}, got {merge!r}")
+        join = _renamed_join(join, deprecated, "Parallel")
+        if join not in _join.JOINS:
+            raise ValueError(f"join must be one of {list(_join.JOINS)}, got {join!r}")
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-        self.merge = merge
+        self.join = join
         self.dim = dim
         if len(modules) == 1 and isinstance(modules[0], OrderedDict):
             named: list[tuple[str, object]] = list(modules[0].items())
@@ -112,6 +117,17 @@ class Parallel(nn.Module):
             named = [(str(i), m) for i, m in enumerate(modules)]
         for name, module in named:
             self._add(name, module)
+
+    @property
+    def merge(self) -> str | None:
+        """Deprecated spelling of :attr:`join`."""
+        _warn_merge("Parallel.merge", "Parallel.join")
+        return self.join
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "join" not in state:  # pickled by torchwire 0.1, as merge
+            state["join"] = state.pop("merge", None)
+        super().__setstate__(state)
 
     def _add(self, name: str, module: object) -> None:
         if not isinstance(module, nn.Module):
@@ -123,7 +139,7 @@ class Parallel(nn.Module):
 
     def forward(self, input: Any) -> Any:
         outputs = [module(input) for module in self._modules.values()]  # type: ignore[misc]
-        return _merge(outputs, self.merge, self.dim)
+        return _join.join(outputs, self.join, self.dim)
 
     def append(self, module: nn.Module) -> Parallel:
         """Add a branch at the end (named by its position)."""
@@ -139,13 +155,13 @@ class Parallel(nn.Module):
     def __getitem__(self, index: int | slice) -> Any:
         modules = [(name, m) for name, m in self._modules.items() if m is not None]
         if isinstance(index, slice):
-            return Parallel(OrderedDict(modules[index]), merge=self.merge, dim=self.dim)
+            return Parallel(OrderedDict(modules[index]), join=self.join, dim=self.dim)
         return modules[operator.index(index)][1]
 
     def extra_repr(self) -> str:
         parts = []
-        if self.merge is not None:
-            parts.append(f"merge={self.merge!r}")
+        if self.join is not None:
+            parts.append(f"join={self.join!r}")
         if self.dim != -1:
             parts.append(f"dim={self.dim}")
         return ", ".join(parts)
@@ -282,7 +298,7 @@ class Sum(nn.Module):
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         _check_tuple(inputs, "Sum")
-        return _sum_tensors(inputs)
+        return _join.sum_tensors(inputs)
 
 
 class Map(nn.Module):

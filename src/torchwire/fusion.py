@@ -23,8 +23,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from torchwire import _surgery
-from torchwire.containers import Parallel, _merge
+from torchwire import _join, _surgery
+from torchwire.containers import Parallel
 from torchwire.layers import BlockLinear, SparseLinear
 from torchwire.wiring import Wiring
 
@@ -55,7 +55,7 @@ class FusedParallel(nn.Module):
 
     The wide ``layer`` computes every branch's outputs at once; they are cut back into one
     tensor per branch (views, no copies, unless grouped channels must be reordered first)
-    and merged as the original :class:`~torchwire.Parallel` did. :func:`unfuse` gives the
+    and joined as the original :class:`~torchwire.Parallel` did. :func:`unfuse` gives the
     per-branch modules back, with their original names.
 
     Attributes:
@@ -63,7 +63,7 @@ class FusedParallel(nn.Module):
             ``SparseLinear``).
         names: the branches' names, in order.
         sizes: each branch's number of outputs (features, or channels for convolutions).
-        merge, dim: the original ``Parallel``'s merge.
+        join, dim: the original ``Parallel``'s join.
 
     Examples::
 
@@ -79,7 +79,7 @@ class FusedParallel(nn.Module):
         True
     """
 
-    merge: str | None
+    join: str | None
     dim: int
     feature_dim: int
     order: torch.Tensor | None
@@ -89,20 +89,35 @@ class FusedParallel(nn.Module):
         layer: nn.Module,
         branches: Sequence[_Branch],
         order: Sequence[int] | None,
-        merge: str | None,
+        join: str | None,
         dim: int,
         feature_dim: int,
     ) -> None:
         super().__init__()
         self.layer = layer
         self.branches = tuple(branches)
-        self.merge = merge
+        self.join = join
         self.dim = dim
         self.feature_dim = feature_dim
         # Where branch order reads the wide layer's outputs (None: they are already in order).
         self._order = None if order is None else tuple(order)
         self.register_buffer("order", None, persistent=False)
         self._restore_order(next(layer.parameters()).device)
+
+    @property
+    def merge(self) -> str | None:
+        """Deprecated spelling of :attr:`join`."""
+        warnings.warn(
+            "FusedParallel.merge is deprecated; use FusedParallel.join",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.join
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "join" not in state:  # pickled by torchwire 0.1, as merge
+            state["join"] = state.pop("merge", None)
+        super().__setstate__(state)
 
     def _restore_order(self, device: torch.device) -> None:
         if self._order is not None:
@@ -139,14 +154,14 @@ class FusedParallel(nn.Module):
         if self.order is not None:
             y = y.index_select(self.feature_dim, self.order)
         parts = y.split(self.sizes, self.feature_dim)
-        if self.merge is None:
+        if self.join is None:
             return parts
-        if self.merge == "cat" and self._cat_is_features(y):
+        if self.join == "cat" and self._cat_is_features(y):
             return y
-        return _merge([parts[i] for i in range(len(self.branches))], self.merge, self.dim)
+        return _join.join([parts[i] for i in range(len(self.branches))], self.join, self.dim)
 
     def _cat_is_features(self, y: Any) -> bool:
-        """Whether the merge concatenates along the wide layer's own output dimension."""
+        """Whether the join concatenates along the wide layer's own output dimension."""
         if isinstance(y, torch.fx.Proxy):  # rank unknown while tracing: split and join
             return False
         rank: int = y.dim()
@@ -174,8 +189,8 @@ class FusedParallel(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"names={self.names}, sizes={self.sizes}"
-        if self.merge is not None:
-            s += f", merge={self.merge!r}"
+        if self.join is not None:
+            s += f", join={self.join!r}"
         if self.dim != -1:
             s += f", dim={self.dim}"
         return s
@@ -246,14 +261,14 @@ def fuse_parallel(parallel: nn.Module) -> FusedParallel:
     layer = _surgery.rebuilt_from(layer, [m for _, m in named], training)
     branches = [_describe(name, m) for name, m in named]
     feature_dim = -(_surgery.known(named[0][1]).spatial + 1)
-    result = FusedParallel(layer, branches, order, parallel.merge, parallel.dim, feature_dim)
+    result = FusedParallel(layer, branches, order, parallel.join, parallel.dim, feature_dim)
     result.training = parallel.training  # the container's own flag; the layer keeps its mode
     return result
 
 
 def unfuse(fused: nn.Module) -> Parallel:
     r"""The per-branch modules of a :class:`FusedParallel`, as a :class:`~torchwire.Parallel`
-    with the original branch names, types, merge and current values.
+    with the original branch names, types, join and current values.
 
     A branch that had no bias stays without one, unless the wide layer's bias for its outputs
     was trained away from zero after fusing: then it keeps that bias (so outputs do not
@@ -280,7 +295,7 @@ def unfuse(fused: nn.Module) -> Parallel:
         rows = positions[start : start + branch.size]
         start += branch.size
         modules[branch.name] = _unfuse_branch(layer, branch, rows)
-    parallel = Parallel(modules, merge=fused.merge, dim=fused.dim)
+    parallel = Parallel(modules, join=fused.join, dim=fused.dim)
     parallel.training = fused.training  # the container's own flag; branches take the layer's
     return parallel
 
