@@ -142,7 +142,7 @@ def _train_dynamic(
         optimizer,
         update_every=UPDATE_EVERY,
         drop_fraction=0.3,
-        grow=grow,
+        score=grow,
         **options,
     )
     layers = {n: m for n, m in model.named_modules() if isinstance(m, tw.SparseLinear)}
@@ -375,7 +375,7 @@ def test_dynamic_sparsity_process_group_needs_torch_distributed() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="init_process_group"):  # before any group exists
         tw.DynamicSparsity(model, optimizer, process_group=object())  # type: ignore[arg-type]
-    rewire = tw.DynamicSparsity(model, optimizer, update_every=1, grow="random", seed=0)
+    rewire = tw.DynamicSparsity(model, optimizer, update_every=1, score="random", seed=0)
     model(torch.randn(3, 16, dtype=F64)).sum().backward()
     optimizer.step()
     layer: Any = model[0]

@@ -47,7 +47,7 @@ def test_rewiring_keeps_count_parameters_and_moves_adam_state(grow: str, backend
     model = _model(backend=backend)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     rewire = tw.DynamicSparsity(
-        model, optimizer, update_every=3, drop_fraction=0.4, grow=grow, seed=0
+        model, optimizer, update_every=3, drop_fraction=0.4, score=grow, seed=0
     )
     layer: Any = model[0]
     weight, bias = layer.weight, layer.bias
@@ -135,7 +135,7 @@ def test_gradient_growth_picks_the_largest_dense_gradients(monkeypatch: Any) -> 
 def test_rewired_layer_computes_its_new_wiring() -> None:
     model = _model(seed=4)
     optimizer = torch.optim.Adam(model.parameters())
-    rewire = tw.DynamicSparsity(model, optimizer, update_every=1, grow="random", seed=1)
+    rewire = tw.DynamicSparsity(model, optimizer, update_every=1, score="random", seed=1)
     _train_step(model, optimizer, rewire, torch.randn(8, 12, dtype=D))
     layer: Any = model[0]
     x = torch.randn(5, 12, dtype=D, requires_grad=True)
@@ -155,7 +155,7 @@ def test_random_growth_is_seeded_and_only_grows_absent(monkeypatch: Any) -> None
         monkeypatch.setattr(dynamic, "_DENSE_CANDIDATES", limit)  # 10: rejection sampling
         model = _model(seed=0)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        rewire = tw.DynamicSparsity(model, optimizer, update_every=1, grow="random", seed=seed)
+        rewire = tw.DynamicSparsity(model, optimizer, update_every=1, score="random", seed=seed)
         before = set(_pairs(model[0]))
         _train_step(model, optimizer, rewire, torch.randn(4, 12, dtype=D))
         after = set(_pairs(model[0]))
@@ -192,7 +192,7 @@ def test_schedule_eval_mode_and_end_step() -> None:
     changed = [t for t in range(1, 11) if history[t] != history[t - 1]]
     assert changed == [2, 4, 6]  # step 8's fraction is 0; nothing after end_step
     model.eval()
-    frozen = tw.DynamicSparsity(model, optimizer, update_every=1, grow="random")
+    frozen = tw.DynamicSparsity(model, optimizer, update_every=1, score="random")
     wiring = model[0].wiring
     for _ in range(3):
         _train_step(model, optimizer, frozen, x)
@@ -255,13 +255,13 @@ def test_state_dict_resumes_the_schedule_and_randomness() -> None:
     for resume in (False, True):
         model = _model()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        rewire = tw.DynamicSparsity(model, optimizer, update_every=2, grow="random", seed=3)
+        rewire = tw.DynamicSparsity(model, optimizer, update_every=2, score="random", seed=3)
         x = torch.randn(4, 12, dtype=D, generator=torch.Generator().manual_seed(0))
         for step in range(6):
             if resume and step == 3:
                 saved = copy.deepcopy(rewire.state_dict())
                 rewire.remove()
-                rewire = tw.DynamicSparsity(model, optimizer, update_every=2, grow="random")
+                rewire = tw.DynamicSparsity(model, optimizer, update_every=2, score="random")
                 rewire.load_state_dict(saved)
             _train_step(model, optimizer, rewire, x)
         runs.append(model[0].wiring)
@@ -284,3 +284,13 @@ def test_compiled_model_rewires_like_eager() -> None:
         torch.testing.assert_close(run(x), model(x))
     assert wirings[0] == wirings[1]
     assert wirings[0][0] != _model(seed=6)[0].wiring
+
+
+def test_grow_is_a_deprecated_spelling_of_score() -> None:
+    model = nn.Sequential(tw.SparseLinear(tw.Wiring.random(6, 4, density=0.5, seed=0)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(DeprecationWarning, match=r"DynamicSparsity\(grow=\.\.\.\) is deprecated"):
+        rewire = tw.DynamicSparsity(model, optimizer, grow="random", seed=0)
+    assert rewire.score == "random"
+    with pytest.warns(DeprecationWarning, match=r"DynamicSparsity\.grow is deprecated"):
+        assert rewire.grow == "random"

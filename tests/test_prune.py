@@ -84,7 +84,7 @@ def test_edges_matches_torch_l1_unstructured(amount: float) -> None:
 def test_edges_equals_the_masked_layer(kind: str, method: str) -> None:
     module = _layer(kind, 1)
     before = copy.deepcopy(module.state_dict())
-    pruned = tw.prune.edges(module, amount=0.4, method=method, seed=3)
+    pruned = tw.prune.edges(module, amount=0.4, score=method, seed=3)
     assert isinstance(pruned, tw.SparseLinear)
     dense = _masked_dense(module)
     connected = dense != 0 if kind != "sparse" else module.wiring.mask()  # type: ignore[operator]
@@ -104,15 +104,15 @@ def test_edges_equals_the_masked_layer(kind: str, method: str) -> None:
 
 def test_edges_random_is_reproducible_and_seeded() -> None:
     linear = _layer("linear", 2)
-    a = tw.prune.edges(linear, amount=0.5, method="random", seed=7)
-    b = tw.prune.edges(linear, amount=0.5, method="random", seed=7)
-    c = tw.prune.edges(linear, amount=0.5, method="random", seed=8)
+    a = tw.prune.edges(linear, amount=0.5, score="random", seed=7)
+    b = tw.prune.edges(linear, amount=0.5, score="random", seed=7)
+    c = tw.prune.edges(linear, amount=0.5, score="random", seed=8)
     assert a.wiring == b.wiring
     assert a.wiring != c.wiring
     torch.manual_seed(0)
-    d = tw.prune.edges(linear, amount=0.5, method="random")
+    d = tw.prune.edges(linear, amount=0.5, score="random")
     torch.manual_seed(0)
-    e = tw.prune.edges(linear, amount=0.5, method="random")
+    e = tw.prune.edges(linear, amount=0.5, score="random")
     assert d.wiring == e.wiring
 
 
@@ -171,10 +171,10 @@ def test_edges_argument_errors() -> None:
         tw.prune.edges(linear)
     with pytest.raises(ValueError, match="exactly one of amount"):
         tw.prune.edges(linear, amount=0.5, threshold=0.1)
-    with pytest.raises(ValueError, match="method must be one of"):
-        tw.prune.edges(linear, amount=0.5, method="l3")
+    with pytest.raises(ValueError, match="score must be one of"):
+        tw.prune.edges(linear, amount=0.5, score="l3")
     with pytest.raises(ValueError, match="threshold only applies"):
-        tw.prune.edges(linear, threshold=0.1, method="random")
+        tw.prune.edges(linear, threshold=0.1, score="random")
     with pytest.raises(TypeError, match="threshold must be a number"):
         tw.prune.edges(linear, threshold="0.1")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Invalid type for amount"):
@@ -224,7 +224,7 @@ def test_global_edges_filter_random_and_shared_modules() -> None:
     shared = nn.Linear(8, 8)
     model = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(8, 2))
     pruned = tw.prune.global_edges(
-        model, amount=10, method="random", seed=0, filter=lambda n, m: m is shared
+        model, amount=10, score="random", seed=0, filter=lambda n, m: m is shared
     )
     assert pruned[0] is pruned[2]  # one module used twice stays one module
     assert isinstance(pruned[0], tw.SparseLinear)
@@ -297,7 +297,7 @@ def test_neurons_equals_the_torch_masked_model(layers: Any, criterion: str) -> N
     torch.manual_seed(7)
     model = nn.Sequential(*layers()).double().eval()
     amount = 2
-    pruned = tw.prune.neurons(model, amount=amount, criterion=criterion)
+    pruned = tw.prune.neurons(model, amount=amount, score=criterion)
     masked = _torch_masked_units(model, amount, 1 if criterion == "l1" else 2)
     conv = isinstance(model[0], (nn.Conv1d, nn.Conv2d))
     shape = (2, 3, 11, 11) if isinstance(model[0], nn.Conv2d) else (2, 3, 9) if conv else (5, 6)
@@ -325,7 +325,7 @@ def test_neurons_matches_torch_ao_structured_pruner(layers: Any) -> None:
     pruner.enable_mask_update = True
     pruner.step()
     theirs = pruner.prune()
-    ours = tw.prune.neurons(model, amount=0.3, criterion="l1", filter=lambda name, _: name == "0")
+    ours = tw.prune.neurons(model, amount=0.3, score="l1", filter=lambda name, _: name == "0")
     x = torch.randn((4, 6) if isinstance(model[0], nn.Linear) else (2, 3, 9, 9), dtype=D)
     _close(ours(x), theirs(x))
     assert ours[0].weight.shape == theirs.get_submodule("0").weight.shape
@@ -348,7 +348,7 @@ def test_neurons_shrinks_batchnorm_and_folds_its_shift() -> None:
         .eval()
     )
     scores = torch.arange(8, dtype=D)
-    pruned: Any = tw.prune.neurons(model, amount=3, criterion=lambda m: scores[: m.weight.shape[0]])
+    pruned: Any = tw.prune.neurons(model, amount=3, score=lambda m: scores[: m.weight.shape[0]])
     assert pruned[1].num_features == pruned[0].out_channels == 5
     assert pruned[6].num_features == pruned[5].out_features == 3
     assert pruned[3].out_channels == 4  # its outputs go through Flatten: not prunable
@@ -415,10 +415,10 @@ def test_neurons_warns_for_zero_padded_convs_and_refuses_bad_arguments() -> None
         tw.prune.neurons(model, amount=0.5)
     with pytest.raises(ValueError, match="would remove all 8 units"):
         tw.prune.neurons(model, amount=1.0)
-    with pytest.raises(ValueError, match="criterion must be"):
-        tw.prune.neurons(model, amount=1, criterion="l3")
+    with pytest.raises(ValueError, match="score must be"):
+        tw.prune.neurons(model, amount=1, score="l3")
     with pytest.raises(ValueError, match="one score per output unit"):
-        tw.prune.neurons(model, amount=1, criterion=lambda m: torch.zeros(3))
+        tw.prune.neurons(model, amount=1, score=lambda m: torch.zeros(3))
     with pytest.raises(ValueError, match="found no prunable hidden units"):
         tw.prune.neurons(nn.Sequential(nn.Linear(3, 3)), amount=1)
     with pytest.raises(ValueError, match="should either be a float"):
@@ -632,3 +632,25 @@ def test_every_entry_point_keeps_mode_and_frozen_parameters_and_refuses_hooks(
         )
         with pytest.raises(ValueError, match=re.escape(message)):
             prune(model)
+
+
+def test_old_scoring_keywords_warn_and_still_work() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 6)
+    with pytest.warns(
+        DeprecationWarning, match=r"edges\(method=\.\.\.\) is deprecated; use score="
+    ):
+        old = tw.prune.edges(linear, amount=0.5, method="random", seed=3)
+    new = tw.prune.edges(linear, amount=0.5, score="random", seed=3)
+    assert old.wiring == new.wiring
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.warns(DeprecationWarning, match=r"global_edges\(method=\.\.\.\)"):
+        tw.prune.global_edges(model, amount=4, method="random", seed=0)
+    with pytest.warns(DeprecationWarning, match=r"neurons\(criterion=\.\.\.\) is deprecated"):
+        old_units = tw.prune.neurons(model, amount=2, criterion="l1")
+    new_units = tw.prune.neurons(model, amount=2, score="l1")
+    torch.testing.assert_close(old_units[0].weight, new_units[0].weight)
+    with pytest.raises(TypeError, match="got both score= and its deprecated spelling method="):
+        tw.prune.edges(linear, amount=0.5, score="random", method="random")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'how'"):
+        tw.prune.edges(linear, amount=0.5, how="random")

@@ -75,7 +75,7 @@ def test_rewired_and_named_sparse_layers_keep_their_wiring(tmp_path: Path) -> No
     names = {"p": ["a", "b"], "q": ["b", "c"], "r": ["c"]}
     model = nn.Sequential(tw.SparseLinear(tw.Wiring.from_mapping(names)), nn.Linear(3, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    rewire = tw.DynamicSparsity(model, optimizer, update_every=1, grow="random", seed=0)
+    rewire = tw.DynamicSparsity(model, optimizer, update_every=1, score="random", seed=0)
     model(torch.randn(4, 3)).sum().backward()
     optimizer.step()
     rewire.step()

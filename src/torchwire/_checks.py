@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import operator
-from typing import SupportsIndex
+import warnings
+from typing import Any, SupportsIndex
 
-__all__ = ["MAX_FEATURES", "check_size", "is_int"]
+__all__ = ["MAX_FEATURES", "check_size", "is_int", "renamed"]
 
 MAX_FEATURES = 2**31  # input indices are stored as int32
 
@@ -28,3 +29,21 @@ def check_size(value: object, name: str) -> int:
 def is_int(value: object) -> bool:
     """Whether ``value`` is an integer (Python or numpy), not a bool."""
     return hasattr(value, "__index__") and not isinstance(value, bool)
+
+
+def renamed(
+    where: str, deprecated: dict[str, Any], old: str, new: str, value: Any, default: Any
+) -> Any:
+    """``value`` of keyword ``new``, or that of its deprecated spelling ``old`` in
+    ``deprecated`` (the call's other keywords) with a DeprecationWarning naming ``new``."""
+    for name in deprecated:
+        if name != old:
+            raise TypeError(f"{where}() got an unexpected keyword argument {name!r}")
+    if old not in deprecated:
+        return value
+    if value is not default and value != default:
+        raise TypeError(f"{where}() got both {new}= and its deprecated spelling {old}=")
+    warnings.warn(
+        f"{where}({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3
+    )
+    return deprecated[old]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -18,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from torchwire import _surgery
+from torchwire._checks import renamed
 from torchwire.layers import SparseLinear
 from torchwire.wiring import Wiring
 
@@ -81,7 +83,9 @@ class DynamicSparsity:
             Default: ``0.3``.
         end_step: where the fraction reaches zero: no rewiring from this step on; ``None``
             for no end and no decay. Default: ``None``.
-        grow: ``"gradient"`` (RigL) or ``"random"`` (SET). Default: ``"gradient"``.
+        score: how growth candidates (absent connections) are scored: ``"gradient"``
+            (RigL: the largest gradient magnitudes grow) or ``"random"`` (SET). Default:
+            ``"gradient"``. (Formerly ``grow=``, deprecated.)
         seed: seed of the random growth. Default: ``None`` (drawn from torch's global
             generator; in distributed training, rank 0's generator draws for all ranks).
             Ties in magnitude drop the earlier connection first.
@@ -119,10 +123,12 @@ class DynamicSparsity:
         update_every: int = 100,
         drop_fraction: float = 0.3,
         end_step: int | None = None,
-        grow: str = "gradient",
+        score: str = "gradient",
         seed: int | None = None,
         process_group: ProcessGroup | None = None,
+        **deprecated: Any,
     ) -> None:
+        score = renamed("DynamicSparsity", deprecated, "grow", "score", score, "gradient")
         if not isinstance(model, nn.Module):
             raise TypeError(f"DynamicSparsity expected an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -133,8 +139,8 @@ class DynamicSparsity:
         if end_step is not None:
             _check_int(end_step, "end_step", 0)
         _check_fraction(drop_fraction)
-        if grow not in ("gradient", "random"):
-            raise ValueError(f"grow must be 'gradient' or 'random', got {grow!r}")
+        if score not in ("gradient", "random"):
+            raise ValueError(f"score must be 'gradient' or 'random', got {score!r}")
         self.layers = {
             name: m
             for name, m in model.named_modules()
@@ -164,7 +170,7 @@ class DynamicSparsity:
         self.update_every = int(update_every)
         self.drop_fraction = float(drop_fraction)
         self.end_step = None if end_step is None else int(end_step)
-        self.grow = grow
+        self.score = score
         if seed is None:
             seed = int(torch.randint(2**62, (1,)))
         self._generator = torch.Generator().manual_seed(seed)
@@ -173,8 +179,18 @@ class DynamicSparsity:
         self._handles = [
             m.register_forward_hook(self._recorder(name), with_kwargs=True)
             for name, m in self.layers.items()
-            if grow == "gradient"
+            if score == "gradient"
         ]
+
+    @property
+    def grow(self) -> str:
+        """Deprecated spelling of :attr:`score`."""
+        warnings.warn(
+            "DynamicSparsity.grow is deprecated; use DynamicSparsity.score",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.score
 
     def fraction(self, step: int) -> float:
         """The fraction of connections replaced by an update at ``step`` (0 if none)."""
@@ -192,7 +208,7 @@ class DynamicSparsity:
             fraction = self.fraction(self.step_count)
             if fraction > 0:
                 missing = [name for name in self.layers if not records.get(name)]
-                if self.grow != "gradient":
+                if self.score != "gradient":
                     missing = []
                 group = self._group()
                 # checked before any layer changes
@@ -200,7 +216,7 @@ class DynamicSparsity:
                     missing = missing or ["the layers of another rank"]
                 if missing:
                     raise RuntimeError(
-                        f"DynamicSparsity(grow='gradient') saw no backward pass through "
+                        f"DynamicSparsity(score='gradient') saw no backward pass through "
                         f"{missing} on this update step; call loss.backward(), "
                         "optimizer.step(), then DynamicSparsity.step(), in training mode "
                         "(with torch.compile, create DynamicSparsity before compiling the "
@@ -289,7 +305,7 @@ class DynamicSparsity:
         present = wiring._flat()  # sorted ids output * in_features + input
         deciding = group is None or dist.get_rank(group) == 0  # rank 0 decides for all
         device = None if group is None else _collective_device(group, values.device)
-        if self.grow == "gradient":
+        if self.score == "gradient":
             reduce = None if group is None else _reducer(group, device)
             grown = _largest_gradients(present, wiring, count, records, reduce)
         elif deciding:
@@ -340,7 +356,7 @@ class DynamicSparsity:
     def __repr__(self) -> str:
         return (
             f"DynamicSparsity(layers={len(self.layers)}, update_every={self.update_every}, "
-            f"drop_fraction={self.drop_fraction}, end_step={self.end_step}, grow={self.grow!r})"
+            f"drop_fraction={self.drop_fraction}, end_step={self.end_step}, score={self.score!r})"
         )
 
 

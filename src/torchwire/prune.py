@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from torchwire import _surgery
+from torchwire._checks import renamed
 from torchwire.containers import Parallel
 from torchwire.layers import SparseLinear
 from torchwire.wiring import Wiring
@@ -58,8 +59,9 @@ def edges(
     amount: int | float | None = None,
     threshold: float | None = None,
     *,
-    method: str = "magnitude",
+    score: str = "magnitude",
     seed: int | None = None,
+    **deprecated: Any,
 ) -> SparseLinear:
     """Remove connections of a linear layer; returns a compact :class:`SparseLinear`.
 
@@ -74,10 +76,11 @@ def edges(
             connections (rounded), an int an exact count (torch's semantics). Exactly that
             many are removed even when magnitudes tie (the earliest in ``wiring.edges()``
             order go first).
-        threshold: remove every connection with ``|w| <= threshold`` (``method="magnitude"``
+        threshold: remove every connection with ``|w| <= threshold`` (``score="magnitude"``
             only); ``threshold=0`` drops exact zeros.
-        method: ``"magnitude"`` (smallest ``|w|`` first) or ``"random"``.
-        seed: seed for ``method="random"``. Default: ``None`` (torch's global generator).
+        score: ``"magnitude"`` (smallest ``|w|`` first) or ``"random"``. (Formerly
+            ``method=``, deprecated.)
+        seed: seed for ``score="random"``. Default: ``None`` (torch's global generator).
 
     Returns:
         A new :class:`SparseLinear` on the module's device and dtype, with its bias, mode
@@ -104,16 +107,17 @@ def edges(
             "prune.edges takes exactly one of amount (fraction or count of connections) and "
             f"threshold (remove |w| <= threshold), got amount={amount!r}, threshold={threshold!r}"
         )
-    _check_method(method, ("magnitude", "random"))
+    score = renamed("torchwire.prune.edges", deprecated, "method", "score", score, "magnitude")
+    _check_score(score, ("magnitude", "random"))
     if threshold is not None:
-        if method != "magnitude":
-            raise ValueError("threshold only applies to method='magnitude'")
+        if score != "magnitude":
+            raise ValueError("threshold only applies to score='magnitude'")
         _check_real(threshold, "threshold")
         keep = (values.abs() > threshold).cpu()
     else:
         count = _amount_count(amount, wiring.nnz)
         keep = torch.ones(wiring.nnz, dtype=torch.bool)
-        keep[_surgery.lowest(_scores(values, method, seed), count)] = False
+        keep[_surgery.lowest(_scores(values, score, seed), count)] = False
     return _sparse_with(module, wiring.select_edges(keep), values[keep.to(values.device)])
 
 
@@ -121,9 +125,10 @@ def global_edges(
     model: nn.Module,
     amount: int | float,
     *,
-    method: str = "magnitude",
+    score: str = "magnitude",
     seed: int | None = None,
     filter: Filter | None = None,
+    **deprecated: Any,
 ) -> nn.Module:
     """Remove connections ranked across all linear layers of ``model`` at once.
 
@@ -135,8 +140,8 @@ def global_edges(
             layers (those ``filter`` selects) are ranked together. A shared BlockLinear
             cannot lose single connections and is left out.
         amount: connections to remove in total: fraction (float) or count (int).
-        method: ``"magnitude"`` or ``"random"``.
-        seed: seed for ``method="random"``.
+        score: ``"magnitude"`` or ``"random"``. (Formerly ``method=``, deprecated.)
+        seed: seed for ``score="random"``.
         filter: ``filter(name, module) -> bool``, asked about each linear layer, chooses
             them. Default: every ``nn.Linear`` (exactly that type), unshared BlockLinear and
             SparseLinear.
@@ -152,10 +157,13 @@ def global_edges(
         >>> sum(m.nnz for m in pruned.modules() if isinstance(m, torchwire.SparseLinear))
         150
     """
-    _check_method(method, ("magnitude", "random"))
+    score = renamed(
+        "torchwire.prune.global_edges", deprecated, "method", "score", score, "magnitude"
+    )
+    _check_score(score, ("magnitude", "random"))
     layers = _layers(model, filter, "prune.global_edges")
     pairs = [_surgery.edges(m) for _, m in layers]
-    scores = _scores(torch.cat([v.reshape(-1).cpu() for _, v in pairs]), method, seed)
+    scores = _scores(torch.cat([v.reshape(-1).cpu() for _, v in pairs]), score, seed)
     count = _amount_count(amount, scores.numel())
     keep = torch.ones(scores.numel(), dtype=torch.bool)
     keep[_surgery.lowest(scores, count)] = False
@@ -214,13 +222,14 @@ def neurons(
     model: nn.Module,
     amount: int | float,
     *,
-    criterion: str | Callable[[nn.Module], torch.Tensor] = "l2",
+    score: str | Callable[[nn.Module], torch.Tensor] = "l2",
     filter: Filter | None = None,
+    **deprecated: Any,
 ) -> nn.Module:
     """Remove the weakest hidden units of every prunable layer; returns a smaller model.
 
     For each layer whose outputs feed other layers (see the module docstring), the units
-    with the lowest ``criterion`` score go: the layer's output rows, a BatchNorm's channels
+    with the lowest ``score`` go: the layer's output rows, a BatchNorm's channels
     and the next layers' input columns are cut out of the stored weights. A removed unit's
     constant part (its bias, through the activation) is folded into the next layer's bias,
     so the result computes what the model with the removed units' incoming weights zeroed
@@ -233,8 +242,9 @@ def neurons(
             (``torch.nn.utils.prune`` masks are read through); ``filter`` can leave it out.
         amount: units to remove from each prunable layer: fraction (float, rounded) or
             count (int), with torch's validation; at least one unit must stay.
-        criterion: ``"l2"`` or ``"l1"`` norm of each unit's incoming weights, or
-            ``criterion(layer) -> Tensor`` of one score per output unit (lowest removed).
+        score: ``"l2"`` or ``"l1"`` norm of each unit's incoming weights, or
+            ``score(layer) -> Tensor`` of one score per output unit (lowest removed).
+            (Formerly ``criterion=``, deprecated.)
         filter: ``filter(name, layer) -> bool`` chooses the producing layers pruned.
             Default: all.
 
@@ -253,8 +263,9 @@ def neurons(
           (2): Linear(in_features=24, out_features=2, bias=True)
         )
     """
-    if not (callable(criterion) or criterion in ("l1", "l2")):
-        raise ValueError(f"criterion must be 'l1', 'l2' or a callable, got {criterion!r}")
+    score = renamed("torchwire.prune.neurons", deprecated, "criterion", "score", score, "l2")
+    if not (callable(score) or score in ("l1", "l2")):
+        raise ValueError(f"score must be 'l1', 'l2' or a callable, got {score!r}")
     _check_amount(amount)
     new = _copy(model)
     plan = _Plan("prune.neurons")
@@ -269,7 +280,7 @@ def neurons(
                 f"prune.neurons would remove all {units} units of {link.name!r}; use a smaller "
                 "amount (at least one unit must stay)"
             )
-        scores = _unit_scores(link, criterion)
+        scores = _unit_scores(link, score)
         remove = torch.zeros(units, dtype=torch.bool)
         remove[_surgery.lowest(scores, count)] = True
         plan.remove(link, remove, warn=True)
@@ -519,18 +530,18 @@ def _has_state(m: nn.Module) -> bool:
     return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
 
 
-def _unit_scores(link: _Link, criterion: Any) -> torch.Tensor:
+def _unit_scores(link: _Link, score: Any) -> torch.Tensor:
     m: Any = link.producer
     units = _units(m)
-    if callable(criterion):
-        scores = torch.as_tensor(criterion(m)).detach()
+    if callable(score):
+        scores = torch.as_tensor(score(m)).detach()
         if tuple(scores.shape) != (units,):
             raise ValueError(
-                f"criterion must return one score per output unit of {link.name!r}, shape "
+                f"score must return one score per output unit of {link.name!r}, shape "
                 f"({units},), got {tuple(scores.shape)}"
             )
         return scores.double().cpu()
-    power = 1 if criterion == "l1" else 2
+    power = 1 if score == "l1" else 2
     if _kind(m) is nn.Linear:
         wiring, values = _surgery.edges(m)
         rows = wiring.edges()[:, 1].to(values.device)
@@ -640,9 +651,9 @@ def _check_linear(module: object, where: str) -> None:
         )
 
 
-def _check_method(method: object, allowed: tuple[str, ...]) -> None:
-    if method not in allowed:
-        raise ValueError(f"method must be one of {list(allowed)}, got {method!r}")
+def _check_score(score: object, allowed: tuple[str, ...]) -> None:
+    if score not in allowed:
+        raise ValueError(f"score must be one of {list(allowed)}, got {score!r}")
 
 
 def _check_real(value: object, name: str) -> None:
@@ -675,8 +686,8 @@ def _amount_count(amount: object, total: int) -> int:
     return round(float(amount) * total)  # type: ignore[arg-type]
 
 
-def _scores(values: torch.Tensor, method: str, seed: int | None) -> torch.Tensor:
-    if method == "magnitude":
+def _scores(values: torch.Tensor, score: str, seed: int | None) -> torch.Tensor:
+    if score == "magnitude":
         return values.detach().abs().cpu()
     if seed is None:  # drawn from torch's global generator, so torch.manual_seed applies
         seed = int(torch.randint(2**62, (1,)))
