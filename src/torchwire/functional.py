@@ -126,7 +126,7 @@ def multi_linear(
         >>> x1, x2 = torch.randn(4, 5), torch.randn(4, 3)
         >>> w1, w2 = torch.randn(2, 5), torch.randn(2, 3)
         >>> y = multi_linear([x1, x2], [w1, w2])
-        >>> torch.allclose(y, torch.cat([x1, x2], -1) @ torch.cat([w1, w2], 1).T)
+        >>> torch.allclose(y, torch.cat([x1, x2], -1) @ torch.cat([w1, w2], 1).T, atol=1e-6)
         True
     """
     if type(inputs) is not tuple:

@@ -212,7 +212,8 @@ class BlockLinear(nn.Module):
             >>> heads = [nn.Linear(4, 2), nn.Linear(3, 5)]
             >>> m = torchwire.BlockLinear.from_linears(heads)
             >>> x = torch.randn(6, 7)
-            >>> torch.allclose(m(x), torch.cat([heads[0](x[:, :4]), heads[1](x[:, 4:])], -1))
+            >>> expected = torch.cat([heads[0](x[:, :4]), heads[1](x[:, 4:])], -1)
+            >>> torch.allclose(m(x), expected, atol=1e-6)
             True
         """
         linears = list(linears)
@@ -276,7 +277,7 @@ class BlockLinear(nn.Module):
             >>> dense = torchwire.BlockLinear([2, 2], [3, 1]).to_dense()
             >>> m = torchwire.BlockLinear.from_dense(dense, [2, 2], [3, 1], strict=True)
             >>> x = torch.randn(5, 4)
-            >>> torch.allclose(m(x), dense(x))
+            >>> torch.allclose(m(x), dense(x), atol=1e-6)
             True
         """
         if not isinstance(linear, nn.Linear):
@@ -330,7 +331,7 @@ class BlockLinear(nn.Module):
             >>> b
             BlockLinear(in_features=[2, 2], out_features=[3, 1], bias=True)
             >>> x = torch.randn(5, 4)
-            >>> torch.allclose(b(x), s(x))
+            >>> torch.allclose(b(x), s(x), atol=1e-6)
             True
         """
         if not isinstance(sparse, SparseLinear):

@@ -35,10 +35,10 @@ def dense_weight(
     by ``put(zeros, positions, values)`` (default: ``put_``; :func:`scatter` in ONNX graphs)."""
     values = weight.expand(layout.groups, -1, -1) if layout.shared else weight
     dense = weight.new_zeros((layout.out_features, layout.in_features))
-    return (put or _put)(dense, _positions(layout, weight.device), values)
+    return (put or put_values)(dense, _positions(layout, weight.device), values)
 
 
-def _put(dense: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def put_values(dense: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``dense`` (fresh zeros) with ``values`` at its flat ``positions``: ``put_``, the
     cheapest scatter (no views; its backward is one ``take``), out of place under torch.func
     transforms (a batched value cannot go into an unbatched tensor in place)."""

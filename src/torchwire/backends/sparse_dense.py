@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from torchwire.backends import LAUNCH_CUDA, Backend, SparseIndex, SparseProblem, register
-from torchwire.backends.block_dense import _put, linear_through, scatter, scratch, transposed
+from torchwire.backends.block_dense import (
+    linear_through,
+    put_values,
+    scatter,
+    scratch,
+    transposed,
+)
 
 # Cost model, in units of one multiply-add of a large GEMM (shared by every backend), as
 # (forward, forward+backward) pairs. CPU: besides the GEMMs, each element of the dense weight
@@ -35,7 +41,7 @@ def dense_weight(weight: torch.Tensor, index: SparseIndex) -> torch.Tensor:
     """The ``(out_features, in_features)`` matrix with ``weight`` at the connections and
     zeros elsewhere (differentiable with respect to ``weight``)."""
     dense = weight.new_zeros((index.out_features, index.in_features))
-    return _put(dense, positions(index), weight)
+    return put_values(dense, positions(index), weight)
 
 
 def positions(index: SparseIndex, device: object = None) -> torch.Tensor:
