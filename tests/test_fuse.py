@@ -10,6 +10,7 @@ from torch import nn
 import torchwire as tw
 import torchwire.merging
 from tests import reference
+from tests.test_merging import Scale, linear_then_scale
 
 D = torch.float64
 
@@ -133,29 +134,6 @@ def test_a_wrong_merge_is_caught_by_the_verification(monkeypatch: pytest.MonkeyP
         tw.fuse(model, torch.randn(3, 4))
 
 
-class Scale(nn.Module):
-    """A module fuse does not know: one factor per feature."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.factor = nn.Parameter(torch.rand(features, dtype=D) + 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.factor
-
-
-def _linear_then_scale(linear: nn.Linear, scale: Scale, *, allow_border: bool) -> nn.Module:
-    weight, bias = tw.merging.compose_linear_weights(
-        linear.weight, linear.bias, torch.diag(scale.factor), None
-    )
-    merged = nn.Linear(linear.in_features, linear.out_features, bias is not None, dtype=D)
-    with torch.no_grad():
-        merged.weight.copy_(weight)
-        if bias is not None:
-            merged.bias.copy_(bias)
-    return merged
-
-
 def test_a_user_merge_rule_works_in_fuse() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -164,7 +142,7 @@ def test_a_user_merge_rule_works_in_fuse() -> None:
     x = torch.randn(3, 4, dtype=D)
     _, report = tw.fuse(model, x)
     assert report.merged == []  # fuse does not know Scale
-    fused, report = tw.fuse(model, x, rules={(nn.Linear, Scale): _linear_then_scale})
+    fused, report = tw.fuse(model, x, rules={(nn.Linear, Scale): linear_then_scale})
     assert [line.split(" -> ")[0] for line in report.merged] == ["0 + 1", "3 + 4"]
     assert not any(isinstance(m, Scale) for m in fused.modules())
     torch.testing.assert_close(fused(x), model(x), rtol=1e-10, atol=1e-10)
