@@ -467,6 +467,15 @@ def test_from_mapping_errors():
     assert Wiring.from_mapping({"y": []}, input_names=["a"]).nnz == 0
 
 
+def test_with_names_old_keywords_warn_and_still_work():
+    w = Wiring.banded(3, 2, 2)
+    with pytest.warns(DeprecationWarning, match=r"with_names\(inputs=\.\.\.\) is deprecated"):
+        old = w.with_names(inputs=["a", "b", "c"])
+    assert old.input_names == ("a", "b", "c")
+    with pytest.warns(DeprecationWarning, match=r"use output_names="):
+        assert w.with_names(outputs=["y", "z"]).output_names == ("y", "z")
+
+
 def test_from_mapping_old_keywords_warn_and_still_work():
     with pytest.warns(DeprecationWarning, match=r"inputs=\.\.\.\) is deprecated; use input_names="):
         old = Wiring.from_mapping({"y": ["b"]}, inputs=["a", "b"])
@@ -513,7 +522,7 @@ def test_query_dtypes():
 
 def test_with_names_sets_exactly_the_given_names():
     w = Wiring.banded(3, 2, 2)
-    named = w.with_names(inputs=["a", "b", "c"], outputs=["y", "z"])
+    named = w.with_names(input_names=["a", "b", "c"], output_names=["y", "z"])
     assert named.input_names == ("a", "b", "c")
     assert named.output_names == ("y", "z")
     assert torch.equal(named.mask(), w.mask())
@@ -521,8 +530,8 @@ def test_with_names_sets_exactly_the_given_names():
     assert named.with_names() == w
     assert w.input_names is None
     assert w.output_names is None
-    with pytest.raises(ValueError, match=r"outputs must have one name per feature"):
-        w.with_names(outputs=["y"])
+    with pytest.raises(ValueError, match=r"output_names must have one name per feature"):
+        w.with_names(output_names=["y"])
 
 
 def test_immutability():
@@ -638,8 +647,8 @@ def then_path(path):
 @given(pair=chained_masks())
 def test_then_is_boolean_product(path, pair):
     first, second = pair
-    w = Wiring.from_mask(first).with_names(inputs=[f"i{k}" for k in range(first.shape[1])])
-    v = Wiring.from_mask(second).with_names(outputs=[f"o{k}" for k in range(second.shape[0])])
+    w = Wiring.from_mask(first).with_names(input_names=[f"i{k}" for k in range(first.shape[1])])
+    v = Wiring.from_mask(second).with_names(output_names=[f"o{k}" for k in range(second.shape[0])])
     with then_path(path):
         result = w.then(v)
     assert_valid(result)
@@ -689,7 +698,7 @@ def test_algebra_names():
     with pytest.raises(
         ValueError, match=r"matching input_names .*got \['a', 'b'\] and \['b', 'a'\]"
     ):
-        _ = w | v.with_names(inputs=["b", "a"], outputs=["y", "z"])
+        _ = w | v.with_names(input_names=["b", "a"], output_names=["y", "z"])
 
 
 def test_or_and_shape_mismatch_and_other_types():
@@ -713,7 +722,7 @@ def test_or_and_shape_mismatch_and_other_types():
 def test_to_dict_json_round_trip(mask, named):
     w = Wiring.from_mask(mask)
     if named:
-        w = w.with_names(inputs=[f"x{i}" for i in range(w.in_features)])
+        w = w.with_names(input_names=[f"x{i}" for i in range(w.in_features)])
     d = w.to_dict()
     assert d["format"] == "torchwire.wiring/1"
     restored = Wiring.from_dict(json.loads(json.dumps(d)))
@@ -737,12 +746,12 @@ def test_from_dict_errors():
 
 @given(masks())
 def test_pickle_deepcopy_hash(mask):
-    w = Wiring.from_mask(mask).with_names(outputs=[f"y{o}" for o in range(mask.shape[0])])
+    w = Wiring.from_mask(mask).with_names(output_names=[f"y{o}" for o in range(mask.shape[0])])
     for clone in (pickle.loads(pickle.dumps(w)), copy.deepcopy(w), copy.copy(w)):
         assert clone == w
         assert hash(clone) == hash(w)
         assert clone.output_names == w.output_names
-    assert len({w, Wiring.from_mask(mask).with_names(outputs=w.output_names)}) == 1
+    assert len({w, Wiring.from_mask(mask).with_names(output_names=w.output_names)}) == 1
 
 
 def test_equality_depends_on_structure_and_names():
@@ -774,7 +783,7 @@ def test_select_is_the_mask_of_the_kept_rows_and_columns(
     seed: int, n_in: int, n_out: int, density: float, data: st.DataObject
 ) -> None:
     names = [f"i{k}" for k in range(n_in)]
-    w = Wiring.random(n_in, n_out, density=density, seed=seed).with_names(inputs=names)
+    w = Wiring.random(n_in, n_out, density=density, seed=seed).with_names(input_names=names)
     keep_in = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n_in, max_size=n_in)))
     keep_out = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n_out, max_size=n_out)))
     sub = w.select(keep_in, keep_out.nonzero()[:, 0])  # a mask and indices
@@ -805,3 +814,39 @@ def test_select_errors() -> None:
         w.select(inputs=[0.0, 1.0])
     with pytest.raises(ValueError, match=r"bool tensor of shape \(nnz,\) = \(4,\)"):
         w.select_edges(torch.ones(3, dtype=torch.bool))
+
+
+@given(mask=masks(), named=st.booleans())
+@settings(max_examples=50, deadline=None)
+def test_positions_round_trip(mask: torch.Tensor, named: bool) -> None:
+    wiring = Wiring.from_mask(mask)
+    if named:
+        wiring = wiring.with_names(
+            [f"i{i}" for i in range(wiring.in_features)],
+            [f"o{o}" for o in range(wiring.out_features)],
+        )
+    positions = wiring.positions()
+    edges = wiring.edges()
+    assert positions.tolist() == (edges[:, 1] * wiring.in_features + edges[:, 0]).tolist()
+    back = Wiring.from_positions(
+        positions,
+        wiring.in_features,
+        wiring.out_features,
+        input_names=wiring.input_names,
+        output_names=wiring.output_names,
+    )
+    assert back == wiring
+    assert back.input_names == wiring.input_names
+
+
+def test_from_positions_rejects_what_is_not_a_wiring():
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Wiring.from_positions(torch.tensor([3, 1]), 2, 2)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Wiring.from_positions(torch.tensor([1, 1]), 2, 2)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):
+        Wiring.from_positions(torch.tensor([0, 4]), 2, 2)
+    with pytest.raises(TypeError, match="must hold integers"):
+        Wiring.from_positions(torch.tensor([0.0, 1.0]), 2, 2)
+    with pytest.raises(TypeError, match="must be a 1-D tensor"):
+        Wiring.from_positions([0, 1], 2, 2)  # type: ignore[arg-type]

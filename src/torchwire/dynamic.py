@@ -239,7 +239,7 @@ class DynamicSparsity:
         missed the backward pass that gradient growth needs (one collective)."""
         structure = values = 0
         for position, layer in enumerate(self.layers.values(), 1):
-            flat = layer.wiring._flat()
+            flat = layer.wiring.positions()
             shape = layer.in_features * 1_000_003 + layer.out_features
             structure += position * (_bits(flat) + 31 * _bits(flat * flat) + shape)
             weight = layer.weight.detach()
@@ -302,7 +302,7 @@ class DynamicSparsity:
             return
         weight = layer.weight
         values = _full(weight.detach())
-        present = wiring._flat()  # sorted ids output * in_features + input
+        present = wiring.positions()  # sorted ids output * in_features + input
         deciding = group is None or dist.get_rank(group) == 0  # rank 0 decides for all
         device = None if group is None else _collective_device(group, values.device)
         if self.score == "gradient":
@@ -320,12 +320,12 @@ class DynamicSparsity:
             flat = flat.to(device)
             dist.broadcast(flat, src=dist.get_global_rank(group, 0), group=group)
             flat = flat.cpu()
-        new = Wiring._from_flat(
+        new = Wiring.from_positions(
             flat,
             wiring.in_features,
             wiring.out_features,
-            wiring.input_names,
-            wiring.output_names,
+            input_names=wiring.input_names,
+            output_names=wiring.output_names,
         )
         kept = torch.isin(present, flat)  # grown connections were all absent
         where = torch.searchsorted(flat, present[kept]).to(values.device)

@@ -685,6 +685,67 @@ class Wiring:
         mask[self._rows(), self._indices.long()] = True
         return mask
 
+    def positions(self) -> Tensor:
+        """Each connection's position in the row-major dense ``(out_features, in_features)``
+        matrix, ``output * in_features + input``: int64, in canonical (:meth:`edges`)
+        order, so strictly increasing.
+
+        Examples::
+
+            >>> Wiring.from_mapping({"y": ["a", "b"], "z": ["b"]}).positions()
+            tensor([0, 1, 3])
+        """
+        return self._flat()
+
+    @classmethod
+    def from_positions(
+        cls,
+        positions: Tensor,
+        in_features: int,
+        out_features: int,
+        *,
+        input_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+    ) -> Wiring:
+        """The wiring whose connections sit at ``positions`` of the row-major dense
+        ``(out_features, in_features)`` matrix (the inverse of :meth:`positions`).
+
+        Args:
+            positions: a 1-D integer tensor of strictly increasing positions in
+                ``[0, in_features * out_features)``.
+            in_features, out_features: the sizes.
+            input_names, output_names: optional names, as for the constructor.
+
+        Examples::
+
+            >>> w = Wiring.from_positions(torch.tensor([0, 1, 3]), 2, 2)
+            >>> w.edges().tolist()
+            [[0, 0], [1, 0], [1, 1]]
+        """
+        in_f = check_size(in_features, "in_features")
+        out_f = check_size(out_features, "out_features")
+        names = _check_both_names(input_names, output_names, in_f, out_f)
+        if not isinstance(positions, Tensor) or positions.dim() != 1:
+            raise TypeError(
+                f"positions must be a 1-D tensor, got {type(positions).__name__}"
+                + (f" of shape {tuple(positions.shape)}" if isinstance(positions, Tensor) else "")
+            )
+        if positions.is_floating_point() or positions.dtype == torch.bool:
+            raise TypeError(f"positions must hold integers, got {positions.dtype}")
+        flat = positions.detach().to("cpu", torch.int64)
+        if flat.numel():
+            if int(flat[0]) < 0 or int(flat[-1]) >= in_f * out_f:
+                raise ValueError(
+                    f"positions must lie in [0, {in_f * out_f}) for a {out_f} x {in_f} "
+                    f"matrix, got values from {int(flat.min())} to {int(flat.max())}"
+                )
+            if flat.numel() > 1 and not bool((flat[1:] > flat[:-1]).all()):
+                raise ValueError(
+                    "positions must be strictly increasing (sorted, each connection once); "
+                    "sort them with torch.unique(positions)"
+                )
+        return cls._from_flat(flat, in_f, out_f, *names)
+
     def edges(self) -> Tensor:
         """Connections as int64 ``(nnz, 2)`` ``(input, output)`` pairs in canonical order.
 
@@ -699,24 +760,31 @@ class Wiring:
         return torch.stack([self._indices.long(), self._rows()], dim=1)
 
     def with_names(
-        self, inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None
+        self,
+        input_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        **deprecated: Any,
     ) -> Wiring:
         """The same connections with exactly these names (``None`` leaves that side unnamed).
+        (``inputs=``/``outputs=`` are deprecated spellings of ``input_names=``/
+        ``output_names=``.)
 
         Examples::
 
-            >>> w = Wiring.banded(3, 2, 2).with_names(inputs=["a", "b", "c"])
+            >>> w = Wiring.banded(3, 2, 2).with_names(input_names=["a", "b", "c"])
             >>> w.input_names, w.output_names
             (('a', 'b', 'c'), None)
         """
+        input_names, output_names = _renamed(
+            "Wiring.with_names", deprecated, input_names, output_names
+        )
         copy = type(self).__new__(type(self))
         copy._init(
             self._indptr,
             self._indices,
             self._in,
             self._out,
-            _check_names(inputs, self._in, "inputs", "in_features"),
-            _check_names(outputs, self._out, "outputs", "out_features"),
+            *_check_both_names(input_names, output_names, self._in, self._out),
         )
         return copy
 
