@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import torchwire as tw
+import torchwire.fusion
 import torchwire.merging
 from tests import reference
 from tests.test_merging import Scale, linear_then_scale
@@ -163,3 +164,12 @@ def test_fuse_skips_a_hooked_layer_with_the_reason_and_keeps_frozen_parameters()
     merged = fused.get_submodule("0")
     assert not merged.training
     assert not any(p.requires_grad for p in merged.parameters())
+
+
+def test_fuse_moved_beside_fuse_parallel_and_the_old_path_warns() -> None:
+    assert tw.fuse is torchwire.fusion.fuse
+    with pytest.warns(DeprecationWarning, match=r"torchwire\.merging\.fuse moved to"):
+        old = torchwire.merging.fuse
+    assert old is torchwire.fusion.fuse
+    with pytest.warns(DeprecationWarning, match=r"merging\.FuseReport moved"):
+        assert torchwire.merging.FuseReport is tw.FuseReport

@@ -3,9 +3,9 @@
 from torchwire import backends, functional, prune
 from torchwire.containers import Concat, Map, Parallel, Split, Sum
 from torchwire.dynamic import DynamicSparsity
-from torchwire.fusion import FusedParallel, fuse_parallel, unfuse
+from torchwire.fusion import FusedParallel, FuseReport, fuse, fuse_parallel, unfuse
 from torchwire.layers import BlockLinear, MultiLinear, SparseLinear
-from torchwire.merging import FuseReport, fuse, merge
+from torchwire.merging import merge
 from torchwire.prune import sparsify
 from torchwire.serialization import load, save
 from torchwire.wiring import Wiring

@@ -1,5 +1,6 @@
-"""Fusing layers: same-input branches into one wide layer (:func:`fuse_parallel`) and back
-(:func:`unfuse`).
+"""Fusing: same-input branches into one wide layer (:func:`fuse_parallel`) and back
+(:func:`unfuse`), and a whole model's linear operators merged (:func:`fuse`, which applies
+:func:`torchwire.merge`'s rules and :func:`fuse_parallel` wherever they fit).
 
 Fusing is exact: the wide layer holds the branches' weights side by side, so it computes
 the same outputs (up to floating-point summation order) and the same gradients.
@@ -15,20 +16,25 @@ the new ones would lose them.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import parametrize
+from torch.utils._pytree import tree_leaves
 
-from torchwire import _join, _surgery
+from torchwire import _join, _surgery, merging
 from torchwire.containers import Parallel
 from torchwire.layers import BlockLinear, SparseLinear
 from torchwire.wiring import Wiring
 
-__all__ = ["FusedParallel", "fuse_parallel", "unfuse"]
+__all__ = ["FuseReport", "FusedParallel", "fuse", "fuse_parallel", "unfuse"]
 
 _SUPPORTED = "nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, torchwire.BlockLinear, SparseLinear"
 
@@ -527,3 +533,190 @@ def _build(
 ) -> nn.Module:
     """A new ``kind`` from :func:`_config`'s ``config``."""
     return _surgery.ADAPTERS[kind].build(config, device, dtype)
+
+
+# ---------------------------------------------------------------------------- fuse
+
+
+def _kind(m: nn.Module) -> type[nn.Module]:
+    """``m``'s layer type as the merge rules name it (a parametrized layer: the type it
+    wraps, so the pair is found and then refused for its parametrization)."""
+    return parametrize.type_before_parametrizations(m)
+
+
+@dataclass
+class FuseReport:
+    """What :func:`fuse` did: one line per change, and why it left other pairs alone."""
+
+    merged: list[str] = field(default_factory=list)
+    fused: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"merged: {line}" for line in self.merged]
+        lines += [f"fused: {line}" for line in self.fused]
+        lines += [f"removed: {line}" for line in self.removed]
+        lines += [f"skipped: {line}" for line in self.skipped]
+        return "\n".join(lines) or "nothing to fuse"
+
+
+class _Tracer(torch.fx.Tracer):
+    """Keeps torchwire's layers and branch containers, and every layer type a merge rule
+    names (``kinds``), whole in the graph."""
+
+    def __init__(self, kinds: set[type[nn.Module]]) -> None:
+        super().__init__()
+        self.kinds = kinds
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, (Parallel, FusedParallel, BlockLinear, SparseLinear)):
+            return True
+        if _kind(m) in self.kinds:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+_DROPPED = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+def _weights(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def fuse(
+    model: nn.Module, example_inputs: Any = None, *, rules: merging.Rules | None = None
+) -> tuple[torch.fx.GraphModule, FuseReport]:
+    r"""A copy of an eval-mode ``model`` with its linear operators merged.
+
+    Traces ``model`` with ``torch.fx`` (torchwire's layers and :class:`~torchwire.Parallel`
+    kept whole), then: drops ``nn.Identity`` and (eval) dropout; fuses every ``Parallel``
+    that :func:`~torchwire.fuse_parallel` can fuse; and merges, with
+    :func:`~torchwire.merge`, every module whose output feeds only the next module, as long
+    as the merged layer has no more weights than the pair (BatchNorm always folds). It
+    merges the pairs ``merge`` has a rule for (:data:`~torchwire.merging.MERGE_RULES` and
+    ``rules``), and never across a nonlinearity, a function call, or a module no rule names.
+    Pairs whose merge would not be exact, or that hold a layer with hooks or
+    parametrizations, are left alone, with the reason in the report. Merged layers follow
+    ``merge``'s rebuild policy (mode, frozen parameters).
+
+    Args:
+        model: an ``nn.Module`` in eval mode (BatchNorm folding uses running statistics).
+        example_inputs: optional input (a tensor or a tuple of ``model``'s arguments); when
+            given, the new model is run on it and compared with ``model``.
+        rules: more merge rules, ``{(first type, second type): rule}``, as :func:`~torchwire.merge`
+            takes them (its examples show one used by both); a module whose type a rule names
+            is kept whole when ``model`` is traced. Default: ``None``.
+
+    Returns:
+        ``(new_model, report)``: a ``torch.fx.GraphModule`` (``model`` is not changed) and a
+        :class:`FuseReport`.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or ``rules`` are malformed.
+        ValueError: ``model`` is in training mode, or the fused model's output on
+            ``example_inputs`` differs from ``model``'s.
+
+    Examples::
+
+        >>> model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.Conv2d(16, 8, 1),
+        ...                       nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 32),
+        ...                       nn.Dropout(0.1), nn.Linear(32, 10)).eval()
+        >>> fused, report = torchwire.fuse(model, torch.randn(2, 3, 8, 8))
+        >>> print(report)
+        merged: 0 + 1 -> Conv2d(3, 16, kernel_size=(3, 3), stride=(1, 1))
+        merged: 0 + 2 -> Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1))
+        merged: 5 + 7 -> Linear(in_features=288, out_features=10, bias=True)
+        removed: 6 (Dropout)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fuse expected an nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise ValueError(
+            "fuse needs the model in eval mode (BatchNorm folds use running statistics, and "
+            "dropout is dropped); call model.eval() first"
+        )
+    table = merging.merge_rules(rules)
+    source = copy.deepcopy(model)
+    graph = _Tracer({kind for pair in table for kind in pair}).trace(source)
+    gm = torch.fx.GraphModule(source, graph)
+    report = FuseReport()
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = modules[node.target]
+        if isinstance(module, _DROPPED) and len(node.args) == 1:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            report.removed.append(f"{node.target} ({type(module).__name__})")
+        elif isinstance(module, Parallel):
+            try:
+                fused = fuse_parallel(module)
+            except (TypeError, ValueError) as error:
+                report.skipped.append(f"{node.target}: {error}")
+                continue
+            gm.set_submodule(node.target, fused)
+            modules[node.target] = fused
+            report.fused.append(f"{node.target} -> {fused.layer}")
+    tried: set[tuple[str, str]] = set()
+    changed = True
+    while changed:
+        changed = False
+        for node in gm.graph.nodes:
+            prev = node.args[0] if node.op == "call_module" and len(node.args) == 1 else None
+            if not isinstance(prev, torch.fx.Node) or node.kwargs or prev.kwargs:
+                continue
+            if prev.op != "call_module" or len(prev.users) != 1 or len(prev.args) != 1:
+                continue
+            names = (str(prev.target), str(node.target))
+            if names in tried:
+                continue
+            tried.add(names)
+            first, second = modules[names[0]], modules[names[1]]
+            if (_kind(first), _kind(second)) not in table:
+                continue  # no rule merges this pair
+            try:
+                merged = merging.merge(first, second, rules=rules)
+            except ValueError as error:
+                report.skipped.append(f"{prev.target} + {node.target}: {error}")
+                continue
+            norm = isinstance(first, _BatchNorm) or isinstance(second, _BatchNorm)
+            pair_weights = _weights(first) + _weights(second)
+            if not norm and _weights(merged) > pair_weights:
+                report.skipped.append(
+                    f"{prev.target} + {node.target}: the merged layer would hold "
+                    f"{_weights(merged)} weights, more than the pair's {pair_weights}"
+                )
+                continue
+            gm.set_submodule(names[0], merged)
+            modules[names[0]] = merged
+            node.replace_all_uses_with(prev)
+            gm.graph.erase_node(node)
+            report.merged.append(f"{prev.target} + {node.target} -> {merged}")
+            changed = True
+            break
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    if example_inputs is not None:
+        _verify(model, gm, example_inputs)
+    return gm, report
+
+
+def _verify(model: nn.Module, fused: nn.Module, example_inputs: Any) -> None:
+    """Raise unless ``fused`` computes what ``model`` does on ``example_inputs``."""
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    with torch.no_grad():
+        expected, got = tree_leaves(model(*args)), tree_leaves(fused(*args))
+    if len(expected) != len(got):
+        raise ValueError(f"fuse changed the model's outputs: {len(expected)} became {len(got)}")
+    for e, g in zip(expected, got, strict=True):
+        tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(e.dtype, 1e-2)
+        scale = float(e.abs().max()) if e.numel() else 1.0
+        if e.shape != g.shape or not torch.allclose(g, e, rtol=tol, atol=tol * max(scale, 1.0)):
+            difference = (g - e).abs().max().item() if e.shape == g.shape else "shapes differ"
+            raise ValueError(
+                f"fuse changed the model's output on example_inputs (largest difference "
+                f"{difference}); please report this with the model"
+            )
