@@ -183,16 +183,18 @@ def _addmm(
     """``x @ A^T + bias`` with no graph to record: one sparse kernel with the bias fused,
     the sparse matrix-vector kernel for one row (about 2x faster). Returns a ``(M, out)``
     tensor stored column-major, as :func:`_linear` does."""
-    dtype = _compute_dtype(x.dtype)
-    matrix = _csr(indptr, indices, values.to(dtype), (indptr.shape[0] - 1, in_features))
-    b = None if bias is None else bias.to(dtype)
+    if x.dtype not in _NATIVE:  # computed in float32, rounded once (no casts on the fast path)
+        b = None if bias is None else bias.float()
+        y = _addmm(x.float(), values.float(), indptr, indices, in_features, b)
+        return y.to(x.dtype)
+    matrix = _csr(indptr, indices, values, (indptr.shape[0] - 1, in_features))
     if x.shape[0] == 1:
-        row = x[0].to(dtype)
-        y = torch.mv(matrix, row) if b is None else torch.addmv(b, matrix, row)
-        return y.unsqueeze(1).to(x.dtype).t()
-    xt = x.to(dtype).t()
-    y = torch.mm(matrix, xt) if b is None else torch.addmm(b.unsqueeze(1), matrix, xt)
-    return y.to(x.dtype).t()
+        row = x[0]
+        y = torch.mv(matrix, row) if bias is None else torch.addmv(bias, matrix, row)
+        return y.unsqueeze(1).t()
+    xt = x.t()
+    y = torch.mm(matrix, xt) if bias is None else torch.addmm(bias.unsqueeze(1), matrix, xt)
+    return y.t()
 
 
 # The no-grad forward as an op for compiled graphs. A plain library op, not a custom_op:
