@@ -282,17 +282,21 @@ def _assert_equal_one_process(
                 assert torch.equal(replicas[0][part][key], value), f"{part} {key}"
 
 
+def _assert_replicas_of(replicas: list[dict[str, Any]], reference: dict[str, Any]) -> None:
+    """Every rank holds the same model and optimizer state, that of one process trained on
+    all the data (``reference``)."""
+    for part in ("model", "optimizer"):
+        _assert_identical(replicas, part)
+        _assert_equal_one_process(replicas, reference, part)
+
+
 def _float_params(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.is_floating_point()]
 
 
 def test_ddp_every_layer_type_replicas_identical_and_equal_one_process(runs: Path) -> None:
     replicas = _replicas(runs, "ddp")
-    _assert_identical(replicas, "model")
-    _assert_identical(replicas, "optimizer")
-    reference = _train(_layers_model(), ALL_ROWS)
-    _assert_equal_one_process(replicas, reference, "model")
-    _assert_equal_one_process(replicas, reference, "optimizer")
+    _assert_replicas_of(replicas, _train(_layers_model(), ALL_ROWS))
     initial = _layers_model()
     only_rank0 = _train(_layers_model(), _rows(0))["model"]
     params = _float_params(initial)
@@ -320,17 +324,14 @@ def _same(a: Any, b: Any) -> bool:
 )
 def test_dynamic_sparsity_rewires_every_rank_alike(runs: Path, name: str, grow: str) -> None:
     replicas = _replicas(runs, name)
-    # weights, index buffers and the optimizer's moments: bit for bit the same on every rank
-    _assert_identical(replicas, "model")
-    _assert_identical(replicas, "optimizer")
-    for replica in replicas[1:]:
-        for edges, first in zip(replica["edges"], replicas[0]["edges"], strict=True):
-            assert torch.equal(edges, first)
+    # weights, index buffers and the optimizer's moments: bit for bit the same on every rank,
     # and what one process makes of all the data: the growth saw the gradient of all of it
     # (seed=None: rank 0's seed, which this process draws from the same global seed)
     reference = _train_dynamic(_dynamic_model(), ALL_ROWS, grow)
-    _assert_equal_one_process(replicas, reference, "model")
-    _assert_equal_one_process(replicas, reference, "optimizer")
+    _assert_replicas_of(replicas, reference)
+    for replica in replicas[1:]:
+        for edges, first in zip(replica["edges"], replicas[0]["edges"], strict=True):
+            assert torch.equal(edges, first)
     final = replicas[0]
     assert final["changed"] == reference["changed"]
     assert all(n >= 5 for n in final["changed"]), final["changed"]  # rewired at every update
@@ -344,11 +345,7 @@ def test_dynamic_sparsity_rewires_every_rank_alike(runs: Path, name: str, grow: 
 
 def test_fsdp2_equals_one_process(runs: Path) -> None:
     replicas = _replicas(runs, "fsdp")
-    _assert_identical(replicas, "model")
-    _assert_identical(replicas, "optimizer")
-    reference = _train(_sharded_model(), ALL_ROWS)
-    _assert_equal_one_process(replicas, reference, "model")
-    _assert_equal_one_process(replicas, reference, "optimizer")
+    _assert_replicas_of(replicas, _train(_sharded_model(), ALL_ROWS))
     initial = _sharded_model().state_dict()
     for key in ("0.weight", "2.weight", "2.bias"):
         assert not torch.equal(replicas[0]["model"][key], initial[key]), key
