@@ -40,6 +40,7 @@ __all__ = [
     "HOOKS",
     "LINEARS",
     "NORM_OF",
+    "UNIT_NORM",
     "Adapter",
     "adapter",
     "check_plain",

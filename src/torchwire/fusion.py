@@ -509,7 +509,7 @@ def _unfuse_branch(layer: nn.Module, branch: _Branch, rows: list[int]) -> nn.Mod
         wiring, all_values = _surgery.edges(layer)
         values = all_values[wiring.selected_edges(outputs=rows).to(all_values.device)]
     config = {**branch.config, "bias": has_bias}
-    module = _build(branch.kind, config, weight.device, weight.dtype)
+    module = _surgery.ADAPTERS[branch.kind].build(config, weight.device, weight.dtype)
     module = _surgery.filled(module, values, bias if has_bias else None)
     return _surgery.rebuilt(module, layer)
 
@@ -526,13 +526,6 @@ def _config(m: Any) -> dict[str, Any]:
         config |= {"in_features": m.in_features, "out_features": m.out_features}
         config["groups"] = m.groups
     return config
-
-
-def _build(
-    kind: type[nn.Module], config: dict[str, Any], device: torch.device, dtype: torch.dtype
-) -> nn.Module:
-    """A new ``kind`` from :func:`_config`'s ``config``."""
-    return _surgery.ADAPTERS[kind].build(config, device, dtype)
 
 
 # ---------------------------------------------------------------------------- fuse

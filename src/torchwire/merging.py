@@ -503,16 +503,11 @@ def _dense(wiring: Wiring, values: torch.Tensor) -> torch.Tensor:
 def _same_layer(
     m: Any, wiring: Wiring, values: torch.Tensor, bias: torch.Tensor | None
 ) -> nn.Module:
-    """A layer of ``m``'s type and wiring (built by its adapter, in its dtype and device)
-    holding new connection values (``wiring.edges()`` order) and ``bias``. A shared
-    BlockLinear comes back unshared: the new values differ from group to group."""
-    found = _surgery.ADAPTERS[type(m)]
-    config = {**found.config(m), "bias": bias is not None, "wiring": wiring}
-    if "shared" in config:
-        config["shared"] = False
+    """A layer of ``m``'s type and wiring (in its dtype and device) holding new connection
+    values (``wiring.edges()`` order) and ``bias``. A shared BlockLinear comes back
+    unshared: the new values differ from group to group."""
     dtype = m.weight.dtype
-    new = found.build(config, m.weight.device, dtype)
-    return _surgery.filled(new, values.to(dtype), None if bias is None else bias.to(dtype))
+    return _surgery.rewired(m, wiring, values.to(dtype), None if bias is None else bias.to(dtype))
 
 
 def _check_chain(first: Any, second: Any, gives: int, takes: int) -> None:
