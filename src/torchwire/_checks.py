@@ -32,12 +32,21 @@ def is_int(value: object) -> bool:
 
 
 def renamed(
-    where: str, deprecated: dict[str, Any], old: str, new: str, value: Any, default: Any
+    where: str,
+    deprecated: dict[str, Any],
+    old: str,
+    new: str,
+    value: Any,
+    default: Any,
+    *,
+    also: tuple[str, ...] = (),
 ) -> Any:
     """``value`` of keyword ``new``, or that of its deprecated spelling ``old`` in
-    ``deprecated`` (the call's other keywords) with a DeprecationWarning naming ``new``."""
+    ``deprecated`` (the call's other keywords) with a DeprecationWarning naming ``new``.
+    Keywords other than ``old`` and those in ``also`` (renamed by other calls) are refused
+    as unexpected."""
     for name in deprecated:
-        if name != old:
+        if name != old and name not in also:
             raise TypeError(f"{where}() got an unexpected keyword argument {name!r}")
     if old not in deprecated:
         return value

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from torchwire import _join
+from torchwire._checks import renamed
 
 __all__ = ["Concat", "Map", "Parallel", "Split", "Sum"]
 
@@ -43,28 +44,6 @@ def _check_tuple(value: object, module: str) -> None:
         )
     if not isinstance(value, (tuple, list, torch.fx.Proxy)):
         raise TypeError(f"{module} expected a tuple of tensors, got {type(value).__name__}")
-
-
-def _warn_merge(old: str, new: str) -> None:
-    warnings.warn(
-        f'{old} is deprecated; use {new} ("merge" is torchwire.merge, composing layers)',
-        DeprecationWarning,
-        stacklevel=3,
-    )
-
-
-def _renamed_join(join: str | None, deprecated: dict[str, Any], where: str) -> str | None:
-    """``join``, or the value of the deprecated ``merge=`` keyword of ``where`` (warned)."""
-    for name in deprecated:
-        if name != "merge":
-            raise TypeError(f"{where}() got an unexpected keyword argument {name!r}")
-    if "merge" not in deprecated:
-        return join
-    if join is not None:
-        raise TypeError(f"{where}() got both join= and its deprecated spelling merge=")
-    _warn_merge(f"{where}(merge=...)", f"{where}(join=...)")
-    value: str | None = deprecated["merge"]
-    return value
 
 
 class Parallel(nn.Module):
@@ -104,7 +83,7 @@ class Parallel(nn.Module):
         **deprecated: Any,
     ) -> None:
         super().__init__()
-        join = _renamed_join(join, deprecated, "Parallel")
+        join = renamed("Parallel", deprecated, "merge", "join", join, None)
         if join not in _join.JOINS:
             raise ValueError(f"join must be one of {list(_join.JOINS)}, got {join!r}")
         if isinstance(dim, bool) or not isinstance(dim, int):
@@ -121,7 +100,9 @@ class Parallel(nn.Module):
     @property
     def merge(self) -> str | None:
         """Deprecated spelling of :attr:`join`."""
-        _warn_merge("Parallel.merge", "Parallel.join")
+        warnings.warn(
+            "Parallel.merge is deprecated; use Parallel.join", DeprecationWarning, stacklevel=2
+        )
         return self.join
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import numbers
 import operator
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, SupportsIndex
 
 import torch
 from torch import Tensor
 
-from torchwire._checks import check_size
+from torchwire._checks import check_size, renamed
 
 __all__ = ["Wiring"]
 
@@ -507,8 +506,23 @@ class Wiring:
             tensor([[ True,  True],
                     [False,  True]])
         """
-        input_names, output_names = _renamed(
-            "Wiring.from_mapping", deprecated, input_names, output_names
+        input_names = renamed(
+            "Wiring.from_mapping",
+            deprecated,
+            "inputs",
+            "input_names",
+            input_names,
+            None,
+            also=("outputs",),
+        )
+        output_names = renamed(
+            "Wiring.from_mapping",
+            deprecated,
+            "outputs",
+            "output_names",
+            output_names,
+            None,
+            also=("inputs",),
         )
         if not isinstance(mapping, Mapping):
             raise TypeError(
@@ -775,8 +789,23 @@ class Wiring:
             >>> w.input_names, w.output_names
             (('a', 'b', 'c'), None)
         """
-        input_names, output_names = _renamed(
-            "Wiring.with_names", deprecated, input_names, output_names
+        input_names = renamed(
+            "Wiring.with_names",
+            deprecated,
+            "inputs",
+            "input_names",
+            input_names,
+            None,
+            also=("outputs",),
+        )
+        output_names = renamed(
+            "Wiring.with_names",
+            deprecated,
+            "outputs",
+            "output_names",
+            output_names,
+            None,
+            also=("inputs",),
         )
         copy = type(self).__new__(type(self))
         copy._init(
@@ -1212,27 +1241,6 @@ def _check_known(names: Iterable[str], known: tuple[str, ...], kind: str, arg: s
             f"unknown {kind} name(s) {unknown[:5]}{more}: not in {arg}={_short(known)}; "
             f"add them to {arg}= or fix the mapping"
         )
-
-
-def _renamed(
-    where: str, deprecated: dict[str, Any], input_names: Any, output_names: Any
-) -> tuple[Any, Any]:
-    """``input_names``/``output_names``, taking the deprecated ``inputs=``/``outputs=`` of
-    ``where`` (with a DeprecationWarning naming the new keyword)."""
-    found = {"input_names": input_names, "output_names": output_names}
-    for old, value in deprecated.items():
-        new = {"inputs": "input_names", "outputs": "output_names"}.get(old)
-        if new is None:
-            raise TypeError(f"{where}() got an unexpected keyword argument {old!r}")
-        if found[new] is not None:
-            raise TypeError(f"{where}() got both {new}= and its deprecated spelling {old}=")
-        warnings.warn(
-            f"{where}({old}=...) is deprecated; use {new}=...",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        found[new] = value
-    return found["input_names"], found["output_names"]
 
 
 def _short(names: tuple[str, ...]) -> str:
