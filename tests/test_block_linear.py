@@ -614,3 +614,22 @@ def test_double_backward_of_a_hand_written_mode_differentiates_its_own_products(
         return y
 
     assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+def test_a_layer_prints_one_way_however_it_was_written_and_keeps_it_through_surgery(
+    tmp_path: Any,
+) -> None:
+    # Equal groups print as groups= (as nn.Conv2d prints kernel_size=3 as (3, 3)), and the
+    # repr survives saving and fusing: surgery rebuilds from the sizes alone.
+    even = [tw.BlockLinear(8, 6, groups=2), tw.BlockLinear([4, 4], [3, 3])]
+    assert {repr(m) for m in even} == {
+        "BlockLinear(in_features=8, out_features=6, groups=2, bias=True)"
+    }
+    uneven = tw.BlockLinear([4, 4], [3, 1])
+    assert repr(uneven) == "BlockLinear(in_features=[4, 4], out_features=[3, 1], bias=True)"
+    for m in [*even, uneven, tw.BlockLinear([5], [2])]:
+        tw.save(nn.Sequential(m), tmp_path / "m.pt")
+        loaded = tw.load(tmp_path / "m.pt", nn.Sequential(tw.BlockLinear(1, 1)))
+        assert repr(loaded[0]) == repr(m)
+        branches = tw.unfuse(tw.fuse_parallel(tw.Parallel(m, nn.Linear(m.in_features, 2))))
+        assert repr(branches[0]) == repr(m)

@@ -138,7 +138,7 @@ CASES = [
         _block([2, 2], [3, 3]),
         _features_input,
         _block_oracle,
-        "BlockLinear(in_features=[2, 2], out_features=[3, 3], bias=True)",
+        "BlockLinear(in_features=4, out_features=6, groups=2, bias=True)",
     ),
     Case(
         "BlockLinear-shared",

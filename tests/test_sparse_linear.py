@@ -868,3 +868,28 @@ def test_block_wirings_under_compile_and_torch_func_run_a_block_kernel_that_can(
     assert set(ran) <= {"dense", "bmm_autograd"}
     m(x).sum().backward()
     torch.testing.assert_close(grads["weight"], m.weight.grad)
+
+
+def test_rewire_in_place_keeps_the_parameters_and_computes_the_new_wiring() -> None:
+    torch.manual_seed(0)
+    m = tw.SparseLinear(tw.Wiring.random(6, 5, density=0.4, seed=0))
+    weight, bias = m.weight, m.bias
+    new = tw.Wiring.random(6, 5, nnz=m.nnz, seed=1)
+    assert not torch.equal(new.positions(), m.wiring.positions())
+    assert m.rewire_(new) is m
+    assert m.weight is weight and m.bias is bias  # an optimizer keeps tracking them
+    assert torch.equal(m.wiring.positions(), new.positions())
+    x = torch.randn(3, 6, dtype=torch.float64)
+    m.double()
+    expected = reference.sparse_linear(x, m.weight, new.edges(), new.shape, m.bias)
+    torch.testing.assert_close(m(x), expected)
+
+
+def test_rewire_in_place_needs_a_wiring_of_the_same_shape_and_count() -> None:
+    m = tw.SparseLinear(tw.Wiring.random(6, 5, density=0.4, seed=0))
+    with pytest.raises(ValueError, match="same shape and connection count.*build a new"):
+        m.rewire_(tw.Wiring.random(6, 5, nnz=m.nnz + 1, seed=1))
+    with pytest.raises(ValueError, match=r"got \(5, 7\)"):
+        m.rewire_(tw.Wiring.random(7, 5, nnz=m.nnz, seed=1))
+    with pytest.raises(TypeError, match="expected a torchwire.Wiring, got Tensor"):
+        m.rewire_(torch.ones(5, 6))  # type: ignore[arg-type]

@@ -4,7 +4,8 @@ Every function that reads a layer's connections or builds a replacement goes thr
 :class:`Adapter`, found by the layer's exact type in :data:`ADAPTERS`. An adapter tells:
 
 - ``config(m)``: the constructor arguments that rebuild ``m`` (plain values: what
-  :func:`torchwire.save` writes as the layer's topology);
+  :func:`torchwire.save` writes as the layer's topology), completed by ``structure(m)``
+  where the ``state_dict`` holds part of the structure (:func:`full_config`);
 - ``build(config, device, dtype)``: a new layer from them;
 - for linear layers (``nn.Linear``, BlockLinear, SparseLinear, MultiLinear), ``edges(m)``:
   the wiring and its values in ``wiring.edges()`` order.
@@ -48,6 +49,7 @@ __all__ = [
     "dense_linear",
     "edges",
     "filled",
+    "full_config",
     "known",
     "linear_for",
     "lowest",
@@ -101,6 +103,8 @@ class Adapter:
             weight is an absent connection.
         rewire: for linear layers, the config of this type holding another wiring (from a
             layer's config), or ``None`` where the type cannot hold that wiring.
+        structure: what rebuilding a layer needs beyond ``config`` where its ``state_dict``
+            holds the rest of its structure (a SparseLinear's wiring); ``None`` otherwise.
     """
 
     kind: type[nn.Module]
@@ -112,6 +116,7 @@ class Adapter:
     sizes: Callable[[Any], tuple[int, int]] | None = None
     dense: bool = False
     rewire: Callable[[dict[str, Any], Wiring], dict[str, Any] | None] | None = None
+    structure: Callable[[Any], dict[str, Any]] | None = None
 
 
 ADAPTERS: dict[type[nn.Module], Adapter] = {}
@@ -146,6 +151,13 @@ def known(m: object) -> Adapter:
     if found is None:
         raise TypeError(f"torchwire's surgery does not know {type(m).__name__} layers")
     return found
+
+
+def full_config(m: object) -> dict[str, Any]:
+    """The config that rebuilds ``m`` exactly without its ``state_dict``'s buffers."""
+    found = known(m)
+    config = found.config(m)
+    return config if found.structure is None else {**config, **found.structure(m)}
 
 
 def units(m: object) -> tuple[int, int]:
@@ -365,14 +377,14 @@ def _block_config(in_sizes: list[int], out_sizes: list[int]) -> dict[str, Any]:
 
 
 def _block_build(c: dict[str, Any], device: Any, dtype: Any) -> nn.Module:
-    """From the group sizes, or from ``in_features``, ``out_features`` and ``groups`` where a
-    caller knows the layer was written that way (``BlockLinear(8, 6, groups=2)``)."""
-    if "groups" in c:
-        sizes: tuple[Any, ...] = (c["in_features"], c["out_features"], c["groups"])
-    else:
-        sizes = (c["in_sizes"], c["out_sizes"])
     return BlockLinear(
-        *sizes, shared=c["shared"], bias=c["bias"], backend=c["backend"], device=device, dtype=dtype
+        c["in_sizes"],
+        c["out_sizes"],
+        shared=c["shared"],
+        bias=c["bias"],
+        backend=c["backend"],
+        device=device,
+        dtype=dtype,
     )
 
 
@@ -434,6 +446,7 @@ register(
         family=nn.Linear,
         sizes=_features,
         rewire=_rewire_sparse,
+        structure=lambda m: {"wiring": m.wiring},
     )
 )
 

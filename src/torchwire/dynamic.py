@@ -330,7 +330,7 @@ class DynamicSparsity:
         kept = torch.isin(present, flat)  # grown connections were all absent
         where = torch.searchsorted(flat, present[kept]).to(values.device)
         kept = kept.to(values.device)
-        layer._rewire(new)
+        layer.rewire_(new)
         with torch.no_grad():
             _remap(weight, where, kept)
             if weight.grad is not None:

@@ -53,7 +53,7 @@ class _Branch(NamedTuple):
     kind: type[nn.Module]  # the branch's layer type: its adapter builds it back
     size: int  # outputs (features or channels)
     bias: bool
-    config: dict[str, Any]  # the adapter's config of the branch (see _config)
+    config: dict[str, Any]  # the branch's full adapter config (_surgery.full_config)
 
 
 class FusedParallel(nn.Module):
@@ -359,7 +359,7 @@ def _agreed(m: nn.Module, facts: _surgery.Adapter) -> list[str]:
 
 def _describe(name: str, m: Any) -> _Branch:
     size = _surgery.units(m)[1]
-    return _Branch(name, type(m), size, m.bias is not None, _config(m))
+    return _Branch(name, type(m), size, m.bias is not None, _surgery.full_config(m))
 
 
 def _bias_or_zeros(m: Any, size: int) -> torch.Tensor:
@@ -514,20 +514,6 @@ def _unfuse_branch(layer: nn.Module, branch: _Branch, rows: list[int]) -> nn.Mod
     return _surgery.rebuilt(module, layer)
 
 
-def _config(m: Any) -> dict[str, Any]:
-    """``m``'s adapter config, completed to rebuild ``m`` exactly: a SparseLinear's wiring
-    (its config leaves the connections to the ``state_dict``) and the ``groups`` of a
-    BlockLinear written with equal groups (its repr: ``BlockLinear(8, 6, groups=2)``, not
-    ``BlockLinear([4, 4], [3, 3])``)."""
-    config = _surgery.known(m).config(m)
-    if type(m) is SparseLinear:
-        config["wiring"] = m.wiring
-    elif type(m) is BlockLinear and not m._uneven_args:
-        config |= {"in_features": m.in_features, "out_features": m.out_features}
-        config["groups"] = m.groups
-    return config
-
-
 # ---------------------------------------------------------------------------- fuse
 
 
@@ -563,7 +549,7 @@ class _Tracer(torch.fx.Tracer):
         self.kinds = kinds
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, (Parallel, FusedParallel, BlockLinear, SparseLinear)):
+        if isinstance(m, (Parallel, FusedParallel)) or _surgery.adapter(m) is not None:
             return True
         if _kind(m) in self.kinds:
             return True

@@ -94,7 +94,6 @@ class BlockLinear(nn.Module):
         factory_kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
         super().__init__()
         self.in_sizes, self.out_sizes = _calls.group_sizes(in_features, out_features, groups)
-        self._uneven_args = not is_int(in_features)
         self.groups = len(self.in_sizes)
         self.in_features = sum(self.in_sizes)
         self.out_features = sum(self.out_sizes)
@@ -361,7 +360,9 @@ class BlockLinear(nn.Module):
         return block
 
     def extra_repr(self) -> str:
-        if self._uneven_args:
+        # One repr per layer, however it was written (as torch prints kernel_size=3 as (3, 3)):
+        # equal groups print as groups=, uneven ones as their sizes.
+        if len(set(self.in_sizes)) > 1 or len(set(self.out_sizes)) > 1:
             s = f"in_features={list(self.in_sizes)}, out_features={list(self.out_sizes)}"
         else:
             s = f"in_features={self.in_features}, out_features={self.out_features}"
@@ -800,16 +801,41 @@ class SparseLinear(nn.Module):
         self._wiring = wiring
         self._copy_index(wiring)  # in the canonical form, checked by Wiring
 
-    def _rewire(self, wiring: Wiring) -> None:
-        """Take ``wiring`` (same sizes and connection count) in place: the index buffers are
-        overwritten, the parameters untouched (the caller moves the values)."""
+    def rewire_(self, wiring: Wiring) -> SparseLinear:
+        """Take ``wiring`` in place, keeping the parameters (and so every optimizer's hold on
+        them): the step dynamic sparse training takes (see :class:`torchwire.DynamicSparsity`).
+
+        ``wiring`` has the layer's sizes and connection count. The index buffers are
+        overwritten; the values are not moved: ``weight[k]`` becomes the value of ``wiring``'s
+        ``k``-th connection (``wiring.edges()`` order). Move the values first where
+        connections survive (:meth:`Wiring.positions` gives where each one sits).
+
+        Args:
+            wiring: the new connections.
+
+        Returns:
+            The layer itself.
+
+        Example::
+
+            >>> from torchwire import Wiring
+            >>> m = torchwire.SparseLinear(Wiring.from_positions(torch.tensor([0, 3]), 2, 2))
+            >>> new = Wiring.from_positions(torch.tensor([1, 3]), 2, 2)
+            >>> m.rewire_(new).wiring.positions()
+            tensor([1, 3])
+        """
+        if not isinstance(wiring, Wiring):
+            raise TypeError(f"rewire_ expected a torchwire.Wiring, got {type(wiring).__name__}")
         if wiring.shape != self._wiring.shape or wiring.nnz != self.nnz:
             raise ValueError(
-                f"rewiring in place needs the same shape and nnz, got {wiring.shape} with "
-                f"{wiring.nnz} connections for a layer of {self._wiring.shape} with {self.nnz}"
+                f"rewire_ keeps the layer's parameters, so it needs a wiring of the same shape "
+                f"and connection count: got {tuple(wiring.shape)} with {wiring.nnz} connections "
+                f"for a layer of {tuple(self._wiring.shape)} with {self.nnz}; build a new "
+                "SparseLinear for other sizes"
             )
         self._wiring = wiring
         self._copy_index(wiring)
+        return self
 
     def _copy_index(self, wiring: Wiring) -> None:
         """Write ``wiring``'s index tensors into the buffers (same shapes) and its block
