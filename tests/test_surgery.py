@@ -73,17 +73,50 @@ def _normed() -> nn.Linear:
     return parametrizations.weight_norm(nn.Linear(8, 12))
 
 
-REFUSALS: dict[str, Callable[[nn.Linear], object]] = {
-    "prune.edges": lambda m: tw.prune.edges(m, amount=0.5),
-    "merge": lambda m: tw.merge(m, nn.Linear(12, 4)),
-    "fuse_parallel": lambda m: tw.fuse_parallel(tw.Parallel(m, nn.Linear(8, 3))),
+def _chain(first: nn.Linear) -> nn.Sequential:
+    return nn.Sequential(first, nn.ReLU(), nn.Linear(12, 4))
+
+
+def _fuse(m: nn.Linear) -> object:
+    """fuse skips a pair it cannot merge and reports why: the refusal, as a report line."""
+    _, report = tw.fuse(nn.Sequential(m, nn.Linear(12, 4)).eval())
+    if report.skipped:
+        raise ValueError(report.skipped[0])
+    return report
+
+
+def _unfuse(m: nn.Linear) -> object:
+    fused = tw.fuse_parallel(tw.Parallel(nn.Linear(8, 6), nn.Linear(8, 6)))
+    fused.layer = m  # the wide layer now has the hooks
+    return tw.unfuse(fused)
+
+
+def _load_into(m: nn.Linear, tmp_path: Path) -> object:
+    """Loading rebuilds ``m`` (an nn.Linear) as the saved SparseLinear."""
+    path = tmp_path / "m.pt"
+    tw.save(tw.sparsify(_chain(nn.Linear(8, 12)), density=0.5), path)
+    return tw.load(path, _chain(m))
+
+
+REFUSALS: dict[str, Callable[[nn.Linear, Path], object]] = {
+    "prune.edges": lambda m, _: tw.prune.edges(m, amount=0.5),
+    "prune.global_edges": lambda m, _: tw.prune.global_edges(_chain(m), amount=0.5),
+    "prune.neurons": lambda m, _: tw.prune.neurons(_chain(m), amount=2),
+    "prune.dead_neurons": lambda m, _: tw.prune.dead_neurons(_chain(m)),
+    "sparsify": lambda m, _: tw.sparsify(_chain(m), density=0.5),
+    "merge": lambda m, _: tw.merge(m, nn.Linear(12, 4)),
+    "fuse": lambda m, _: _fuse(m),
+    "fuse_parallel": lambda m, _: tw.fuse_parallel(tw.Parallel(m, nn.Linear(8, 3))),
+    "unfuse": lambda m, _: _unfuse(m),
+    "load": _load_into,
 }
+assert set(REFUSALS) == set(ENTRY_POINTS)  # every entry point, both tests
 
 
 @pytest.mark.parametrize("make", [_hooked, _normed], ids=["forward-hook", "weight-norm"])
 @pytest.mark.parametrize("entry", list(REFUSALS))
 def test_hooks_and_parametrizations_are_refused_alike(
-    entry: str, make: Callable[[], nn.Linear]
+    entry: str, make: Callable[[], nn.Linear], tmp_path: Path
 ) -> None:
     with pytest.raises(ValueError, match=r"has hooks or parametrizations .* would silently lose"):
-        REFUSALS[entry](make())
+        REFUSALS[entry](make(), tmp_path)

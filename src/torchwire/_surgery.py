@@ -57,7 +57,6 @@ __all__ = [
     "rebuilt",
     "rebuilt_from",
     "rewired",
-    "sparse_wiring",
     "units",
 ]
 
@@ -105,6 +104,8 @@ class Adapter:
             layer's config), or ``None`` where the type cannot hold that wiring.
         structure: what rebuilding a layer needs beyond ``config`` where its ``state_dict``
             holds the rest of its structure (a SparseLinear's wiring); ``None`` otherwise.
+        saved_structure: the same, read from a ``state_dict`` (the layer's entries start
+            with a prefix) for a saved ``config``.
     """
 
     kind: type[nn.Module]
@@ -117,6 +118,7 @@ class Adapter:
     dense: bool = False
     rewire: Callable[[dict[str, Any], Wiring], dict[str, Any] | None] | None = None
     structure: Callable[[Any], dict[str, Any]] | None = None
+    saved_structure: Callable[[dict[str, Any], dict[str, Any], str], dict[str, Any]] | None = None
 
 
 ADAPTERS: dict[type[nn.Module], Adapter] = {}
@@ -408,7 +410,7 @@ register(
 
 def _sparse_config(m: SparseLinear) -> dict[str, Any]:
     """The sizes, connection count and names; the connections themselves are the
-    ``indptr``/``indices`` of the ``state_dict`` (see :func:`sparse_wiring`)."""
+    ``indptr``/``indices`` of the ``state_dict`` (see :func:`_sparse_saved_structure`)."""
     return {
         "in_features": m.in_features,
         "out_features": m.out_features,
@@ -420,20 +422,27 @@ def _sparse_config(m: SparseLinear) -> dict[str, Any]:
     }
 
 
-def sparse_wiring(config: dict[str, Any], indptr: torch.Tensor, indices: torch.Tensor) -> Wiring:
-    """The wiring of a SparseLinear ``config`` whose connections are ``indptr``/``indices``."""
-    return Wiring(
-        indptr.cpu(),
-        indices.cpu(),
+def _sparse_saved_structure(
+    config: dict[str, Any], state: dict[str, Any], prefix: str
+) -> dict[str, Any]:
+    """The wiring of a saved SparseLinear ``config``: its connections are the ``indptr`` and
+    ``indices`` of the ``state_dict`` (names: the config, or 0.1.0's dict ``_extra_state``)."""
+    names = {k: config.get(k) for k in ("input_names", "output_names")}
+    extra = state.get(prefix + "_extra_state")
+    if isinstance(extra, dict):  # torchwire 0.1.0 kept the names there
+        names = {k: extra.get(k) for k in names}
+    wiring = Wiring(
+        state[prefix + "indptr"].cpu(),
+        state[prefix + "indices"].cpu(),
         config["in_features"],
         config["out_features"],
-        input_names=config.get("input_names"),
-        output_names=config.get("output_names"),
+        **names,
     )
+    return {"wiring": wiring}
 
 
 def _sparse_build(c: dict[str, Any], device: Any, dtype: Any) -> nn.Module:
-    """``c`` also holds the ``wiring`` (a Wiring: see :func:`sparse_wiring`)."""
+    """``c`` also holds the ``wiring`` (see :func:`full_config`)."""
     return SparseLinear(c["wiring"], c["bias"], backend=c["backend"], device=device, dtype=dtype)
 
 
@@ -447,6 +456,7 @@ register(
         sizes=_features,
         rewire=_rewire_sparse,
         structure=lambda m: {"wiring": m.wiring},
+        saved_structure=_sparse_saved_structure,
     )
 )
 

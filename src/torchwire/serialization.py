@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from torchwire import _surgery
-from torchwire.layers import SparseLinear
 
 __all__ = ["load", "save"]
 
@@ -109,6 +108,7 @@ def load(
             f"{_FORMAT!r}); load a plain state_dict with model.load_state_dict(torch.load(...))"
         )
     state = payload["state_dict"]
+    changed: list[tuple[str, dict[str, Any], nn.Module]] = []
     for name, spec in payload["topology"].items():
         try:
             current = model.get_submodule(name)
@@ -118,7 +118,11 @@ def load(
                 "has no such submodule; load into an instance of the class that was saved"
             ) from None
         if _spec(current) != spec:
-            _set(model, name, _build(spec, state, name, current))
+            label = f"layer {name!r} ({type(current).__name__})"
+            _surgery.check_plain(current, label, "load")  # before any layer is replaced
+            changed.append((name, spec, current))
+    for name, spec, current in changed:
+        _set(model, name, _build(spec, state, name, current))
     model.load_state_dict(state, strict=strict)
     return model
 
@@ -142,13 +146,8 @@ def _build(spec: dict[str, Any], state: dict[str, Any], name: str, like: nn.Modu
     if found is None:
         raise ValueError(f"unknown layer type {kind!r} in the saved topology of {name!r}")
     config = {k: v for k, v in spec.items() if k != "type"}
-    if found.kind is SparseLinear:
-        prefix = f"{name}." if name else ""
-        extra = state.get(prefix + "_extra_state")
-        if isinstance(extra, dict):  # torchwire 0.1.0 kept the names there
-            config |= {k: extra.get(k) for k in ("input_names", "output_names")}
-        indptr, indices = state[prefix + "indptr"], state[prefix + "indices"]
-        config["wiring"] = _surgery.sparse_wiring(config, indptr, indices)
+    if found.saved_structure is not None:  # the state_dict holds the rest of the structure
+        config |= found.saved_structure(config, state, f"{name}." if name else "")
     return _surgery.rebuilt(found.build(config, device, dtype), like)
 
 
