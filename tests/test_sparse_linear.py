@@ -877,7 +877,8 @@ def test_rewire_in_place_keeps_the_parameters_and_computes_the_new_wiring() -> N
     new = tw.Wiring.random(6, 5, nnz=m.nnz, seed=1)
     assert not torch.equal(new.positions(), m.wiring.positions())
     assert m.rewire_(new) is m
-    assert m.weight is weight and m.bias is bias  # an optimizer keeps tracking them
+    assert m.weight is weight  # an optimizer keeps tracking them
+    assert m.bias is bias
     assert torch.equal(m.wiring.positions(), new.positions())
     x = torch.randn(3, 6, dtype=torch.float64)
     m.double()
@@ -887,9 +888,9 @@ def test_rewire_in_place_keeps_the_parameters_and_computes_the_new_wiring() -> N
 
 def test_rewire_in_place_needs_a_wiring_of_the_same_shape_and_count() -> None:
     m = tw.SparseLinear(tw.Wiring.random(6, 5, density=0.4, seed=0))
-    with pytest.raises(ValueError, match="same shape and connection count.*build a new"):
+    with pytest.raises(ValueError, match=r"same shape and connection count.*build a new"):
         m.rewire_(tw.Wiring.random(6, 5, nnz=m.nnz + 1, seed=1))
     with pytest.raises(ValueError, match=r"got \(5, 7\)"):
         m.rewire_(tw.Wiring.random(7, 5, nnz=m.nnz, seed=1))
-    with pytest.raises(TypeError, match="expected a torchwire.Wiring, got Tensor"):
+    with pytest.raises(TypeError, match=r"expected a torchwire\.Wiring, got Tensor"):
         m.rewire_(torch.ones(5, 6))  # type: ignore[arg-type]
