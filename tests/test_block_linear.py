@@ -18,7 +18,7 @@ from torch import nn
 
 import torchwire as tw
 from tests import reference
-from torchwire._overhead import OpCounter
+from torchwire.bench.overhead import OpCounter
 
 TRACEABLE = ["auto", "dense", "bmm_autograd"]  # run under compile and torch.func
 BACKENDS = tw.backends.available("block_linear")

@@ -16,8 +16,8 @@ from torch import nn
 from torch.func import functional_call
 
 import torchwire as tw
-from torchwire import _overhead
-from torchwire._overhead import OpCounter
+from torchwire.bench import overhead as _overhead
+from torchwire.bench.overhead import OpCounter
 
 # ATen ops a call runs beyond nn.Linear(4, 6)'s (no-grad forward; forward+backward), at the
 # bench's overhead shapes. A layer with a small dense product builds its dense weight:

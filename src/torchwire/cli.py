@@ -2,18 +2,21 @@
 
 Subcommands:
 
-- ``torchwire bench``: time every way of computing a block-diagonal or a sparse linear layer on
-  this device and show which one torchwire uses (see :mod:`torchwire.bench`).
+- ``torchwire bench``: measure torchwire's layers, containers and model surgery against what
+  users write today, on this device, and summarise where torchwire is (and is not) the best
+  choice (see :mod:`torchwire.bench`).
 
-Bad options end with an argparse message and exit status 2.
+``python -m torchwire`` runs the same command line. Bad options end with an argparse message
+and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -80,21 +83,40 @@ def _output_path(text: str) -> Path:
     return path
 
 
+FULL_DURATION = "about 30 minutes"
+"""How long ``torchwire bench --full`` takes on a 2-core CPU (measured: 1,659 s on an Intel Xeon,
+1 thread)."""
+
+
+def _grid_help(values: Mapping[str, object]) -> str:
+    """The values of an option in each grid: ``default and --quick: 64; --full: 64 1024``."""
+    names: dict[str, list[str]] = {}
+    for grid in ("default", "quick", "full"):
+        value = values[grid]
+        text = " ".join(map(str, value)) if isinstance(value, Sequence) else str(value)
+        names.setdefault(text, []).append(grid if grid == "default" else f"--{grid}")
+    return "; ".join(f"{' and '.join(grids)}: {text}" for text, grids in names.items())
+
+
 def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="time every way of computing block-diagonal, sparse and branching layers here",
+        help="measure torchwire's layers against what users write today, on this device",
         description=(
-            "Four sections. block: torchwire's BlockLinear (auto and every backend forced by "
-            "name) against an nn.ModuleList of nn.Linear, a pruned (masked) dense nn.Linear and a "
-            "grouped Conv1d, as ratios to one dense GEMM with the same multiply-adds ('limit'). "
-            "sparse: torchwire's SparseLinear on random wirings (auto and every backend that can "
-            "run the wiring) against a dense weight * mask ('masked_weight', the reference of the "
-            "ratios), a pruned (masked) dense nn.Linear and torch.sparse.mm. branches: "
-            "same-input heads fused by fuse_parallel against the heads run one after another "
-            "('branches', the reference) and one wide layer split by hand. merge: layers in a "
-            "row merged into one by torchwire.merge, against the chain as written "
-            "('sequential'). Progress goes to stderr, the tables to stdout."
+            "Five sections. overhead: one call of each torchwire layer and container at tiny "
+            "shapes against the torch code it replaces. block: BlockLinear (auto and every "
+            "backend forced by name) against a loop of nn.Linear, a pruned (masked) dense "
+            "nn.Linear and a grouped Conv1d, as ratios to one dense GEMM with the same "
+            "multiply-adds ('limit'). sparse: SparseLinear on random wirings against a dense "
+            "weight * mask ('masked_weight', the reference of the ratios), a pruned dense "
+            "nn.Linear and torch.sparse.mm. branches: same-input heads fused by fuse_parallel "
+            "against the heads one after another ('branches', the reference) and one wide layer "
+            "split by hand. merge: layers in a row merged into one by torchwire.merge, against "
+            "the chain as written ('sequential'). The default grid runs a representative case "
+            "or two of each section (about 35 s on a 2-core CPU); --quick a smaller one, "
+            f"--full every case ({FULL_DURATION}). Progress goes to stderr; the tables and a "
+            "one-screen summary (torchwire against the fastest alternative, and where it is "
+            "not the best choice) to stdout."
         ),
     )
     parser.add_argument(
@@ -102,11 +124,16 @@ def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         choices=(*bench.SECTIONS, "all"),
         help="which section to run (default: the section whose grid options are given, else all)",
     )
-    parser.add_argument(
+    grid = parser.add_mutually_exclusive_group()
+    grid.add_argument(
         "--quick",
         action="store_true",
-        help="small grid (block: 4 layouts; sparse: 1024 features at densities 0.05 and 0.01; "
-        "branches: 2 problems; batch 64; 5 rounds): about 30 s on a 2-core CPU",
+        help="a small grid, 5 rounds: about 25 s on a 2-core CPU (the smoke test CI runs)",
+    )
+    grid.add_argument(
+        "--full",
+        action="store_true",
+        help=f"every case of every section: {FULL_DURATION} on a 2-core CPU",
     )
     parser.add_argument(
         "--device",
@@ -127,22 +154,23 @@ def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=_positive_int,
         nargs="+",
         metavar="N",
-        help="batch sizes (default: 64 1024; with --quick: 64)",
+        help=f"batch sizes ({_grid_help(bench.BATCHES)})",
     )
+    layouts = {size: [layout.name for layout in value] for size, value in bench.LAYOUTS.items()}
     parser.add_argument(
         "--layout",
         type=_layout,
         nargs="+",
         metavar="SPEC",
-        help="block layouts instead of the built-in grid: 16x64 (16 groups of 64 -> 64), "
-        "8x64+16x32, 16x(48,16) (pattern repeated), 2x2->2x3 (inputs -> outputs)",
+        help="block layouts: 16x64 (16 groups of 64 -> 64), 8x64+16x32, 16x(48,16) (pattern "
+        f"repeated), 2x2->2x3 (inputs -> outputs) ({_grid_help(layouts)})",
     )
     parser.add_argument(
         "--features",
         type=_positive_int,
         nargs="+",
         metavar="N",
-        help="sizes of the sparse section's N -> N layers (default: 1024 4096; with --quick: 1024)",
+        help=f"sizes of the sparse section's N -> N layers ({_grid_help(bench.FEATURES)})",
     )
     parser.add_argument(
         "--density",
@@ -150,23 +178,21 @@ def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         nargs="+",
         metavar="D",
         help="densities of the sparse section's random wirings, in (0, 1] "
-        "(default: 0.5 0.2 0.1 0.05 0.01 0.001; with --quick: 0.05 0.01)",
+        f"({_grid_help(bench.DENSITIES)})",
     )
     parser.add_argument(
         "--problem",
-        choices=bench.FULL_BRANCH_PROBLEMS,
+        choices=bench.PROBLEMS["full"],
         nargs="+",
         metavar="NAME",
-        help="the branches section's problems, some of "
-        f"{' '.join(bench.FULL_BRANCH_PROBLEMS)} (default: all; with --quick: "
-        f"{' '.join(bench.QUICK_BRANCH_PROBLEMS)})",
+        help=f"the branches section's problems ({_grid_help(bench.PROBLEMS)})",
     )
     parser.add_argument(
         "--repeats",
         type=_positive_int,
         default=None,
         metavar="R",
-        help="interleaved timing rounds; medians are over rounds (default: 11; with --quick: 5)",
+        help=f"interleaved timing rounds; medians are over rounds ({_grid_help(bench.REPEATS)})",
     )
     parser.add_argument(
         "--seed",
@@ -175,10 +201,21 @@ def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="torch.manual_seed and the seed of the sparse wirings (default: 0)",
     )
     parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print one table per case (every method's times and bytes), as --markdown has",
+    )
+    parser.add_argument(
         "--json", type=_output_path, metavar="PATH", help="write all results and samples as JSON"
     )
     parser.add_argument(
         "--markdown", type=_output_path, metavar="PATH", help="write the tables as markdown"
+    )
+    parser.add_argument(
+        "--plot",
+        type=_output_path,
+        metavar="PATH",
+        help="draw the results as a PNG (needs matplotlib: pip install 'torchwire[plot]')",
     )
     parser.set_defaults(handler=partial(_bench, parser))
 
@@ -188,6 +225,13 @@ _SECTION_OPTIONS = {
     "sparse": ("features", "density"),
     "branches": ("problem",),
 }
+
+
+def _plot_missing() -> str | None:
+    """Why ``--plot`` cannot draw here, or ``None``."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return "--plot needs matplotlib, which is not installed: pip install 'torchwire[plot]'"
+    return None
 
 
 def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -206,8 +250,10 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                     f"--{option} sets the {section} section's grid, but --section "
                     f"{args.section} does not run it; use --section {section} or all"
                 )
+    if args.plot is not None and (why := _plot_missing()) is not None:
+        parser.error(why)
     config = bench.make_config(
-        quick=args.quick,
+        grid="quick" if args.quick else "full" if args.full else "default",
         device=args.device,
         dtype=DTYPES[args.dtype],
         threads=args.threads,
@@ -221,11 +267,15 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     result = bench.run(config, progress=sys.stderr)
-    print(bench.format_text(result), end="")
+    print(bench.format_text(result, details=args.verbose), end="")
     if args.json is not None:
         args.json.write_text(json.dumps(bench.to_dict(result), indent=2) + "\n")
     if args.markdown is not None:
         args.markdown.write_text(bench.format_markdown(result))
+    if args.plot is not None:
+        from torchwire.bench import plot  # matplotlib is optional: imported only to draw
+
+        plot.save_plot([bench.to_dict(result)], args.plot)
     return 0
 
 

@@ -69,7 +69,8 @@ class FusedParallel(nn.Module):
             ``SparseLinear``).
         names: the branches' names, in order.
         sizes: each branch's number of outputs (features, or channels for convolutions).
-        join, dim: the original ``Parallel``'s join.
+        join: the original ``Parallel``'s join.
+        dim: the original ``Parallel``'s ``dim``.
 
     Examples::
 

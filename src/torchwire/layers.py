@@ -406,15 +406,18 @@ class SparseLinear(nn.Module):
             so a fully connected wiring gives ``nn.Linear``'s distribution.
         bias: the learnable bias of shape :math:`(\text{out\_features})`, initialised from
             the same distribution as its output's weights (zero for an output without inputs).
-        indptr, indices: the connections as persistent integer buffers, CSR by output
-            (int32 where sizes allow; see :class:`torchwire.backends.SparseIndex`), saved
-            in ``state_dict`` and moved by ``.to()``.
-        t_indptr, t_indices, perm: the transposed structure, which the sparse kernels'
-            backward reads; buffers like the others at a density of at most 1/6, where
-            those kernels are the fast ones, else derived (once) where needed. Parameters
-            and buffers take 16 bytes a connection in float32 up to density 1/6 and 8
-            above, plus :math:`O(H_{in} + H_{out})`: never more than a dense weight and a
-            bool mask (5 bytes an element) up to 62% density.
+        indptr: with ``indices``, the connections as persistent integer buffers, CSR by
+            output (int32 where sizes allow; see :class:`torchwire.backends.SparseIndex`),
+            saved in ``state_dict`` and moved by ``.to()``.
+        indices: see ``indptr``.
+        t_indptr: with ``t_indices`` and ``perm``, the transposed structure, which the
+            sparse kernels' backward reads; buffers like the others at a density of at most
+            1/6, where those kernels are the fast ones, else derived (once) where needed.
+            Parameters and buffers take 16 bytes a connection in float32 up to density 1/6
+            and 8 above, plus :math:`O(H_{in} + H_{out})`: never more than a dense weight
+            and a bool mask (5 bytes an element) up to 62% density.
+        t_indices: see ``t_indptr``.
+        perm: see ``t_indptr``.
 
     Examples::
 

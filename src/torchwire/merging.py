@@ -156,12 +156,15 @@ def compose_conv_weights(
     Computed in float64; returned in ``weight1``'s dtype.
 
     Args:
-        weight1, bias1: the first convolution's ``(C_1, C_{in} / groups1, *k_1)`` weight and
-            bias (or ``None``).
-        weight2, bias2: the second's ``(C_2, C_1 / groups2, *k_2)`` weight and bias.
-        stride1, dilation1: the first's stride and dilation, one per spatial dimension.
+        weight1: the first convolution's ``(C_1, C_{in} / groups1, *k_1)`` weight.
+        bias1: the first convolution's bias, or ``None``.
+        weight2: the second's ``(C_2, C_1 / groups2, *k_2)`` weight.
+        bias2: the second's bias, or ``None``.
+        stride1: the first's stride, one per spatial dimension.
+        dilation1: the first's dilation, one per spatial dimension.
         dilation2: the second's dilation.
-        groups1, groups2: their groups.
+        groups1: the first's groups.
+        groups2: the second's groups.
 
     Returns:
         ``(weight, bias, dilation, groups)`` of the merged convolution: its weight

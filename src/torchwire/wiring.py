@@ -53,8 +53,11 @@ class Wiring:
         output_names: optional unique name for each output.
 
     Attributes:
-        in_features, out_features, nnz, density, shape: sizes; ``shape`` is
-            ``(out_features, in_features)`` like a weight.
+        in_features (int): number of inputs.
+        out_features (int): number of outputs.
+        nnz (int): number of connections.
+        density (float): ``nnz / (in_features * out_features)``.
+        shape (tuple[int, int]): ``(out_features, in_features)``, like a weight.
         indptr (Tensor): int64 ``(out_features + 1,)``, a copy.
         indices (Tensor): int32 ``(nnz,)``, a copy.
 
@@ -209,7 +212,8 @@ class Wiring:
         Args:
             in_sizes: positive input group sizes.
             out_sizes: positive output group sizes, one per input group.
-            input_names, output_names: optional names, see :class:`Wiring`.
+            input_names: optional names of the inputs, see :class:`Wiring`.
+            output_names: optional names of the outputs, see :class:`Wiring`.
 
         Examples::
 
@@ -271,7 +275,8 @@ class Wiring:
                 ``nnz = round(density * in_features * out_features)``.
             nnz: number of connections. Give exactly one of ``density`` and ``nnz``.
             seed: makes the result reproducible; ``None`` draws a fresh seed.
-            input_names, output_names: optional names, see :class:`Wiring`.
+            input_names: optional names of the inputs, see :class:`Wiring`.
+            output_names: optional names of the outputs, see :class:`Wiring`.
 
         Examples::
 
@@ -332,7 +337,8 @@ class Wiring:
             in_features: number of inputs.
             out_features: number of outputs.
             width: inputs per output, ``1 <= width <= in_features``.
-            input_names, output_names: optional names, see :class:`Wiring`.
+            input_names: optional names of the inputs, see :class:`Wiring`.
+            output_names: optional names of the outputs, see :class:`Wiring`.
 
         Examples::
 
@@ -378,7 +384,8 @@ class Wiring:
         Args:
             mask: bool tensor or array shaped like a weight, or a numeric one holding only
                 ``0`` and ``1``.
-            input_names, output_names: optional names, see :class:`Wiring`.
+            input_names: optional names of the inputs, see :class:`Wiring`.
+            output_names: optional names of the outputs, see :class:`Wiring`.
 
         Examples::
 
@@ -431,7 +438,8 @@ class Wiring:
                 Each pair appears at most once.
             in_features: number of inputs.
             out_features: number of outputs.
-            input_names, output_names: optional names, see :class:`Wiring`.
+            input_names: optional names of the inputs, see :class:`Wiring`.
+            output_names: optional names of the outputs, see :class:`Wiring`.
 
         Examples::
 
@@ -727,8 +735,10 @@ class Wiring:
         Args:
             positions: a 1-D integer tensor of strictly increasing positions in
                 ``[0, in_features * out_features)``.
-            in_features, out_features: the sizes.
-            input_names, output_names: optional names, as for the constructor.
+            in_features: number of inputs.
+            out_features: number of outputs.
+            input_names: optional names of the inputs, as for the constructor.
+            output_names: optional names of the outputs, as for the constructor.
 
         Examples::
 

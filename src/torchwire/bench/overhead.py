@@ -1,19 +1,18 @@
 """The bench's ``overhead`` section: what one call of each layer and container costs against
 the torch code it replaces, at shapes so small that host work is all there is, and how many
-ATen ops it runs (counted with a ``TorchDispatchMode``; deterministic, so tests pin them).
+ATen ops it runs (counted with :class:`OpCounter`; deterministic, so tests pin them).
 
 Layers are compared with ``nn.Linear`` of the same in/out (4 -> 6): a no-grad forward at
 batch 1 and a forward+backward at batch 64. Containers are compared with the ``nn.Module``
 users write by hand for them: their branches (or the torch function they wrap) called
-directly in its ``forward``, on the same shapes.
+directly in its ``forward``, on the same shapes. The shapes, the CPU and float32 are fixed:
+the section ignores the run's batch sizes, device and dtype (not its rounds).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -23,6 +22,22 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchwire as tw
+from torchwire.bench import timing
+from torchwire.bench.compare import NOT_BEST, span, times
+from torchwire.bench.config import BenchConfig
+from torchwire.bench.section import Summary, Table
+
+__all__ = [
+    "CASES",
+    "CONTAINERS",
+    "LAYERS",
+    "SECTION",
+    "OpCounter",
+    "OverheadCase",
+    "OverheadResult",
+    "measure",
+    "op_counts",
+]
 
 IN_FEATURES, OUT_FEATURES = 4, 6
 SMALL_BATCH, LARGE_BATCH = 1, 64
@@ -212,41 +227,30 @@ class OverheadResult:
         return self.module_us[mode] / self.reference_us[mode]
 
 
-def _timed(step: Callable[[], Any], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        step()
-    return (time.perf_counter() - start) / calls * 1e6
-
-
 def measure(case: OverheadCase, repeats: int, calls: int = 200) -> OverheadResult:
     """Time ``case``: per mode, ``repeats`` interleaved rounds (module and reference, the
     order alternating) of ``calls`` calls (a quarter of them for forward+backward); medians
     over rounds. The thread count is the caller's."""
     module, module_args, reference, reference_args = case.build()
     roles = {"module": (module, module_args), "reference": (reference, reference_args)}
-    us: dict[str, dict[str, list[float]]] = {role: {m: [] for m in MODES} for role in roles}
+    timings: dict[str, dict[str, timing.Timing]] = {role: {} for role in roles}
     for mode in MODES:
-        steps: dict[str, Callable[[], Any]] = {}
+        groups = []
         for role, (call, args) in roles.items():
             if mode == "fwd":
-                steps[role] = partial(call, *args(torch.randn(SMALL_BATCH, IN_FEATURES)))
+                step = partial(call, *args(torch.randn(SMALL_BATCH, IN_FEATURES)))
             else:
                 large = args(torch.randn(LARGE_BATCH, IN_FEATURES, requires_grad=True))
-                steps[role] = partial(_backward, call, large)
-        count = calls if mode == "fwd" else max(calls // 4, 1)
-        with torch.set_grad_enabled(mode != "fwd"):
-            for step in steps.values():
-                _timed(step, count)  # warm up
-            for round_ in range(repeats):
-                order = list(steps) if round_ % 2 == 0 else list(reversed(steps))
-                for role in order:
-                    us[role][mode].append(_timed(steps[role], count))
+                step = partial(_backward, call, large)
+            timings[role][mode] = timing.Timing(calls if mode == "fwd" else max(calls // 4, 1))
+            groups.append([timing.Timed(step, mode != "fwd", timings[role][mode])])
+            timing.seconds_per_call(step, timings[role][mode].iterations, grad=mode != "fwd")
+        timing.interleaved(groups, repeats)
     ops = {role: op_counts(call, args) for role, (call, args) in roles.items()}
     return OverheadResult(
         case,
-        {mode: statistics.median(v) for mode, v in us["module"].items()},
-        {mode: statistics.median(v) for mode, v in us["reference"].items()},
+        {mode: t.median * 1e3 for mode, t in timings["module"].items()},
+        {mode: t.median * 1e3 for mode, t in timings["reference"].items()},
         {k: sum(v.values()) for k, v in ops["module"].items()},
         {k: sum(v.values()) for k, v in ops["reference"].items()},
     )
@@ -256,12 +260,7 @@ def _backward(call: Callable[..., Any], args: tuple[Any, ...]) -> None:
     _loss(call(*args)).backward()
 
 
-def run(repeats: int) -> list[OverheadResult]:
-    """Measure every case of :data:`CASES`."""
-    return [measure(case, repeats) for case in CASES]
-
-
-HEADERS = (
+_HEADERS = (
     "case",
     "against",
     f"fwd b{SMALL_BATCH} us",
@@ -273,35 +272,94 @@ HEADERS = (
 )
 
 
-def rows(results: list[OverheadResult]) -> list[list[str]]:
-    """The section's table: one row per case."""
+def _ops(counts: dict[str, int]) -> str:
+    return f"{counts['fwd']} / {counts['forward'] + counts['backward']}"
 
-    def ops(counts: dict[str, int]) -> str:
-        return f"{counts['fwd']} / {counts['forward'] + counts['backward']}"
 
-    return [
-        [
-            r.case.description,
-            r.case.reference,
-            f"{r.module_us['fwd']:.1f}",
-            f"{r.ratio('fwd'):.2f}",
-            f"{r.module_us['fwd_bwd']:.1f}",
-            f"{r.ratio('fwd_bwd'):.2f}",
-            ops(r.module_ops),
-            ops(r.reference_ops),
+class OverheadSection:
+    """The :class:`~torchwire.bench.section.Section` of :data:`CASES`."""
+
+    name, key, kind = "overhead", "overhead", "per-call overhead"
+
+    def cases(self, config: BenchConfig) -> list[OverheadCase]:
+        return list(CASES)
+
+    def run(self, case: OverheadCase, config: BenchConfig) -> OverheadResult:
+        return measure(case, config.repeats)
+
+    def progress(self, result: OverheadResult) -> str:
+        fwd, fwd_bwd = (f"{result.ratio(mode):.2f}x" for mode in MODES)
+        against = result.case.reference
+        return (
+            f"overhead {result.case.name}: {fwd} (fwd), {fwd_bwd} (fwd+bwd) the time of {against}"
+        )
+
+    def environment(self, config: BenchConfig) -> dict[str, Any]:
+        return {}
+
+    def notes(self, results: Sequence[OverheadResult]) -> list[str]:
+        modes = "; ".join(f"{m}: {t}" for m, t in MODE_TEXT.items())
+        return [
+            "overhead: per call at tiny shapes, median us; x against: time / time of the torch"
+            f" code it replaces; {modes}; ATen ops counted by a TorchDispatchMode."
         ]
-        for r in results
-    ]
+
+    def tables(self, results: Sequence[OverheadResult], *, details: bool) -> list[Table]:
+        rows = [
+            [
+                r.case.description,
+                r.case.reference,
+                f"{r.module_us['fwd']:.1f}",
+                f"{r.ratio('fwd'):.2f}",
+                f"{r.module_us['fwd_bwd']:.1f}",
+                f"{r.ratio('fwd_bwd'):.2f}",
+                _ops(r.module_ops),
+                _ops(r.reference_ops),
+            ]
+            for r in results
+        ]
+        return [Table("overhead (per call at tiny shapes, median us)", _HEADERS, rows)]
+
+    def summary(self, results: Sequence[OverheadResult]) -> Summary:
+        """Per call, the time of the layers and of the containers over that of the torch code
+        they replace, and the cases that cost at least :data:`NOT_BEST` times as much."""
+        summary = Summary(
+            self.kind,
+            f"{len(results)} layers and containers, {IN_FEATURES} -> {OUT_FEATURES} features",
+        )
+        groups = {
+            "layers": (LAYERS, "nn.Linear(4, 6)", "for layers this small, use nn.Linear"),
+            "containers": (CONTAINERS, "a hand-written module", "write it by hand"),
+        }
+        for group, (members, against, instead) in groups.items():
+            found = [r for r in results if r.case in members]
+            if not found:
+                continue
+            fwd, fwd_bwd = ([r.ratio(mode) for r in found] for mode in MODES)
+            summary.lines.append(
+                f"{group}: {span(fwd)} the time of {against} (no-grad, batch {SMALL_BATCH}),"
+                f" {span(fwd_bwd)} (fwd+bwd, batch {LARGE_BATCH})"
+            )
+            worst = max(found, key=lambda r: max(r.ratio(mode) for mode in MODES))
+            ratio = max(worst.ratio(mode) for mode in MODES)
+            if ratio >= NOT_BEST:
+                summary.not_best.append(
+                    f"{self.kind}, {worst.case.description}: {times(ratio)} the time of"
+                    f" {against}: {instead}"
+                )
+        return summary
+
+    def to_dict(self, result: OverheadResult) -> dict[str, Any]:
+        return {
+            "case": result.case.name,
+            "description": result.case.description,
+            "reference": result.case.reference,
+            "us": result.module_us,
+            "reference_us": result.reference_us,
+            "ratio": {mode: result.ratio(mode) for mode in MODES},
+            "aten_ops": result.module_ops,
+            "reference_aten_ops": result.reference_ops,
+        }
 
 
-def to_dict(result: OverheadResult) -> dict[str, Any]:
-    return {
-        "case": result.case.name,
-        "description": result.case.description,
-        "reference": result.case.reference,
-        "us": result.module_us,
-        "reference_us": result.reference_us,
-        "ratio": {mode: result.ratio(mode) for mode in MODES},
-        "aten_ops": result.module_ops,
-        "reference_aten_ops": result.reference_ops,
-    }
+SECTION = OverheadSection()
