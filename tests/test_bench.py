@@ -70,7 +70,7 @@ def test_run_succeeds(run: dict[str, Any]) -> None:
     assert (env["device"], env["dtype"], env["threads"]) == ("cpu", "float32", 1)
     assert env["quick"] is True
     assert env["repeats"] == REPEATS
-    assert env["sections"] == ["overhead", "block", "sparse", "branches", "merge"]
+    assert env["sections"] == ["overhead", "block", "sparse", "branches", "merge", "hierarchy"]
     rows = run["json"]["overhead"]
     assert [row["case"] for row in rows] == [c.name for c in overhead.CASES]
     for row in rows:
@@ -130,7 +130,8 @@ def test_json_keys_match_the_recorded_results(run: dict[str, Any], path: Path) -
 
 
 def test_json_has_every_section_key(run: dict[str, Any]) -> None:
-    assert list(run["json"]) == ["environment", "overhead", "cases", "sparse", "branches", "merge"]
+    keys = ["environment", "overhead", "cases", "sparse", "branches", "merge", "hierarchy"]
+    assert list(run["json"]) == keys
 
 
 def test_merge_case_times_the_merged_layer_against_the_chain(run: dict[str, Any]) -> None:
@@ -412,7 +413,7 @@ def test_grids() -> None:
     cpu = torch.device("cpu")
     quick = bench.make_config(quick=True, device=cpu)
     assert bench.make_config(grid="quick", device=cpu) == quick
-    assert quick.sections == ("overhead", "block", "sparse", "branches", "merge")
+    assert quick.sections == ("overhead", "block", "sparse", "branches", "merge", "hierarchy")
     assert quick.problems == ("vae-conv-heads", "linear-heads")
     assert quick.batches == (64,)
     assert [layout.name for layout in quick.layouts] == ["2x2->2x3", "16x64", "256x8", "8x64+16x32"]

@@ -4,17 +4,20 @@ timed here: the numbers are chosen so that the summary's verdicts are known)."""
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import torch
 
+import torchwire as tw
 from torchwire import bench
-from torchwire.bench import overhead, suite
+from torchwire.bench import hierarchy, overhead, suite
 from torchwire.bench.methods import MODES, MethodResult
 from torchwire.bench.section import Summary, Table
 from torchwire.bench.timing import Timing
+from torchwire.hierarchy import hierarchy_wirings
 
 CPU = torch.device("cpu")
 
@@ -40,9 +43,14 @@ def _case(section: str, torchwire: float | dict[str, float], other: float, **kw:
     elif section == "branches":
         result, fields = bench.BranchCaseResult, {"problem": bench.BRANCH_PROBLEMS[0]}
         names, backends = list(bench.BRANCH_ALTERNATIVES), dict.fromkeys(MODES, "Conv2d")
-    else:
+    elif section == "merge":
         result, fields = bench.MergeCaseResult, {"problem": bench.MERGE_PROBLEMS[0]}
         names, backends = ["sequential"], dict.fromkeys(MODES, "Conv2d 7x7")
+    else:
+        base = tw.Wiring.from_mapping({"a": ["g"]})
+        problem = hierarchy.HierarchyProblem("toy", "one gene, one pathway", base, (("a", "b"),))
+        result, fields = hierarchy.HierarchyCaseResult, {"problem": problem}
+        names, backends = ["masked_dense"], dict.fromkeys(MODES, "2 SparseLinear")
     methods = {"torchwire": _method("torchwire", torchwire)}
     for name in backends.values():
         if section in ("block", "sparse"):
@@ -69,11 +77,11 @@ def _results(section: str, count: int = 2) -> list[Any]:
 
 def test_registry_names_every_section_once() -> None:
     assert tuple(bench.REGISTRY) == bench.SECTIONS
-    assert bench.SECTIONS == ("overhead", "block", "sparse", "branches", "merge")
+    assert bench.SECTIONS == ("overhead", "block", "sparse", "branches", "merge", "hierarchy")
     for name, section in bench.REGISTRY.items():
         assert section.name == name
     keys = [section.key for section in bench.REGISTRY.values()]
-    assert keys == ["overhead", "cases", "sparse", "branches", "merge"]
+    assert keys == ["overhead", "cases", "sparse", "branches", "merge", "hierarchy"]
     kinds = [section.kind for section in bench.REGISTRY.values()]
     assert len(set(kinds)) == len(kinds)
     empty = bench.to_dict(bench.BenchResult({"device": "cpu"}))
@@ -84,6 +92,7 @@ def test_registry_names_every_section_once() -> None:
 def test_every_section_has_cases_in_every_grid(grid: str) -> None:
     config = bench.make_config(grid=grid, device=CPU)
     counts = {name: len(s.cases(config)) for name, s in bench.REGISTRY.items()}
+    assert counts.pop("hierarchy") == (grid == "full")  # Reactome's scale: --full only
     assert all(counts.values()), counts
     assert counts["overhead"] == len(overhead.CASES)
     block = len(config.batches) * len(config.layouts)
@@ -214,7 +223,7 @@ def test_summary_of_a_full_grid_fits_one_screen() -> None:
     result = bench.BenchResult({"device": "cpu", "device_name": "CPU", "dtype": "float32"})
     result.environment["threads"] = 1
     result.results["overhead"] = [_overhead(case, 1.4) for case in overhead.CASES]
-    counts = {"block": 18, "sparse": 24, "branches": 8, "merge": 2}
+    counts = {"block": 18, "sparse": 24, "branches": 8, "merge": 2, "hierarchy": 1}
     for name, count in counts.items():
         result.results[name] = [
             _case(name, 1.0, 2.0 if i % 2 else 0.5, batch=i + 1) for i in range(count)
@@ -275,3 +284,24 @@ def test_a_registered_section_runs_and_reports(monkeypatch: pytest.MonkeyPatch) 
     assert "toy problems: nothing\n  2 values\n" in text
     assert "  toys: never\n" in text
     assert "## Toy table" in bench.format_markdown(result)
+
+
+def test_the_hierarchy_section_runs_in_the_full_grid_or_alone() -> None:
+    section = hierarchy.SECTION
+    assert section.cases(bench.make_config(grid="default")) == []
+    assert section.cases(bench.make_config(grid="quick")) == []
+    for config in (bench.make_config(grid="full"), bench.make_config(sections=["hierarchy"])):
+        ((problem, batch),) = section.cases(config)
+        assert (problem.name, batch) == ("reactome-like", 64)
+
+
+def test_the_generated_hierarchy_has_reactomes_shape() -> None:
+    base, pairs = hierarchy.reactome_like()
+    assert (base.in_features, base.out_features, len(pairs)) == (11_000, 2_200, 2_700)
+    assert len(set(pairs)) == len(pairs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every generated node is reached: nothing to report
+        wirings = hierarchy_wirings(base, pairs)
+    assert len(wirings) == 9
+    assert wirings[-1].out_features == 28
+    assert 50_000 < base.nnz < 100_000  # about 20 genes per lowest pathway, popular genes in many

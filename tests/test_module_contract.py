@@ -22,6 +22,7 @@ from torch.func import functional_call
 
 import torchwire as tw
 from tests import reference
+from torchwire.hierarchy import LevelHeads
 
 Inputs = tuple[Any, ...]  # the arguments of ``module(*inputs)``: tensors or tuples of tensors
 
@@ -524,6 +525,43 @@ CASES += [
     ),
 ]
 
+
+_GENES = tw.Wiring.from_mapping(
+    {"repair": ["BRCA1", "ATM"], "apoptosis": ["TP53", "BAX"], "cycle": ["TP53", "CDK1"]}
+)
+_PATHWAYS = [("repair", "cell fate"), ("apoptosis", "cell fate"), ("cycle", "root")]
+_PATHWAYS += [("cell fate", "root")]
+
+
+def _level_heads_oracle(m: Any, x: torch.Tensor) -> Any:
+    """Every level's SparseLinear as a dense masked matmul, tanh, then its head."""
+    outputs = []
+    for stage, head in zip(m.layers, m.heads, strict=True):
+        layer = stage[0]
+        w = layer.wiring
+        x = torch.tanh(reference.sparse_linear(x, layer.weight, w.edges(), w.shape, layer.bias))
+        outputs.append(reference.linear(x, head.weight, head.bias))
+    return tuple(outputs)
+
+
+CASES += [
+    Case(
+        "LevelHeads-hierarchy",
+        lambda **f: tw.hierarchy(_GENES, _PATHWAYS, heads=2, **f),
+        _features(5),
+        _level_heads_oracle,
+        "LevelHeads(\n  (layers): ModuleList(\n    (0): Sequential(\n      (0): SparseLinear(",
+        compile=True,
+        bad_inputs=[(lambda m: m(torch.randn(3, 4)), ValueError, r"expected input of shape")],
+        bad_construction=[
+            (
+                lambda: LevelHeads([nn.Linear(2, 2)], []),
+                ValueError,
+                r"one head per layer and at least one layer, got 1 layers and 0 heads",
+            )
+        ],
+    ),
+]
 
 IDS = [c.id for c in CASES]
 

@@ -4,6 +4,7 @@ from torchwire import backends, functional, prune
 from torchwire.containers import Concat, Map, Parallel, Split, Sum
 from torchwire.dynamic import DynamicSparsity
 from torchwire.fusion import FusedParallel, FuseReport, fuse, fuse_parallel, unfuse
+from torchwire.hierarchy import hierarchy
 from torchwire.layers import BlockLinear, MultiLinear, SparseLinear
 from torchwire.merging import merge
 from torchwire.prune import sparsify
@@ -30,6 +31,7 @@ __all__ = [
     "functional",
     "fuse",
     "fuse_parallel",
+    "hierarchy",
     "load",
     "merge",
     "prune",

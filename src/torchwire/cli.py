@@ -103,7 +103,7 @@ def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "bench",
         help="measure torchwire's layers against what users write today, on this device",
         description=(
-            "Five sections. overhead: one call of each torchwire layer and container at tiny "
+            "Six sections. overhead: one call of each torchwire layer and container at tiny "
             "shapes against the torch code it replaces. block: BlockLinear (auto and every "
             "backend forced by name) against a loop of nn.Linear, a pruned (masked) dense "
             "nn.Linear and a grouped Conv1d, as ratios to one dense GEMM with the same "
@@ -112,7 +112,10 @@ def _add_bench(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "nn.Linear and torch.sparse.mm. branches: same-input heads fused by fuse_parallel "
             "against the heads one after another ('branches', the reference) and one wide layer "
             "split by hand. merge: layers in a row merged into one by torchwire.merge, against "
-            "the chain as written ('sequential'). The default grid runs a representative case "
+            "the chain as written ('sequential'). hierarchy (only with --full, or alone): a "
+            "gene -> pathway network at Reactome's scale built by torchwire.hierarchy against "
+            "the same layers dense with masks ('masked_dense'), as BINN builds them. "
+            "The default grid runs a representative case "
             "or two of each section (about 35 s on a 2-core CPU); --quick a smaller one, "
             f"--full every case ({FULL_DURATION}). Progress goes to stderr; the tables and a "
             "one-screen summary (torchwire against the fastest alternative, and where it is "

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import numbers
 import operator
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, SupportsIndex
 
 import torch
 from torch import Tensor
 
+from torchwire import _files
 from torchwire._checks import check_size, renamed
 
 __all__ = ["Wiring"]
@@ -593,6 +595,138 @@ class Wiring:
         )
         flat = (rows * len(in_names) + cols).sort().values
         return cls._from_flat(flat, len(in_names), len(out_names), in_names, out_names)
+
+    @classmethod
+    def from_gmt(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        input_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        unknown: str = "error",
+    ) -> Wiring:
+        """Gene sets from a GMT file: each set is an output, its members feed it.
+
+        The GMT format has one set per line: its name, a description, then its members,
+        tab-separated (MSigDB, Reactome and Enrichr ship gene sets this way). A path ending
+        in ``.gz`` is read through gzip. Blank lines and empty fields are skipped, and a
+        member listed twice in a set counts once.
+
+        Args:
+            path: the file.
+            input_names: all input names, in order (say, the genes your data measures).
+                Default: the members in order of first appearance.
+            output_names: all output names, in order. Default: the sets in file order.
+            unknown: what to do with members not in ``input_names`` and sets not in
+                ``output_names``: ``"error"`` (default) or ``"drop"`` them.
+
+        Raises:
+            ValueError: for a bad file, naming the line: an empty file, a line with too few
+                fields, a set without members, a set name defined twice.
+
+        Examples::
+
+            >>> import tempfile, os
+            >>> path = os.path.join(tempfile.mkdtemp(), "sets.gmt")
+            >>> with open(path, "w") as f:
+            ...     _ = f.write("apoptosis\\tsome genes\\tTP53\\tBAX\\n")
+            ...     _ = f.write("cell cycle\\t\\tTP53\\tCDK1\\n")
+            >>> w = Wiring.from_gmt(path)
+            >>> w.input_names, w.output_names
+            (('TP53', 'BAX', 'CDK1'), ('apoptosis', 'cell cycle'))
+            >>> Wiring.from_gmt(path, input_names=["CDK1", "TP53"], unknown="drop").nnz
+            3
+        """
+        sets = _files.read_gmt(path)
+        pairs = [(member, name) for name, members in sets.items() for member in members]
+        return cls._from_named_pairs(
+            pairs, input_names, output_names, unknown, f"{os.fspath(path)}", list(sets)
+        )
+
+    @classmethod
+    def from_table(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        sep: str = "\t",
+        columns: tuple[int, int] = (0, 1),
+        header: bool = False,
+        input_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        unknown: str = "error",
+    ) -> Wiring:
+        """Connections from a table with one ``input, output`` pair of names per row.
+
+        A TSV or CSV file (``sep=","``); a path ending in ``.gz`` is read through gzip.
+        Blank lines are skipped, and a pair listed twice counts once.
+
+        Args:
+            path: the file.
+            sep: the column separator.
+            columns: the column of the input names, then the column of the output names.
+            header: skip the first line.
+            input_names: all input names, in order. Default: in order of first appearance.
+            output_names: all output names, in order. Default: in order of first appearance.
+            unknown: what to do with names not in ``input_names`` or ``output_names``:
+                ``"error"`` (default) or ``"drop"`` their rows.
+
+        Raises:
+            ValueError: for a bad file, naming the line: an empty file, a row with too few
+                columns or an empty name.
+
+        Examples::
+
+            >>> import tempfile, os
+            >>> path = os.path.join(tempfile.mkdtemp(), "edges.csv")
+            >>> with open(path, "w") as f:
+            ...     _ = f.write("gene,pathway\\nTP53,apoptosis\\nCDK1,cell cycle\\n")
+            >>> w = Wiring.from_table(path, sep=",", header=True)
+            >>> w.input_names, w.output_names, w.nnz
+            (('TP53', 'CDK1'), ('apoptosis', 'cell cycle'), 2)
+        """
+        pairs = _files.read_table(path, sep=sep, columns=columns, header=header)
+        outputs = list(dict.fromkeys(output for _, output in pairs))
+        return cls._from_named_pairs(
+            pairs, input_names, output_names, unknown, f"{os.fspath(path)}", outputs
+        )
+
+    @classmethod
+    def _from_named_pairs(
+        cls,
+        pairs: list[tuple[str, str]],
+        input_names: Sequence[str] | None,
+        output_names: Sequence[str] | None,
+        unknown: str,
+        source: str,
+        outputs: list[str],
+    ) -> Wiring:
+        """A wiring of ``(input, output)`` name pairs read from ``source``, whose outputs
+        in file order are ``outputs``."""
+        if unknown not in ("error", "drop"):
+            raise ValueError(f"unknown must be 'error' or 'drop', got {unknown!r}")
+        ins = None if input_names is None else _name_tuple(input_names, "input_names")
+        outs = None if output_names is None else _name_tuple(output_names, "output_names")
+        for names, position, kind, arg in (
+            (ins, 0, "input", "input_names"),
+            (outs, 1, "output", "output_names"),
+        ):
+            if names is None:
+                continue
+            known = set(names)
+            missing = list(dict.fromkeys(p[position] for p in pairs if p[position] not in known))
+            if missing and unknown == "error":
+                more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                raise ValueError(
+                    f"{source} names {kind}s {missing[:5]}{more} that are not in {arg}; pass "
+                    f"unknown='drop' to leave them out, or add them to {arg}"
+                )
+            pairs = [p for p in pairs if p[position] in known]
+        mapping: dict[str, list[str]] = {name: [] for name in (outputs if outs is None else outs)}
+        for input_name, output_name in pairs:
+            mapping.setdefault(output_name, []).append(input_name)
+        if ins is None:
+            ins = tuple(dict.fromkeys(input_name for input_name, _ in pairs))
+        return cls.from_mapping(mapping, ins, tuple(mapping))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Wiring:

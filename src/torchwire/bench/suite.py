@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import torch
 
 import torchwire
-from torchwire.bench import block, branches, merge, overhead, sparse
+from torchwire.bench import block, branches, hierarchy, merge, overhead, sparse
 from torchwire.bench.config import BATCHES, GRIDS, REPEATS, BenchConfig, default_device
 from torchwire.bench.memory import PEAK_BYTES_MEANING
 from torchwire.bench.section import Section
@@ -33,6 +33,7 @@ REGISTRY: dict[str, Section[Any, Any]] = {
         sparse.SECTION,
         branches.SECTION,
         merge.SECTION,
+        hierarchy.SECTION,
     )
 }
 """Every section, by name, in the order a run runs them: one line registers a section."""
