@@ -220,3 +220,19 @@ def test_plot_results_groups_files_by_device_and_dtype() -> None:
     }
     assert len(runs["cpu-amd-epyc-float32"]) == len(AMD)
     assert {r["environment"]["dtype"] for r in runs["cuda-h100-bfloat16"]} == {"bfloat16"}
+
+
+def test_a_hierarchy_run_gets_its_speedup_and_memory_panels() -> None:
+    pytest.importorskip("matplotlib")
+    methods = {
+        name: {
+            mode: {"median_ms": ms, "x_masked_dense": 1.0}
+            for mode, ms in (("fwd", base), ("fwd_bwd", 2 * base))
+        }
+        | {"param_bytes": size, "peak_bytes": 2 * size}
+        for name, base, size in (("torchwire", 1.0, 1_000), ("masked_dense", 30.0, 200_000))
+    }
+    row = {"problem": "reactome-like", "batch": 64, "reference": "masked_dense", "methods": methods}
+    titles = [panel.title for line in _rows([{"hierarchy": [row]}]) for panel in line]
+    assert titles[0] == "hierarchy: speedup of torchwire's hierarchy over each alternative"
+    assert titles[1].startswith("hierarchy memory")
