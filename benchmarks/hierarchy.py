@@ -44,8 +44,8 @@ def _builds() -> dict[str, nn.Module]:
     return {"torchwire": sparse, "masked_dense": problem.masked_dense()}
 
 
-def _steps(model: nn.Module) -> dict[str, Callable[[], object]]:
-    x = torch.randn(BATCH, 11_000)
+def _steps(model: nn.Module, genes: int) -> dict[str, Callable[[], object]]:
+    x = torch.randn(BATCH, genes)
     x_grad = x.clone().requires_grad_()
     params = list(model.parameters())
     with torch.no_grad():
@@ -70,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     builds = _builds()
-    steps = {name: _steps(model) for name, model in builds.items()}
+    genes = _problem().base.in_features
+    steps = {name: _steps(model, genes) for name, model in builds.items()}
     for by_mode in steps.values():  # warm up (Adam's state, the layers' caches)
         for step in by_mode.values():
             step()

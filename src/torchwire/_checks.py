@@ -40,11 +40,13 @@ def renamed(
     default: Any,
     *,
     also: tuple[str, ...] = (),
+    stacklevel: int = 3,
 ) -> Any:
     """``value`` of keyword ``new``, or that of its deprecated spelling ``old`` in
     ``deprecated`` (the call's other keywords) with a DeprecationWarning naming ``new``.
     Keywords other than ``old`` and those in ``also`` (renamed by other calls) are refused
-    as unexpected."""
+    as unexpected. ``stacklevel`` points the warning at the user's call (3: the caller of
+    the function calling this)."""
     for name in deprecated:
         if name != old and name not in also:
             raise TypeError(f"{where}() got an unexpected keyword argument {name!r}")
@@ -53,6 +55,8 @@ def renamed(
     if value is not default and value != default:
         raise TypeError(f"{where}() got both {new}= and its deprecated spelling {old}=")
     warnings.warn(
-        f"{where}({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3
+        f"{where}({old}=...) is deprecated; use {new}=...",
+        DeprecationWarning,
+        stacklevel=stacklevel,
     )
     return deprecated[old]

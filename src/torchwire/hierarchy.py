@@ -154,17 +154,17 @@ def hierarchy(
         raise TypeError(f"activation must be a module factory such as nn.Tanh, got {activation!r}")
     wirings = hierarchy_wirings(base, relations, levels=levels, order=order, sep=sep)
     factory: dict[str, Any] = {"device": device, "dtype": dtype}
-    stages: list[nn.Module] = []
-    for wiring in wirings:
-        layer = SparseLinear(wiring, bias=bias, **factory)
-        stages.append(layer if activation is None else nn.Sequential(layer, activation()))
+    stages = [
+        [
+            SparseLinear(wiring, bias=bias, **factory),
+            *([] if activation is None else [activation()]),
+        ]
+        for wiring in wirings
+    ]
     if heads is None:
-        flat: list[nn.Module] = []
-        for stage in stages:
-            flat.extend(stage if isinstance(stage, nn.Sequential) else [stage])
-        return nn.Sequential(*flat)
+        return nn.Sequential(*(m for stage in stages for m in stage))
     outs = [nn.Linear(w.out_features, heads, **factory) for w in wirings]
-    return LevelHeads(stages, outs)
+    return LevelHeads([s[0] if len(s) == 1 else nn.Sequential(*s) for s in stages], outs)
 
 
 def hierarchy_wirings(

@@ -516,23 +516,8 @@ class Wiring:
             tensor([[ True,  True],
                     [False,  True]])
         """
-        input_names = renamed(
-            "Wiring.from_mapping",
-            deprecated,
-            "inputs",
-            "input_names",
-            input_names,
-            None,
-            also=("outputs",),
-        )
-        output_names = renamed(
-            "Wiring.from_mapping",
-            deprecated,
-            "outputs",
-            "output_names",
-            output_names,
-            None,
-            also=("inputs",),
+        input_names, output_names = _renamed_names(
+            "Wiring.from_mapping", deprecated, input_names, output_names
         )
         if not isinstance(mapping, Mapping):
             raise TypeError(
@@ -640,7 +625,7 @@ class Wiring:
         sets = _files.read_gmt(path)
         pairs = [(member, name) for name, members in sets.items() for member in members]
         return cls._from_named_pairs(
-            pairs, input_names, output_names, unknown, f"{os.fspath(path)}", list(sets)
+            pairs, input_names, output_names, unknown, os.fspath(path), list(sets)
         )
 
     @classmethod
@@ -687,7 +672,7 @@ class Wiring:
         pairs = _files.read_table(path, sep=sep, columns=columns, header=header)
         outputs = list(dict.fromkeys(output for _, output in pairs))
         return cls._from_named_pairs(
-            pairs, input_names, output_names, unknown, f"{os.fspath(path)}", outputs
+            pairs, input_names, output_names, unknown, os.fspath(path), outputs
         )
 
     @classmethod
@@ -933,23 +918,8 @@ class Wiring:
             >>> w.input_names, w.output_names
             (('a', 'b', 'c'), None)
         """
-        input_names = renamed(
-            "Wiring.with_names",
-            deprecated,
-            "inputs",
-            "input_names",
-            input_names,
-            None,
-            also=("outputs",),
-        )
-        output_names = renamed(
-            "Wiring.with_names",
-            deprecated,
-            "outputs",
-            "output_names",
-            output_names,
-            None,
-            also=("inputs",),
+        input_names, output_names = _renamed_names(
+            "Wiring.with_names", deprecated, input_names, output_names
         )
         copy = type(self).__new__(type(self))
         copy._init(
@@ -1339,6 +1309,35 @@ def _as_index_tensor(value: object, name: str) -> Tensor:
             "convert with .long() after checking the values are whole numbers"
         )
     return t.to(device="cpu", dtype=torch.int64, copy=True)
+
+
+def _renamed_names(
+    where: str, deprecated: dict[str, Any], input_names: Any, output_names: Any
+) -> tuple[Any, Any]:
+    """``input_names`` and ``output_names``, or their deprecated spellings ``inputs=`` and
+    ``outputs=`` (warned about at the caller of ``where``)."""
+    return (
+        renamed(
+            where,
+            deprecated,
+            "inputs",
+            "input_names",
+            input_names,
+            None,
+            also=("outputs",),
+            stacklevel=4,
+        ),
+        renamed(
+            where,
+            deprecated,
+            "outputs",
+            "output_names",
+            output_names,
+            None,
+            also=("inputs",),
+            stacklevel=4,
+        ),
+    )
 
 
 def _name_tuple(names: object, arg: str) -> tuple[str, ...]:

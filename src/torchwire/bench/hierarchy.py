@@ -73,13 +73,14 @@ def reactome_like(
             parents[name] = [above[k % len(above)] if k < len(above) else rng.choice(above)]
             depth_of[name] = d
     lowest = [f"L{k}" for k in range(leaves)]
+    with_children = {ps[0] for ps in parents.values()}
     childless = [
-        n for names in internal for n in names if n not in {p[0] for p in parents.values()}
+        (d, n) for d, names in enumerate(internal) for n in names if n not in with_children
     ]
     for k, name in enumerate(lowest):
         if k < len(childless):  # the internal nodes nothing hangs under yet
-            parent = childless[k]
-            depth = int(parent.split(".")[0][1:]) + 1
+            parent_depth, parent = childless[k]
+            depth = parent_depth + 1
         else:
             depth = rng.choices(range(1, 9), _LEAF_DEPTHS)[0]
             parent = rng.choice(internal[depth - 1])
