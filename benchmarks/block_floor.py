@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import torchwire
-from torchwire.bench import _device_name
+from torchwire.bench import device_name
 
 CASES = [(4, 256), (16, 64), (64, 32), (8, 512), (256, 8)]  # (groups, block width)
 BATCHES = [64, 1024]
@@ -170,7 +170,7 @@ def main() -> None:
             print(f"{groups}x{size}, batch {rows} ...", flush=True)
             results[groups, size, rows] = measure(groups, size, rows, args.rounds)
     header = (
-        f"# Block-diagonal floor: torch {torch.__version__}, {_device_name(torch.device('cpu'))}, "
+        f"# Block-diagonal floor: torch {torch.__version__}, {device_name(torch.device('cpu'))}, "
         f"float32, {args.threads} thread(s), {args.rounds} interleaved rounds\n\n"
         "Forward+backward time as a multiple of `limit`. Each kernels column adds the medians "
         "of the four kernels no block-diagonal layer can avoid (forward, grad-input, "

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import torchwire as tw
-from torchwire.bench import _device_name
+from torchwire.bench import device_name
 
 BATCH = 64
 CASES: dict[str, Callable[[], nn.Module]] = {
@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     lines = [
-        f"# Compiled / eager: torch {torch.__version__}, {_device_name(torch.device('cpu'))}, "
+        f"# Compiled / eager: torch {torch.__version__}, {device_name(torch.device('cpu'))}, "
         f"float32, 1 thread, batch {BATCH}, {args.rounds} interleaved rounds of {args.calls} calls",
         "",
         "`torch.compile(layer, fullgraph=True)` time over the eager layer's (below 1: compiling "

@@ -28,15 +28,15 @@ import torch
 from torch import nn
 
 import torchwire as tw
-from torchwire.bench import _device_name
-from torchwire.bench.hierarchy import _problem
+from torchwire.bench import device_name
+from torchwire.bench.hierarchy import reactome_problem
 from torchwire.bench.memory import state_bytes
 
 BATCH = 64
 
 
 def _builds() -> dict[str, nn.Module]:
-    problem = _problem()
+    problem = reactome_problem()
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every generated node is reached
@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     builds = _builds()
-    genes = _problem().base.in_features
+    genes = reactome_problem().base.in_features
     steps = {name: _steps(model, genes) for name, model in builds.items()}
     for by_mode in steps.values():  # warm up (Adam's state, the layers' caches)
         for step in by_mode.values():
@@ -85,11 +85,11 @@ def main() -> None:
                 step()
                 times.setdefault((name, mode), []).append(time.perf_counter() - start)
     median = {key: statistics.median(values) * 1e3 for key, values in times.items()}
-    problem = _problem()
+    problem = reactome_problem()
     lines = [
         "# A pathway hierarchy at Reactome's scale: torchwire against BINN's build",
         "",
-        f"{_device_name(torch.device('cpu'))}, torch {torch.__version__}, float32, 1 thread, "
+        f"{device_name(torch.device('cpu'))}, torch {torch.__version__}, float32, 1 thread, "
         f"batch {BATCH}, {args.rounds} interleaved rounds (medians). "
         "Written by `python benchmarks/hierarchy.py`.",
         "",

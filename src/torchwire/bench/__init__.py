@@ -48,8 +48,7 @@ from torchwire.bench.methods import MODES, MethodResult
 from torchwire.bench.report import format_markdown, format_text, summary_lines, to_dict
 from torchwire.bench.section import Section, Summary, Table
 from torchwire.bench.sparse import DENSITIES, FEATURES, SPARSE_ALTERNATIVES, SparseCaseResult
-from torchwire.bench.suite import REGISTRY, SECTIONS, BenchResult, make_config, run
-from torchwire.bench.suite import _device_name as _device_name
+from torchwire.bench.suite import REGISTRY, SECTIONS, BenchResult, device_name, make_config, run
 from torchwire.bench.timing import Timing
 
 __all__ = [
@@ -85,6 +84,7 @@ __all__ = [
     "Table",
     "Timing",
     "default_device",
+    "device_name",
     "format_markdown",
     "format_text",
     "make_config",

@@ -33,7 +33,13 @@ from torchwire.bench.problems import ProblemCaseResult, ProblemSection
 from torchwire.hierarchy import hierarchy_wirings
 from torchwire.wiring import Wiring
 
-__all__ = ["SECTION", "HierarchyCaseResult", "HierarchyProblem", "reactome_like"]
+__all__ = [
+    "SECTION",
+    "HierarchyCaseResult",
+    "HierarchyProblem",
+    "reactome_like",
+    "reactome_problem",
+]
 
 # Internal pathways per depth (depth 0: the roots), and the share of lowest pathways (the
 # leaves, which the genes are annotated to) at each depth 1-8: Reactome's shape.
@@ -140,7 +146,8 @@ DESCRIPTION = (
 
 
 @functools.cache
-def _problem() -> HierarchyProblem:
+def reactome_problem() -> HierarchyProblem:
+    """The section's problem: :func:`reactome_like`'s hierarchy (built once)."""
     base, pairs = reactome_like()
     return HierarchyProblem(NAME, DESCRIPTION, base, tuple(pairs))
 
@@ -171,7 +178,7 @@ class HierarchySection(ProblemSection[HierarchyProblem, HierarchyCaseResult]):
 
     @property
     def problems(self) -> Sequence[HierarchyProblem]:  # type: ignore[override]
-        return [_problem()]
+        return [reactome_problem()]
 
     def cases(self, config: BenchConfig) -> list[tuple[HierarchyProblem, int]]:
         """At batch 64, in the full grid or when the section runs alone."""

@@ -23,7 +23,7 @@ from torchwire.bench.config import BATCHES, GRIDS, REPEATS, BenchConfig, default
 from torchwire.bench.memory import PEAK_BYTES_MEANING
 from torchwire.bench.section import Section
 
-__all__ = ["REGISTRY", "SECTIONS", "BenchResult", "make_config", "run"]
+__all__ = ["REGISTRY", "SECTIONS", "BenchResult", "device_name", "make_config", "run"]
 
 REGISTRY: dict[str, Section[Any, Any]] = {
     section.name: section
@@ -109,7 +109,8 @@ def make_config(
     )
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The device's model name (the GPU's, or the CPU's from /proc/cpuinfo), as runs record it."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -129,7 +130,7 @@ def _environment(config: BenchConfig) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(config.device),
-        "device_name": _device_name(config.device),
+        "device_name": device_name(config.device),
         "dtype": str(config.dtype).removeprefix("torch."),
         "threads": config.threads,
         "quick": config.quick,
