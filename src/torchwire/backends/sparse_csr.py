@@ -181,16 +181,9 @@ class _CsrLinear(torch.autograd.Function):
         ctx.save_for_backward(x, values, *index)  # the input itself, for double backward
         ctx.transpose = False
         ctx.columns = None
-        if x.dtype not in _NATIVE:  # computed in float32, rounded once
-            indptr, indices, t_indptr, t_indices, perm = index
-            y = _linear(x, values, indptr, indices, t_indptr, t_indices, perm, False)
-            return y if bias is None else y + bias
-        if not x.t().is_contiguous():
+        if x.dtype in _NATIVE and not x.t().is_contiguous():
             ctx.columns = x = x.t().contiguous().t()  # an intermediate: kept on ctx
-        matrix = _csr(index[0], index[1], values, (index[0].shape[0] - 1, x.shape[1]))
-        if bias is None:
-            return torch.mm(matrix, x.t()).t()
-        return torch.addmm(bias.unsqueeze(1), matrix, x.t()).t()
+        return _addmm(x, values, index[0], index[1], index[2].shape[0] - 1, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -210,9 +203,10 @@ def _addmm(
     in_features: int,
     bias: Tensor | None,
 ) -> Tensor:
-    """``x @ A^T + bias`` with no graph to record: one sparse kernel with the bias fused,
-    the sparse matrix-vector kernel for one row (about 2x faster). Returns a ``(M, out)``
-    tensor stored column-major, as :func:`_linear` does."""
+    """``x @ A^T + bias`` in one sparse kernel with the bias fused, the sparse matrix-vector
+    kernel for one row (about 2x faster); nothing is recorded for autograd (the no-grad
+    path, and the forward of :class:`_CsrLinear`). Returns a ``(M, out)`` tensor stored
+    column-major, as :func:`_linear` does."""
     if x.dtype not in _NATIVE:  # computed in float32, rounded once (no casts on the fast path)
         b = None if bias is None else bias.float()
         y = _addmm(x.float(), values.float(), indptr, indices, in_features, b)
