@@ -708,7 +708,7 @@ class Wiring:
             pairs = [p for p in pairs if p[position] in known]
         mapping: dict[str, list[str]] = {name: [] for name in (outputs if outs is None else outs)}
         for input_name, output_name in pairs:
-            mapping.setdefault(output_name, []).append(input_name)
+            mapping[output_name].append(input_name)  # every output is a key already
         if ins is None:
             ins = tuple(dict.fromkeys(input_name for input_name, _ in pairs))
         return cls.from_mapping(mapping, ins, tuple(mapping))
