@@ -489,3 +489,20 @@ def test_peak_bytes_of_linear_training_step() -> None:
     # weight and bias, plus two scalars (the sum and its gradient).
     expected = 4 * (8 * 32 + 16 * 32 + 16) + 2 * 4
     assert bench.peak_bytes(step, torch.device("cpu")) == expected
+
+
+def test_a_timed_training_step_stores_every_gradient_as_training_does() -> None:
+    # Timed through AccumulateGrad (as after optimizer.zero_grad()), not torch.autograd.grad,
+    # which skips it: a gradient that arrives in another layout than its parameter's pays a
+    # strided copy there, and a bench that skips it cannot see that cost.
+    from torchwire.bench.methods import _steps
+
+    layer = torchwire.BlockLinear(8, 8, 2)
+    x = torch.randn(4, 8)
+    x_grad = x.clone().requires_grad_()
+    for t in (x_grad, *layer.parameters()):
+        t.grad = torch.full_like(t, float("nan"))  # left over from an earlier step
+    _steps(layer, x, x_grad)["fwd_bwd"]()
+    for t in (x_grad, *layer.parameters()):
+        assert t.grad is not None and t.grad.shape == t.shape
+        assert not t.grad.isnan().any()  # set afresh, not added to the earlier step's

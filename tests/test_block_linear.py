@@ -298,6 +298,32 @@ def test_auto_picks_a_batched_kernel_for_many_groups_and_dense_for_tiny() -> Non
     assert tw.BlockLinear([2, 2], [3, 3]).resolve_backend(torch.randn(64, 4)) == "dense"
 
 
+def test_cpu_cost_model_weighs_every_count_of_a_layout() -> None:
+    # Deterministic counts the fitted weights multiply (benchmarks/block_costs.py fits them).
+    from torchwire.backends import BlockProblem, block_bmm, block_dense, block_layout
+
+    layout = block_layout((4, 4, 2), (3, 3, 5), plan="runs")  # runs (2, 4, 3), (1, 2, 5)
+    problem = BlockProblem(layout, 6, torch.float32, "cpu", True)
+    counts = dict(zip(block_bmm.FEATURES, block_bmm.cost_features(problem, layout, "autograd")))
+    assert counts == {
+        "call": 1,
+        "calls": 2,
+        "macs": 6 * (2 * 4 * 3 + 2 * 5),
+        "blocks": 3,
+        "copied": 6 * (2 * 7 + 7) + 6 * 11,  # autograd joins its two calls' outputs
+        "copied_far": 0,
+        "short_rows": 6 * 2 * 7 / 3 + 6 * 7 / 2,
+        "weight": 2 * 12 + 10,
+    }
+    dense = dict(zip(block_dense.FEATURES, block_dense.cost_features(problem)))
+    assert dense == {"call": 1, "macs": 6 * 10 * 11, "dense": 10 * 11, "weight": 34}
+    for table, features in [
+        *((by_mode, block_bmm.FEATURES) for by_mode in block_bmm._CPU.values()),
+        (block_dense._CPU, block_dense.FEATURES),
+    ]:
+        assert all(len(table[training]) == len(features) for training in (False, True))
+
+
 def test_outputs_with_no_grad_and_inference_mode() -> None:
     m = tw.BlockLinear([3, 1], [2, 2])
     x = torch.randn(4, 4)
@@ -496,7 +522,7 @@ def recording_block_backends() -> Iterator[list[str]]:
 
 
 def _small_blocks() -> tw.BlockLinear:
-    """64 groups of 4 -> 4: at a batch of 256, "auto" picks a hand-written mode in eager."""
+    """64 groups of 4 -> 4: at a batch of 1024, "auto" picks a hand-written mode in eager."""
     return tw.BlockLinear(256, 256, groups=64, dtype=torch.float64)
 
 
@@ -504,7 +530,7 @@ def _small_blocks() -> tw.BlockLinear:
 def test_resolve_backend_inside_torch_compile_reports_the_backend_that_runs(grad: bool) -> None:
     torch._dynamo.reset()
     m = _small_blocks()
-    x = torch.randn(256, 256, dtype=torch.float64, requires_grad=grad)
+    x = torch.randn(1024, 256, dtype=torch.float64, requires_grad=grad)
     eager = m.resolve_backend(x)
     assert eager in HAND_WRITTEN  # the point: eager's choice cannot be traced
     reported: list[str] = []
@@ -524,7 +550,7 @@ def test_resolve_backend_inside_torch_compile_reports_the_backend_that_runs(grad
 
 def test_resolve_backend_under_torch_func_reports_the_backend_that_runs() -> None:
     m = _small_blocks()
-    x = torch.randn(256, 256, dtype=torch.float64)
+    x = torch.randn(1024, 256, dtype=torch.float64)
     assert m.resolve_backend(x.requires_grad_()) in HAND_WRITTEN
     params = {name: p.detach() for name, p in m.named_parameters()}
     reported: list[str] = []
@@ -541,14 +567,14 @@ def test_resolve_backend_under_torch_func_reports_the_backend_that_runs() -> Non
 
     with recording_block_backends() as ran:
         grads = torch.func.grad(loss)(params, x)
-        batched = torch.func.vmap(per_sample)(x.detach().view(4, 64, 256))
+        batched = torch.func.vmap(per_sample)(x.detach().view(4, 256, 256))
     assert reported == ran
     assert len(ran) == 2
     assert set(ran) <= {"dense", "bmm_autograd"}
     expected = torch.autograd.grad(loss(dict(m.named_parameters()), x), list(m.parameters()))
     for name, want in zip(params, expected, strict=True):
         torch.testing.assert_close(grads[name], want)
-    torch.testing.assert_close(batched.view(256, 256), m(x).detach())
+    torch.testing.assert_close(batched.view(1024, 256), m(x).detach())
 
 
 @pytest.mark.parametrize("backend", HAND_WRITTEN)

@@ -460,9 +460,12 @@ def test_from_block_and_from_sparse_convert_exactly(
     sparse = tw.SparseLinear.from_block(block)
     assert sparse.wiring == block.wiring
     x = torch.randn(5, block.in_features, dtype=F64)
-    assert sparse.resolve_backend(x) == "block"
+    # The block kernel runs it (auto may find the dense one cheaper at this size).
+    blocked = tw.SparseLinear.from_block(block, backend="block")
+    assert blocked.resolve_backend(x) == "block"
     torch.testing.assert_close(sparse.to_dense().weight, block.to_dense().weight, rtol=0, atol=0)
     torch.testing.assert_close(sparse(x), block(x))
+    torch.testing.assert_close(blocked(x), block(x))
     back = tw.BlockLinear.from_sparse(sparse)
     assert (back.in_sizes, back.out_sizes) == (block.in_sizes, block.out_sizes)
     assert not back.shared  # a shared block was copied into every group

@@ -400,25 +400,68 @@ def _backend(name: str, mode: str) -> Backend:
 
 
 # Cost model, in units of one multiply-add of a large GEMM (block_dense uses the same units).
-# CPU: a block's multiply-adds cost more the smaller its narrowest side (short BLAS loops;
-# least in the transposed layout, where each block is a GEMM as wide as the batch); strided
-# calls pay per block and, reading rows of only a block's width, per activation element of
-# narrow blocks (autograd's calls only read strided: half that); packing and transposing
-# pay for each activation element they copy (5 copies in forward+backward, autograd 2),
-# more once the activations leave the cache (autograd, copying whole tensors rather than
-# chunks, twice more), and packing more for narrow blocks (short rows). CUDA: launch-bound
-# at the sizes people use, so the model counts launches (autograd's untested there: counted
-# like packing's, so the H100-fitted choice stands). Fitted to `torchwire bench` runs of
-# every backend on a 2-core AVX-512 CPU (MKL) and an H100 (benchmarks/results/).
-_SMALL = {STRIDED: 32.0, PACKED: 16.0, TRANSPOSED: 1.0, AUTOGRAD: 16.0}
-_SHORT_ROWS = 16.0  # a block width at which short-row access costs as much as a copy
-_PER_BLOCK = {STRIDED: 2_000.0, PACKED: 0.0, TRANSPOSED: 0.0, AUTOGRAD: 0.0}
-_COPIES = {STRIDED: (0, 0), PACKED: (2, 5), TRANSPOSED: (2, 5), AUTOGRAD: (1, 2)}  # fwd, +bwd
-# Python per layer call beyond autograd's (hand-written backward, chunk loops), fwd / +bwd:
-# measured on the 2x2->2x3 layer, where nothing else counts.
-_PYTHON = {STRIDED: (6e5, 1.5e6), PACKED: (6e5, 3e6), TRANSPOSED: (6e5, 2e6), AUTOGRAD: (0.0, 0.0)}
-_PER_CALL = 20_000.0
-_COPY_IN_CACHE, _COPY_OUT_OF_CACHE, _CACHE_BYTES = 5.0, 20.0, 2**20
+# CUDA: launch-bound at the sizes people use, so the model counts launches (autograd's
+# untested there: counted like packing's, so the H100-fitted choice stands); fitted to
+# `torchwire bench` runs on an H100 (benchmarks/results/). CPU: each mode's cost is a
+# weighted sum of the counts `cost_features` gives, one set of weights per mode for
+# inference and for training, fitted by `benchmarks/block_costs.py` (non-negative least
+# squares on relative error) to interleaved timings of every mode on a 2-core AVX-512 CPU
+# (MKL), training timed through AccumulateGrad as a training step runs it.
+MODES = {"bmm": STRIDED, "bmm_packed": PACKED, "bmm_t": TRANSPOSED, "bmm_autograd": AUTOGRAD}
+FEATURES = (
+    "call",  # 1 per layer call: Python and dispatch
+    "calls",  # batched calls (runs, or positions of the pattern)
+    "macs",  # multiply-adds
+    "blocks",  # blocks: per-block GEMM setup of strided calls
+    "copied",  # activation elements, while the activations fit in cache
+    "copied_far",  # activation elements, once they do not
+    "short_rows",  # activation elements / the block's narrowest side: short rows
+    "weight",  # weight elements: gradient copies into the parameter's layout
+)
+_CPU: dict[str, dict[bool, tuple[float, ...]]] = {  # mode: {training: weights of FEATURES}
+    STRIDED: {
+        False: (0, 4e6, 1.04, 52700, 82.6, 67.8, 133, 44.1),
+        True: (4.38e6, 6.95e6, 3.02, 1.39e5, 126, 150, 623, 96.6),
+    },
+    PACKED: {
+        False: (1.2e6, 2.97e6, 1.39, 29000, 64.8, 67.3, 268, 34.3),
+        True: (3.56e6, 7.38e6, 3.73, 83000, 128, 152, 877, 123),
+    },
+    TRANSPOSED: {
+        False: (1.19e6, 2.56e6, 1.16, 18400, 136, 198, 56.2, 56.7),
+        True: (3.43e6, 8.17e6, 3.43, 77700, 337, 458, 21.9, 128),
+    },
+    AUTOGRAD: {
+        False: (4.63e5, 2.84e6, 1.43, 17500, 33.1, 37.3, 452, 34.8),
+        True: (0, 9.29e6, 3.82, 72500, 61.2, 117, 913, 192),
+    },
+}
+_CACHE_BYTES = 2**20
+# Per activation element the gather plan's index copies move (in cache, out of it): about
+# what the fitted weights give a copy; the same for every mode, so it only weighs against
+# the dense backend.
+_GATHER_COPY = (40.0, 80.0)
+
+
+def cost_features(problem: BlockProblem, layout: BlockLayout, mode: str) -> tuple[float, ...]:
+    """The counts of ``problem`` (computed with ``layout``, its layout in a split) that the
+    CPU cost model weighs, in the order of :data:`FEATURES`."""
+    near = problem.rows * (layout.in_features + layout.out_features) * problem.dtype.itemsize
+    near_cache = near <= _CACHE_BYTES
+    macs = blocks = elements = short_rows = weight = 0.0
+    for count, in_size, out_size in layout.classes if layout.plan == GATHER else layout.runs:
+        narrow = min(in_size, out_size)
+        block_macs = problem.rows * count * in_size * out_size
+        block_elements = problem.rows * count * (in_size + out_size)
+        macs += block_macs
+        blocks += count
+        elements += block_elements
+        short_rows += block_elements / narrow
+        weight += count * in_size * out_size
+    if mode == AUTOGRAD and layout.calls > 1:  # the calls' results are joined by torch.cat
+        elements += problem.rows * layout.out_features
+    copied, far = (elements, 0.0) if near_cache else (0.0, elements)
+    return (1.0, float(layout.calls), macs, blocks, copied, far, short_rows, weight)
 
 
 def _cost_for(problem: BlockProblem, layout: BlockLayout, mode: str) -> float:
@@ -432,28 +475,15 @@ def _cost_for(problem: BlockProblem, layout: BlockLayout, mode: str) -> float:
             launches += 3 * passes
         return launches * LAUNCH_CUDA + passes * problem.rows * layout.connections
     if layout.shared:
-        return passes * (problem.rows * layout.connections + _PER_CALL)
-    copies = _COPIES[mode][problem.requires_grad]
-    activations = problem.rows * (layout.in_features + layout.out_features)
-    in_cache = activations * problem.dtype.itemsize <= _CACHE_BYTES
-    per_copy = _COPY_IN_CACHE if in_cache else _COPY_OUT_OF_CACHE
-    total = passes * layout.calls * _PER_CALL + _PYTHON[mode][problem.requires_grad]
-    if mode == AUTOGRAD and layout.calls > 1:  # the calls' results are joined by torch.cat
-        copies += 1
+        return passes * (problem.rows * layout.connections + 20_000.0)
+    weights = _CPU[mode][problem.requires_grad]
+    features = cost_features(problem, layout, mode)
+    total = sum(w * f for w, f in zip(weights, features, strict=True))
     if layout.plan == GATHER:  # index copies of inputs and outputs, there and back
+        activations = problem.rows * (layout.in_features + layout.out_features)
+        near_cache = activations * problem.dtype.itemsize <= _CACHE_BYTES
+        per_copy = _GATHER_COPY[0] if near_cache else _GATHER_COPY[1]  # (rows may be symbolic)
         total += (4 if problem.requires_grad else 2) * per_copy * activations / 2
-    for count, in_size, out_size in layout.classes if layout.plan == GATHER else layout.runs:
-        narrow = min(in_size, out_size)
-        macs = problem.rows * count * in_size * out_size
-        elements = problem.rows * count * (in_size + out_size) / 2
-        total += passes * (macs * (1 + _SMALL[mode] / narrow) + count * _PER_BLOCK[mode])
-        if mode in (STRIDED, AUTOGRAD):  # autograd's calls only read strided, not write
-            reads = 4 if mode == STRIDED else 2
-            total += passes * reads * per_copy * _SHORT_ROWS / narrow * elements
-        element = per_copy * (4.0 if mode == TRANSPOSED else 1 + _SHORT_ROWS / narrow)
-        if mode == AUTOGRAD and not in_cache:  # whole activations, not cache-sized chunks
-            element *= 2
-        total += copies * element * elements
     return total
 
 

@@ -23,11 +23,6 @@ from torchwire.backends import (
     register,
 )
 
-# Cost units: one multiply-add of a large GEMM = 1 (see block_bmm for the whole model).
-# CPU: a call costs about 20k multiply-adds. CUDA: see LAUNCH_CUDA.
-_CALL_CPU = 20_000.0
-
-
 def dense_weight(
     weight: torch.Tensor, layout: BlockLayout, put: Callable[..., torch.Tensor] | None = None
 ) -> torch.Tensor:
@@ -173,13 +168,30 @@ def _supports(problem: BlockProblem) -> str | None:
     return None
 
 
+# Cost units: one multiply-add of a large GEMM (see block_bmm for the whole model). CPU:
+# weights of cost_features, for inference and for training, fitted with the block
+# backends' (benchmarks/block_costs.py). CUDA: launches (LAUNCH_CUDA) and multiply-adds.
+FEATURES = ("call", "macs", "dense", "weight")
+_CPU = {False: (0, 1.27, 43, 194), True: (6.89e6, 3.64, 91.8, 362)}
+
+
+def cost_features(problem: BlockProblem) -> tuple[float, ...]:
+    """The counts of ``problem`` that the CPU cost model weighs, in the order of
+    :data:`FEATURES`: 1 per call, the dense GEMMs' multiply-adds, the dense weight's
+    elements (zeroed in forward), the block weight's (put there, and read back in backward:
+    a scatter costs far more per element than the zeros)."""
+    layout = problem.layout
+    dense = layout.in_features * layout.out_features
+    return (1.0, float(problem.rows * dense), float(dense), float(layout.connections))
+
+
 def _cost(problem: BlockProblem) -> float:
+    if problem.device_type == "cpu":
+        weights = _CPU[problem.requires_grad]
+        return sum(w * f for w, f in zip(weights, cost_features(problem), strict=True))
     layout = problem.layout
     dense = layout.in_features * layout.out_features
     passes = 3 if problem.requires_grad else 1  # forward GEMM; grad-input and grad-weight GEMMs
-    if problem.device_type == "cpu":
-        # The GEMMs, plus assembling (and, in backward, reading) the dense weight.
-        return passes * (problem.rows * dense + _CALL_CPU) + 2 * dense
     return passes * (problem.rows * dense + LAUNCH_CUDA) + 2 * LAUNCH_CUDA
 
 

@@ -158,10 +158,13 @@ def _steps(module: nn.Module, x: Tensor, x_grad: Tensor) -> dict[str, Callable[[
         module(x)
 
     def fwd_bwd() -> None:
-        # Like ``module(x).backward(grad_out)`` with every ``.grad`` None beforehand: the
-        # gradients of the input and of all parameters are computed, nothing accumulates.
-        outputs = tree_leaves(module(x_grad))
-        torch.autograd.grad(outputs, inputs, grad_out, allow_unused=True)
+        # A training step's forward and backward, as ``optimizer.zero_grad()`` leaves it:
+        # every ``.grad`` None beforehand, then ``backward`` stores them. (Through
+        # ``AccumulateGrad``, unlike ``torch.autograd.grad``: a gradient that does not come
+        # out in its parameter's layout pays a strided copy there, as it does in training.)
+        for t in inputs:
+            t.grad = None
+        torch.autograd.backward(tree_leaves(module(x_grad)), grad_out)
 
     return {"fwd": fwd, "fwd_bwd": fwd_bwd}
 
