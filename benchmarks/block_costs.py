@@ -29,7 +29,14 @@ import torch
 from scipy.optimize import nnls
 
 import torchwire
-from torchwire.backends import BlockProblem, block_bmm, block_dense, block_layout, select
+from torchwire.backends import (
+    BlockProblem,
+    available,
+    block_bmm,
+    block_dense,
+    block_layout,
+    select,
+)
 from torchwire.backends.block_bmm import FEATURES, MODES
 from torchwire.bench import device_name
 
@@ -164,7 +171,11 @@ def evaluate(rows: list[dict], weights: dict[str, dict[str, list[float]]]) -> st
     lines, slow = [], []
     for (layout, batch, kind), measured in cases.items():
         problem = _problem(next(iter(measured.values())))
-        pick = select("block_linear", problem).name
+        costs = {
+            name: select("block_linear", problem, name).cost(problem)
+            for name in available("block_linear", problem)
+        }  # (not select's "auto": it memoises its choices)
+        pick = min(costs, key=costs.__getitem__)
         best = min(measured, key=lambda b: measured[b]["seconds"])
         ratio = measured[pick]["seconds"] / measured[best]["seconds"]
         slow.append(ratio)
