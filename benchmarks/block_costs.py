@@ -207,7 +207,7 @@ def main() -> None:
         rows = measure(args.rounds)
         if args.json:  # the measurements first: refit them later with --load
             with open(args.json, "w") as f:
-                json.dump({"seconds_per_unit": unit, "rows": rows}, f, indent=1)
+                json.dump({"seconds_per_unit": unit, "rows": rows}, f)
     weights = fit(rows, unit)
     device = device_name(torch.device("cpu"))
     print(f"# {device}, torch {torch.__version__}, {args.threads} thread(s)")
@@ -218,7 +218,7 @@ def main() -> None:
     print(evaluate(rows, weights))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"seconds_per_unit": unit, "rows": rows, "weights": weights}, f, indent=1)
+            json.dump({"seconds_per_unit": unit, "rows": rows, "weights": weights}, f)
 
 
 if __name__ == "__main__":

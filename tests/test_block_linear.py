@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -304,7 +306,8 @@ def test_cpu_cost_model_weighs_every_count_of_a_layout() -> None:
 
     layout = block_layout((4, 4, 2), (3, 3, 5), plan="runs")  # runs (2, 4, 3), (1, 2, 5)
     problem = BlockProblem(layout, 6, torch.float32, "cpu", True)
-    counts = dict(zip(block_bmm.FEATURES, block_bmm.cost_features(problem, layout, "autograd")))
+    features = block_bmm.cost_features(problem, layout, "autograd")
+    counts = dict(zip(block_bmm.FEATURES, features, strict=True))
     assert counts == {
         "call": 1,
         "calls": 2,
@@ -315,13 +318,27 @@ def test_cpu_cost_model_weighs_every_count_of_a_layout() -> None:
         "short_rows": 6 * 2 * 7 / 3 + 6 * 7 / 2,
         "weight": 2 * 12 + 10,
     }
-    dense = dict(zip(block_dense.FEATURES, block_dense.cost_features(problem)))
+    dense = dict(zip(block_dense.FEATURES, block_dense.cost_features(problem), strict=True))
     assert dense == {"call": 1, "macs": 6 * 10 * 11, "dense": 10 * 11, "weight": 34}
     for table, features in [
         *((by_mode, block_bmm.FEATURES) for by_mode in block_bmm._CPU.values()),
         (block_dense._CPU, block_dense.FEATURES),
     ]:
         assert all(len(table[training]) == len(features) for training in (False, True))
+
+
+def test_cpu_cost_weights_are_the_recorded_fit() -> None:
+    # The weights in the code are those benchmarks/block_costs.py fitted to the recorded run.
+    from torchwire.backends import block_bmm, block_dense
+
+    path = Path(__file__).parents[1] / "benchmarks/results/cpu-intel-xeon-float32-block-costs.json"
+    recorded = json.loads(path.read_text())["weights"]
+    for backend, by_kind in recorded.items():
+        for kind, weights in by_kind.items():
+            table = (
+                block_dense._CPU if backend == "dense" else block_bmm._CPU[block_bmm.MODES[backend]]
+            )
+            assert table[kind == "train"] == pytest.approx(weights, rel=1e-3), (backend, kind)
 
 
 def test_outputs_with_no_grad_and_inference_mode() -> None:

@@ -23,6 +23,7 @@ from torchwire.backends import (
     register,
 )
 
+
 def dense_weight(
     weight: torch.Tensor, layout: BlockLayout, put: Callable[..., torch.Tensor] | None = None
 ) -> torch.Tensor:
