@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -95,8 +96,9 @@ def measure(rounds: int) -> list[dict]:
             names = list(steps)
             for step in steps.values():
                 step()
-            for r in range(rounds):
-                for name in names[r % len(names) :] + names[: r % len(names)]:
+            order = random.Random(0)
+            for _ in range(rounds):
+                for name in order.sample(names, len(names)):  # no fixed neighbours
                     start = time.perf_counter()
                     steps[name]()
                     times[name].append(time.perf_counter() - start)

@@ -25,6 +25,7 @@ Run: ``python benchmarks/block_floor.py [--rounds 11] [--markdown PATH]``.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -118,8 +119,9 @@ def measure(groups: int, size: int, rows: int, rounds: int) -> dict[str, float]:
     names = list(steps)
     for step in steps.values():  # warm up
         step()
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotating order
+    order = random.Random(0)
+    for _ in range(rounds):
+        for name in order.sample(names, len(names)):  # shuffled afresh: no fixed neighbours
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
