@@ -897,3 +897,31 @@ def test_rewire_in_place_needs_a_wiring_of_the_same_shape_and_count() -> None:
         m.rewire_(tw.Wiring.random(7, 5, nnz=m.nnz, seed=1))
     with pytest.raises(TypeError, match=r"expected a torchwire\.Wiring, got Tensor"):
         m.rewire_(torch.ones(5, 6))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_the_dense_backend_writes_many_connections_as_exactly_as_few(grad: bool) -> None:
+    # From 8,192 connections the dense backends write the weight with index_copy_ instead
+    # of put_ (kept matrix without autograd, fresh tensor with it): same values, gradients.
+    sparse = tw.SparseLinear(tw.Wiring.random(160, 96, density=0.7, seed=3), backend="dense")
+    block = tw.BlockLinear(192, 96, groups=2, backend="dense")  # 2 blocks of 96 x 48
+    assert sparse.weight.numel() >= 8192
+    assert block.weight.numel() >= 8192
+    sparse, block = sparse.double(), block.double()
+    x = torch.randn(7, 160, dtype=F64, requires_grad=grad)
+    xb = torch.randn(7, 192, dtype=F64, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        ys, yb = sparse(x), block(xb)
+    torch.testing.assert_close(ys, _oracle(sparse, x))
+    expected = reference.block_linear(xb, block.weight.reshape(-1), block.bias, [96] * 2, [48] * 2)
+    torch.testing.assert_close(yb, expected)
+    if grad:
+        g, gb = torch.randn_like(ys), torch.randn_like(yb)
+        got = torch.autograd.grad(ys, (x, sparse.weight), g)
+        want = torch.autograd.grad(_oracle(sparse, x), (x, sparse.weight), g)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+        got = torch.autograd.grad(yb, (xb, block.weight), gb)
+        want = torch.autograd.grad(expected, (xb, block.weight), gb)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)

@@ -40,8 +40,7 @@ _PER_CALL_CPU = (3.3e6, 6.0e6)
 def dense_weight(weight: torch.Tensor, index: SparseIndex) -> torch.Tensor:
     """The ``(out_features, in_features)`` matrix with ``weight`` at the connections and
     zeros elsewhere (differentiable with respect to ``weight``)."""
-    dense = weight.new_zeros((index.out_features, index.in_features))
-    return put_values(dense, positions(index), weight)
+    return put_values((index.out_features, index.in_features), positions(index), weight)
 
 
 def positions(index: SparseIndex, device: object = None) -> torch.Tensor:
