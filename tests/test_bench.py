@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 import torchwire
 from torchwire import bench
@@ -494,19 +495,33 @@ def test_peak_bytes_of_linear_training_step() -> None:
     assert bench.peak_bytes(step, torch.device("cpu")) == expected
 
 
-def test_a_timed_training_step_stores_every_gradient_as_training_does() -> None:
-    # Timed through AccumulateGrad (as after optimizer.zero_grad()), not torch.autograd.grad,
-    # which skips it: a gradient that arrives in another layout than its parameter's pays a
-    # strided copy there, and a bench that skips it cannot see that cost.
+def test_a_timed_training_step_stores_gradients_as_training_a_hidden_layer_does() -> None:
+    # Parameters' gradients go through AccumulateGrad (as after optimizer.zero_grad()), not
+    # torch.autograd.grad, which skips it: a gradient that arrives in another layout than
+    # its parameter's pays a strided copy there. The input's gradient is computed and handed
+    # on, as to the layers before, and stored nowhere.
     from torchwire.bench.methods import _steps
 
-    layer = torchwire.BlockLinear(8, 8, 2)
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torchwire.BlockLinear(8, 8, 2)
+            self.input_grads: list[torch.Size] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.requires_grad:
+                x.register_hook(lambda g: self.input_grads.append(g.shape))
+            return self.layer(x)
+
+    probe = Probe()
     x = torch.randn(4, 8)
     x_grad = x.clone().requires_grad_()
-    for t in (x_grad, *layer.parameters()):
-        t.grad = torch.full_like(t, float("nan"))  # left over from an earlier step
-    _steps(layer, x, x_grad)["fwd_bwd"]()
-    for t in (x_grad, *layer.parameters()):
-        assert t.grad is not None
-        assert t.grad.shape == t.shape
-        assert not t.grad.isnan().any()  # set afresh, not added to the earlier step's
+    for p in probe.parameters():
+        p.grad = torch.full_like(p, float("nan"))  # left over from an earlier step
+    _steps(probe, x, x_grad)["fwd_bwd"]()
+    for p in probe.parameters():
+        assert p.grad is not None
+        assert p.grad.shape == p.shape
+        assert not p.grad.isnan().any()  # set afresh, not added to the earlier step's
+    assert probe.input_grads == [x.shape]
+    assert x_grad.grad is None

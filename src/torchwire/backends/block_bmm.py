@@ -307,7 +307,11 @@ class _RunMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: Any
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        layout: BlockLayout,
     ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.layout = layout
@@ -493,8 +497,10 @@ _GATHER_COPY = (40.0, 80.0)
 def cost_features(problem: BlockProblem, layout: BlockLayout, mode: str) -> tuple[float, ...]:
     """The counts of ``problem`` (computed with ``layout``, its layout in a split) that the
     CPU cost model weighs, in the order of :data:`FEATURES`."""
-    near = problem.rows * (layout.in_features + layout.out_features) * problem.dtype.itemsize
-    near_cache = near <= _CACHE_BYTES
+    activation_bytes = (
+        problem.rows * (layout.in_features + layout.out_features) * problem.dtype.itemsize
+    )
+    near_cache = activation_bytes <= _CACHE_BYTES
     macs = blocks = elements = short_rows = weight = 0.0
     for count, in_size, out_size in layout.classes if layout.plan == GATHER else layout.runs:
         narrow = min(in_size, out_size)
@@ -521,8 +527,8 @@ def _cost_for(problem: BlockProblem, layout: BlockLayout, mode: str) -> float:
         if layout.plan == GATHER:
             launches += 3 * passes
         return launches * LAUNCH_CUDA + passes * problem.rows * layout.connections
-    if layout.shared:
-        return passes * (problem.rows * layout.connections + 20_000.0)
+    if layout.shared:  # one F.linear over every group's rows: never dearer than densifying
+        return passes * problem.rows * layout.connections
     weights = _CPU[mode][problem.requires_grad]
     features = cost_features(problem, layout, mode)
     total = sum(w * f for w, f in zip(weights, features, strict=True))

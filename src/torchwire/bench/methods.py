@@ -145,8 +145,23 @@ def backend_builders(
     return builders
 
 
+class _Upstream(torch.autograd.Function):
+    """Stands for the layers before the timed one: the input's gradient is computed and
+    taken, as a hidden layer's is, and stored nowhere. (A leaf input would have
+    ``AccumulateGrad`` copy a gradient of another layout into its own, which no hidden layer
+    pays: csr's input gradient is column-major, which the layer before reads as it is.)"""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> None:
+        return None
+
+
 def _steps(module: nn.Module, x: Tensor, x_grad: Tensor) -> dict[str, Callable[[], None]]:
-    inputs = (x_grad, *(p for p in module.parameters() if p.requires_grad))
+    params = [p for p in module.parameters() if p.requires_grad]
 
     with torch.no_grad():
         # A dense upstream gradient, as a hidden layer receives. (``out.sum().backward()``
@@ -158,13 +173,15 @@ def _steps(module: nn.Module, x: Tensor, x_grad: Tensor) -> dict[str, Callable[[
         module(x)
 
     def fwd_bwd() -> None:
-        # A training step's forward and backward, as ``optimizer.zero_grad()`` leaves it:
-        # every ``.grad`` None beforehand, then ``backward`` stores them. (Through
-        # ``AccumulateGrad``, unlike ``torch.autograd.grad``: a gradient that does not come
-        # out in its parameter's layout pays a strided copy there, as it does in training.)
-        for t in inputs:
-            t.grad = None
-        torch.autograd.backward(tree_leaves(module(x_grad)), grad_out)
+        # A training step's forward and backward of a hidden layer, as
+        # ``optimizer.zero_grad()`` leaves it: every parameter's ``.grad`` None beforehand,
+        # then ``backward`` stores them through ``AccumulateGrad`` (unlike
+        # ``torch.autograd.grad``: a gradient that does not come out in its parameter's
+        # layout pays a strided copy there, as it does in training), and the input's
+        # gradient goes to the layers before (:class:`_Upstream`).
+        for p in params:
+            p.grad = None
+        torch.autograd.backward(tree_leaves(module(_Upstream.apply(x_grad))), grad_out)
 
     return {"fwd": fwd, "fwd_bwd": fwd_bwd}
 

@@ -96,9 +96,9 @@ def interleaved(
     always follows the same one: a step after one that evicts the caches pays for it, and a
     fixed neighbour made that cost one method's (in a rotating order, ``BlockLinear`` 4x256
     with ``auto`` measured 1.09x the time of the same backend forced by name; shuffled,
-    1.00x-1.05x). Each step appends one sample, in milliseconds per call, to
-    its timing. The garbage collector is off meanwhile (a caller with garbage to spare
-    collects it first).
+    1.00x-1.05x). Each step appends one sample, in milliseconds per call, to its timing.
+    The garbage collector is off meanwhile (a caller with garbage to spare collects it
+    first).
     """
     order = random.Random(0)
     gc.disable()
