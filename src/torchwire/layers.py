@@ -700,8 +700,9 @@ class SparseLinear(nn.Module):
 
             >>> b = torchwire.BlockLinear(4, 6, groups=2)
             >>> s = torchwire.SparseLinear.from_block(b)
-            >>> s.nnz, s.resolve_backend(torch.randn(3, 4))
-            (12, 'block')
+            >>> x = torch.randn(3, 4)
+            >>> s.nnz, s.wiring == b.wiring, torch.allclose(s(x), b(x))
+            (12, True, True)
         """
         if not isinstance(block, BlockLinear):
             raise TypeError(f"from_block expected a BlockLinear, got {type(block).__name__}")
