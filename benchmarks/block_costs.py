@@ -5,7 +5,8 @@
 is a weighted sum of a few counts of the problem (``cost_features``: multiply-adds, blocks,
 activation elements copied in and out of cache, weight elements, ...), one set of weights
 per mode, for inference and for training. This script measures every mode over a grid of
-equal-group layouts and batches, interleaved, fits those weights by non-negative least
+layouts (equal groups, and three uneven ones) and batches, interleaved in an order shuffled
+each round, fits those weights by non-negative least
 squares on relative error, and prints them in the model's units (one multiply-add of a
 large GEMM), with how often the fitted model picks the fastest mode.
 
