@@ -19,13 +19,13 @@ Run: ``python benchmarks/block_costs.py [--rounds 7] [--json PATH]`` (needs scip
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
 import time
 from collections.abc import Callable
 
+import _script
 import numpy as np
 import torch
 from scipy.optimize import nnls
@@ -193,14 +193,11 @@ def evaluate(rows: list[dict], weights: dict[str, dict[str, list[float]]]) -> st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
+    parser = _script.options(__doc__, 7, markdown=False)
     parser.add_argument("--json", help="write the measurements and the fit to this file")
     parser.add_argument("--load", help="fit measurements read from a file --json wrote")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    _script.start(args)
     if args.load:
         with open(args.load) as f:
             saved = json.load(f)

@@ -24,12 +24,12 @@ Run: ``python benchmarks/block_floor.py [--rounds 11] [--markdown PATH]``.
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import time
 from collections.abc import Callable
 
+import _script
 import torch
 from torch import nn
 
@@ -159,13 +159,8 @@ def report(results: dict[tuple[int, int, int], dict[str, float]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--markdown", help="also write the table to this file")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = _script.options(__doc__, 11).parse_args()
+    _script.start(args)
     results = {}
     for groups, size in CASES:
         for rows in BATCHES:
@@ -186,11 +181,7 @@ def main() -> None:
         "`limit`, both forward then backward of a dense gradient, as `torchwire bench` "
         "times them; the target is torchwire / floor <= 1.15.\n\n"
     )
-    text = header + report(results) + "\n"
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+    _script.publish(header + report(results) + "\n", args.markdown)
 
 
 if __name__ == "__main__":

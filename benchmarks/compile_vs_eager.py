@@ -10,11 +10,11 @@ Run: ``python benchmarks/compile_vs_eager.py [--rounds 15] [--markdown PATH]``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
 
+import _script
 import torch
 from torch import nn
 
@@ -83,15 +83,14 @@ def measure(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=15)
+    parser = _script.options(__doc__, 15)
     parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    _script.start(args)
     lines = [
         f"# Compiled / eager: torch {torch.__version__}, {device_name(torch.device('cpu'))}, "
-        f"float32, 1 thread, batch {BATCH}, {args.rounds} interleaved rounds of {args.calls} calls",
+        f"float32, {args.threads} thread(s), batch {BATCH}, {args.rounds} interleaved rounds of "
+        f"{args.calls} calls",
         "",
         "`torch.compile(layer, fullgraph=True)` time over the eager layer's (below 1: compiling "
         "pays), and in brackets the difference per call. fwd: forward under no_grad; fwd+bwd: "
@@ -115,11 +114,7 @@ def main() -> None:
         r = measure(make, args.rounds, args.calls)
         cells = [f"{r[m][0]:.2f} ({r[m][1]:+.0f} us)" for m in ("fwd", "fwd_bwd")]
         lines.append(f"| {name} | {backends} | {cells[0]} | {cells[1]} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+    _script.publish("\n".join(lines) + "\n", args.markdown)
 
 
 if __name__ == "__main__":

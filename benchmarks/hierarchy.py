@@ -18,12 +18,12 @@ Run: ``python benchmarks/hierarchy.py [--rounds 15] [--markdown PATH]``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 import warnings
 from collections.abc import Callable
 
+import _script
 import torch
 from torch import nn
 
@@ -64,11 +64,8 @@ def _steps(model: nn.Module, genes: int) -> dict[str, Callable[[], object]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--markdown", type=str, default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    args = _script.options(__doc__, 15).parse_args()
+    _script.start(args)
     builds = _builds()
     genes = reactome_problem().base.in_features
     steps = {name: _steps(model, genes) for name, model in builds.items()}
@@ -89,7 +86,8 @@ def main() -> None:
     lines = [
         "# A pathway hierarchy at Reactome's scale: torchwire against BINN's build",
         "",
-        f"{device_name(torch.device('cpu'))}, torch {torch.__version__}, float32, 1 thread, "
+        f"{device_name(torch.device('cpu'))}, torch {torch.__version__}, float32, "
+        f"{args.threads} thread(s), "
         f"batch {BATCH}, {args.rounds} interleaved rounds (medians). "
         "Written by `python benchmarks/hierarchy.py`.",
         "",
@@ -123,11 +121,7 @@ def main() -> None:
         ),
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+    _script.publish("\n".join(lines), args.markdown)
 
 
 if __name__ == "__main__":

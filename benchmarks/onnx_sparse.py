@@ -35,6 +35,7 @@ import time
 import warnings
 from typing import Any
 
+import _script
 import numpy as np
 import torch
 from torch import nn
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")  # the exporter's progress and deprecation notes
     logging.disable(logging.WARNING)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # onnxruntime runs one thread too
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for density in args.density:
@@ -189,10 +190,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(result["density"], result["batch"], result["auto"], result["us"], flush=True)
     command = " ".join(["python benchmarks/onnx_sparse.py", *(argv or sys.argv[1:])])
     table = markdown(results, args.features, args.rounds, command)
-    sys.stdout.write(table)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table)
+    _script.publish(table, args.markdown)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ Run: ``python benchmarks/small_batch.py [--rounds 41] [--markdown PATH]``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
+import _script
 import torch
 from torch import nn
 
@@ -49,13 +49,8 @@ def measure(density: float, batch: int, rounds: int) -> dict[str, float | str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=41)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--markdown", help="also write the table to this file")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = _script.options(__doc__, 41).parse_args()
+    _script.start(args)
     lines = [
         f"# Small-batch inference: torch {torch.__version__}, {device_name(torch.device('cpu'))}, "
         f"float32, {args.threads} thread(s), {args.rounds} interleaved rounds of {CALLS} calls",
@@ -75,11 +70,7 @@ def main() -> None:
                 f"{m['dense']:.1f} | **{m['speedup']:.2f}x** |"
             )
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text)
+    _script.publish("\n".join(lines) + "\n", args.markdown)
 
 
 if __name__ == "__main__":
