@@ -47,6 +47,7 @@ __all__ = [
     "block_layout",
     "cached_for_device",
     "equal_block_layout",
+    "mask_index",
     "plan",
     "register",
     "select",
@@ -219,7 +220,8 @@ class IndexCache(dict[Any, Any]):
 
 class SparseIndex(NamedTuple):
     """A wiring's connections as index tensors on the compute device (what sparse backends
-    read; :class:`torchwire.SparseLinear` keeps ``indptr`` and ``indices`` as buffers).
+    read; :class:`torchwire.SparseLinear` keeps ``indptr`` and ``indices`` as buffers, or
+    at high density a bool mask they are derived from: :func:`mask_index`).
 
     ``indptr``/``indices`` are the CSR structure by output (canonical order, the order of the
     weight values), in one integer dtype (int32 where sizes allow). ``blocks`` is the
@@ -229,7 +231,9 @@ class SparseIndex(NamedTuple):
     problem (``torchwire.functional``); or it is ``None`` to derive them on every call.
     ``by_input`` is the transposed structure where its owner keeps it (a sparse
     :class:`torchwire.SparseLinear` keeps it as buffers, so compiled graphs read it rather
-    than derive it). Whoever changes the tensors in place builds a new index
+    than derive it). ``mask`` is the bool ``(out_features, in_features)`` matrix of the
+    connections where the index was derived from one (:func:`mask_index`). Whoever changes
+    the tensors in place builds a new index
     (:class:`torchwire.SparseLinear` does).
     """
 
@@ -240,6 +244,7 @@ class SparseIndex(NamedTuple):
     blocks: BlockLayout | None
     cache: IndexCache | None = None
     by_input: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    mask: torch.Tensor | None = None
 
     @property
     def nnz(self) -> int:
@@ -302,6 +307,30 @@ def sparse_index(wiring: Wiring, device: torch.device | str | None = None) -> Sp
         None if blocks is None else block_layout(*blocks),
         IndexCache(),
     )
+
+
+def mask_index(
+    mask: torch.Tensor,
+    nnz: int,
+    blocks: BlockLayout | None = None,
+    cache: IndexCache | None = None,
+) -> SparseIndex:
+    """The :class:`SparseIndex` of the connections a bool ``(out_features, in_features)``
+    ``mask`` holds (``nnz`` of them), built on the mask's device without a host
+    synchronisation, also inside a traced graph (a dense :class:`torchwire.SparseLinear`
+    keeps its connections as such a mask)."""
+    out_features, in_features = mask.shape
+    flat = mask.reshape(-1)
+    if _exporting():  # ONNX translates nonzero (and folds it: the mask is a constant)
+        found = flat.nonzero().squeeze(1)
+        torch._check(found.shape[0] == nnz)
+    else:
+        found = torch.nonzero_static(flat, size=nnz).squeeze(1)
+    dtype = torch.int32 if nnz < 2**31 else torch.int64  # as sparse_index
+    counts = mask.sum(1).cumsum(0)
+    indptr = torch.cat([counts.new_zeros(1), counts]).to(dtype)
+    indices = (found % in_features).to(dtype)
+    return SparseIndex(indptr, indices, in_features, out_features, blocks, cache, None, mask)
 
 
 @dataclass(frozen=True)
