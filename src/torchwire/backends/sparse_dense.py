@@ -19,22 +19,33 @@ from torchwire.backends.block_dense import (
     put_values,
     scatter,
     scratch,
-    transposed,
 )
 
-# Cost model, in units of one multiply-add of a large GEMM (shared by every backend), as
-# (forward, forward+backward) pairs. CPU: besides the GEMMs, each element of the dense weight
-# costs a little (zero fill; the GEMMs stream it, which small batches cannot hide), and each
-# connection a lot more (its int64 position, the scatter, and in backward the gather of its
-# gradient), more again once those position arrays leave the cache. Fitted by least squares
-# (relative error) to forward and forward+backward times of both sparse backends over
-# 256-4096 features, batch 8-1024, density 0.1%-50% on a 2-core AVX-512 CPU (MKL), one
-# thread; see benchmarks/results/ for the recorded runs.
-_PER_ELEMENT_CPU = (27.0, 58.0)
-_PER_CONNECTION_CPU = (175.0, 365.0)
-_PER_CONNECTION_OUT_OF_CACHE_CPU = (170.0, 150.0)  # added where nnz > _CACHED_CONNECTIONS
+# Cost model, in units of one multiply-add of a large GEMM (shared by every backend). CPU: a
+# weighted sum of the counts of cost_features, one set of weights for inference and one for
+# training. Besides the GEMMs, each element of the dense weight costs a little (zero fill;
+# the GEMMs stream it, which small batches cannot hide), and each connection a lot more (its
+# int64 position, the scatter, and in backward the gather of its gradient), more again once
+# those position arrays leave the cache. Fitted by benchmarks/sparse_costs.py, with csr's
+# weights, on the recorded run benchmarks/results/cpu-intel-xeon-float32-sparse-costs.json.
+FEATURES = ("gemm", "element", "connection", "connection_far", "call")
+_CPU = {False: (0.92, 38.8, 79.6, 0.0, 1.51e06), True: (2.56, 87.7, 39.3, 70.9, 1.02e07)}
 _CACHED_CONNECTIONS = 2**18
-_PER_CALL_CPU = (3.3e6, 6.0e6)
+
+
+def cost_features(problem: SparseProblem) -> tuple[float, ...]:
+    """The counts of ``problem`` the CPU cost model weighs, in the order of
+    :data:`FEATURES`: the multiply-adds of one GEMM pass, the dense weight's elements, the
+    connections, the connections again where their positions leave the cache, 1 per call."""
+    nnz = problem.nnz
+    far = nnz if nnz > _CACHED_CONNECTIONS else 0
+    return (
+        problem.rows * problem.in_features * problem.out_features,
+        problem.in_features * problem.out_features,
+        nnz,
+        far,
+        1,
+    )
 
 
 def dense_weight(weight: torch.Tensor, index: SparseIndex) -> torch.Tensor:
@@ -105,18 +116,14 @@ def sparse_linear_dense_onnx(
 def _bind(
     problem: SparseProblem, index: SparseIndex, like: torch.Tensor
 ) -> Callable[..., torch.Tensor] | None:
-    """Without autograd, a small dense weight is written, transposed, into a zero matrix the
-    index keeps: one ``put_`` and one GEMM a call (see
+    """Without autograd, a small dense weight is written into a zero matrix the index keeps:
+    one ``put_`` (or ``index_copy_``) and one GEMM a call (see
     :func:`~torchwire.backends.block_dense.scratch`)."""
     cache = index.cache
     if problem.requires_grad or cache is None:
         return None
-    found = scratch(cache, "scratch", index, like, _t_positions)
+    found = scratch(cache, "scratch", index, like, positions)
     return None if found is None else linear_through(*found)
-
-
-def _t_positions(index: SparseIndex, device: object = None) -> torch.Tensor:
-    return transposed(positions(index), index.in_features, index.out_features)
 
 
 def _supports(problem: SparseProblem) -> str | None:
@@ -124,18 +131,12 @@ def _supports(problem: SparseProblem) -> str | None:
 
 
 def _cost(problem: SparseProblem) -> float:
-    dense = problem.in_features * problem.out_features
-    passes = 3 if problem.requires_grad else 1  # forward; grad-input and grad-weight GEMMs
-    gemms = passes * problem.rows * dense
     if problem.device_type != "cpu":
+        passes = 3 if problem.requires_grad else 1  # forward; grad-input and grad-weight GEMMs
+        gemms = passes * problem.rows * problem.in_features * problem.out_features
         return gemms + passes * 2 * LAUNCH_CUDA
-    mode = int(problem.requires_grad)
-    per_connection = _PER_CONNECTION_CPU[mode]
-    if problem.nnz > _CACHED_CONNECTIONS:
-        per_connection += _PER_CONNECTION_OUT_OF_CACHE_CPU[mode]
-    return (
-        gemms + _PER_ELEMENT_CPU[mode] * dense + per_connection * problem.nnz + _PER_CALL_CPU[mode]
-    )
+    weights = _CPU[problem.requires_grad]
+    return sum(w * f for w, f in zip(weights, cost_features(problem), strict=True))
 
 
 # onnxruntime (one thread, MLAS), in units of one multiply-add of its large GEMM: the
