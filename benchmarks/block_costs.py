@@ -20,15 +20,11 @@ Run: ``python benchmarks/block_costs.py [--rounds 7] [--json PATH]`` (needs scip
 from __future__ import annotations
 
 import json
-import random
-import statistics
-import time
 from collections.abc import Callable
 
 import _script
 import numpy as np
 import torch
-from scipy.optimize import nnls
 
 import torchwire
 from torchwire.backends import (
@@ -93,39 +89,19 @@ def measure(rounds: int) -> list[dict]:
                 layer = torchwire.BlockLinear(*_args(args), backend=backend)
                 for mode, step in _steps(layer, x, grad).items():
                     steps[backend, mode] = step
-            times: dict = {name: [] for name in steps}
-            names = list(steps)
-            for step in steps.values():
-                step()
-            order = random.Random(0)
-            for _ in range(rounds):
-                for name in order.sample(names, len(names)):  # no fixed neighbours
-                    start = time.perf_counter()
-                    steps[name]()
-                    times[name].append(time.perf_counter() - start)
-            for (backend, mode), t in times.items():
+            seconds = _script.medians(steps, rounds)
+            for (backend, mode), median in seconds.items():
                 rows.append(
                     {
                         "layout": list(args),
                         "batch": batch,
                         "backend": backend,
                         "mode": mode,
-                        "seconds": statistics.median(t),
+                        "seconds": median,
                     }
                 )
             print(f"{args} batch {batch}", flush=True)
     return rows
-
-
-def seconds_per_unit(rounds: int) -> float:
-    """Seconds per multiply-add of a large GEMM: the model's unit."""
-    a, b = torch.randn(1024, 2048), torch.randn(2048, 2048)
-    t = []
-    for _ in range(rounds + 2):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        t.append(time.perf_counter() - start)
-    return statistics.median(t[2:]) / (1024 * 2048 * 2048)
 
 
 def _args(layout: tuple | list) -> tuple:
@@ -154,10 +130,9 @@ def fit(rows: list[dict], unit: float) -> dict[str, dict[str, list[float]]]:
         weights[backend] = {}
         for kind in ("fwd", "train"):
             chosen = [r for r in rows if r["backend"] == backend and r["mode"] == kind]
-            a = np.array([_features(r) for r in chosen])
-            t = np.array([r["seconds"] / unit for r in chosen])
-            coef, _ = nnls(a / t[:, None], np.ones(len(t)))
-            weights[backend][kind] = [float(f"{c:.3g}") for c in coef]
+            weights[backend][kind] = _script.fit_weights(
+                [_features(r) for r in chosen], [r["seconds"] / unit for r in chosen]
+            )
     return weights
 
 
@@ -203,7 +178,7 @@ def main() -> None:
             saved = json.load(f)
         rows, unit = saved["rows"], saved["seconds_per_unit"]
     else:
-        unit = seconds_per_unit(args.rounds)
+        unit = _script.seconds_per_unit(args.rounds)
         rows = measure(args.rounds)
         if args.json:  # the measurements first: refit them later with --load
             with open(args.json, "w") as f:

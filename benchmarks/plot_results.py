@@ -1,7 +1,7 @@
 """Draw the recorded ``torchwire bench`` results as pictures for the docs.
 
-Every ``benchmarks/results/*.json`` file (but ``*-block-costs.json``, which ``block_costs.py``
-wrote) is one run of ``torchwire bench --json`` on one device
+Every ``benchmarks/results/*.json`` file (but ``*-costs.json``, which ``block_costs.py`` and
+``sparse_costs.py`` wrote) is one run of ``torchwire bench --json`` on one device
 and dtype, either all sections or one (``cpu-amd-epyc-float32-sparse.json``). The files of one
 device and dtype (the name without its section suffix) are drawn together, by
 :func:`torchwire.bench.plot.save_plot`, into ``docs/images/<device>-<dtype>.png``.
@@ -37,7 +37,7 @@ def group_results(results_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """The results files of ``results_dir``, loaded and grouped by :func:`run_name`."""
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for path in sorted(results_dir.glob("*.json")):
-        if path.stem.endswith("-block-costs"):  # block_costs.py's timings, not a bench run
+        if path.stem.endswith("-costs"):  # block_costs.py's or sparse_costs.py's timings
             continue
         runs[run_name(path)].append(json.loads(path.read_text()))
     for name, results in runs.items():

@@ -115,7 +115,7 @@ def _keys(data: dict[str, Any]) -> dict[str, Any]:
     return shape
 
 
-BENCH_RUNS = [p for p in sorted(RESULTS.glob("*.json")) if not p.name.endswith("-block-costs.json")]
+BENCH_RUNS = [p for p in sorted(RESULTS.glob("*.json")) if not p.name.endswith("-costs.json")]
 
 
 @pytest.mark.parametrize("path", BENCH_RUNS, ids=lambda path: path.name)

@@ -5,9 +5,12 @@ checkpoints and errors. Generic module behaviour is in test_module_contract."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -970,6 +973,14 @@ def test_the_dense_backend_writes_many_connections_as_exactly_as_few(grad: bool)
     torch.testing.assert_close(ys, _oracle(sparse, x))
     expected = reference.block_linear(xb, block.weight.reshape(-1), block.bias, [96] * 2, [48] * 2)
     torch.testing.assert_close(yb, expected)
+    if not grad:  # a kept matrix is written again with the new values, in its own layout
+        with torch.no_grad():
+            sparse.weight.mul_(-2.0)
+            block.weight.mul_(-2.0)
+            torch.testing.assert_close(sparse(x), _oracle(sparse, x))
+            weight = block.weight.reshape(-1)
+            expected = reference.block_linear(xb, weight, block.bias, [96] * 2, [48] * 2)
+            torch.testing.assert_close(block(xb), expected)
     if grad:
         g, gb = torch.randn_like(ys), torch.randn_like(yb)
         got = torch.autograd.grad(ys, (x, sparse.weight), g)
@@ -980,3 +991,41 @@ def test_the_dense_backend_writes_many_connections_as_exactly_as_few(grad: bool)
         want = torch.autograd.grad(expected, (xb, block.weight), gb)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b)
+
+
+def test_cpu_cost_weights_are_the_recorded_fit() -> None:
+    # The weights in the code are those benchmarks/sparse_costs.py fitted to the recorded run.
+    from torchwire.backends import sparse_csr, sparse_dense
+
+    path = Path(__file__).parents[1] / "benchmarks/results/cpu-intel-xeon-float32-sparse-costs.json"
+    recorded = json.loads(path.read_text())["weights"]
+    assert set(recorded) == {"dense", "csr"}
+    for backend, module in (("dense", sparse_dense), ("csr", sparse_csr)):
+        for kind, weights in recorded[backend].items():
+            assert len(weights) == len(module.FEATURES)
+            assert module._CPU[kind == "train"] == pytest.approx(weights, rel=1e-3), (backend, kind)
+
+
+def test_cost_features_count_the_problem() -> None:
+    from torchwire.backends import sparse_csr, sparse_dense
+
+    problem = tw.backends.SparseProblem(300, 200, 5000, None, 7, torch.float32, "cpu", True)
+    dense = dict(zip(sparse_dense.FEATURES, sparse_dense.cost_features(problem), strict=True))
+    assert dense == {
+        "gemm": 7 * 300 * 200,
+        "element": 300 * 200,
+        "connection": 5000,
+        "connection_far": 0,
+        "call": 1,
+    }
+    csr = dict(zip(sparse_csr.FEATURES, sparse_csr.cost_features(problem), strict=True))
+    assert csr == {
+        "product": 7 * 5000,
+        "product_far": 0,
+        "activation": 7 * 500,
+        "connection": 5000,
+        "call": 1,
+    }
+    big = dataclasses.replace(problem, rows=1024, nnz=2**19)  # input 1.2 MB, positions 4 MB
+    assert sparse_csr.cost_features(big)[1] == 1024 * 2**19
+    assert sparse_dense.cost_features(big)[3] == 2**19

@@ -286,38 +286,41 @@ def _supports(problem: SparseProblem) -> str | None:
     return None
 
 
-# Cost model, in units of one multiply-add of a large GEMM (shared by every backend), as
-# (forward, forward+backward) pairs. CPU (MKL): a sparse multiply-add costs 4-15 GEMM ones
-# (indirect access), more once the input no longer fits in the cache; each activation
-# element read or written costs about 50 per pass (the kernels' dense operands are
-# column-major), each connection some index work, and each call a custom op's dispatch.
-# Fitted with sparse_dense's model (see there). CUDA: launch-bound at small sizes
-# (cuSPARSE: a few launches per call), then about 4 GEMM multiply-adds per product.
-_PER_PRODUCT_CPU = (4.1, 11.0)
-_PER_PRODUCT_OUT_OF_CACHE_CPU = (1.2, 4.25)  # added where the input exceeds _CACHE_BYTES
+# Cost model, in units of one multiply-add of a large GEMM (shared by every backend). CPU
+# (MKL): a weighted sum of the counts of cost_features, one set of weights for inference and
+# one for training. A sparse multiply-add costs several GEMM ones (indirect access), more
+# once the input no longer fits in the cache; each activation element read or written costs
+# some (the kernels' dense operands are column-major), each connection some index work, and
+# each call a custom op's dispatch. Fitted by benchmarks/sparse_costs.py, with the dense
+# backend's weights (see there). CUDA: launch-bound at small sizes (cuSPARSE: a few launches
+# per call), then about 4 GEMM multiply-adds per product.
+FEATURES = ("product", "product_far", "activation", "connection", "call")
+_CPU = {False: (2.53, 3.53, 74.7, 28.7, 4.4e06), True: (9.97, 10.1, 289.0, 358.0, 1.88e07)}
 _CACHE_BYTES = 2**20
-_PER_ACTIVATION_CPU = (48.5, 217.0)
-_PER_CONNECTION_CPU = (40.0, 513.0)
-_PER_CALL_CPU = (3.5e6, 1.7e7)
 _PER_PRODUCT_CUDA = 4.0
 
 
-def _cost(problem: SparseProblem) -> float:
-    passes = 3 if problem.requires_grad else 1
+def cost_features(problem: SparseProblem) -> tuple[float, ...]:
+    """The counts of ``problem`` the CPU cost model weighs, in the order of
+    :data:`FEATURES`: the products (rows times connections), the products again where the
+    input exceeds the cache, the activation elements read and written, the connections,
+    1 per call."""
     products = problem.rows * problem.nnz
-    if problem.device_type != "cpu":
-        return passes * (_PER_PRODUCT_CUDA * products + 3 * LAUNCH_CUDA)
-    mode = int(problem.requires_grad)
-    per_product = _PER_PRODUCT_CPU[mode]
-    if problem.rows * problem.in_features * problem.dtype.itemsize > _CACHE_BYTES:
-        per_product += _PER_PRODUCT_OUT_OF_CACHE_CPU[mode]
-    activations = problem.rows * (problem.in_features + problem.out_features)
-    return (
-        per_product * products
-        + _PER_ACTIVATION_CPU[mode] * activations
-        + _PER_CONNECTION_CPU[mode] * problem.nnz
-        + _PER_CALL_CPU[mode]
+    far = (
+        products
+        if problem.rows * problem.in_features * problem.dtype.itemsize > _CACHE_BYTES
+        else 0
     )
+    activations = problem.rows * (problem.in_features + problem.out_features)
+    return (products, far, activations, problem.nnz, 1)
+
+
+def _cost(problem: SparseProblem) -> float:
+    if problem.device_type != "cpu":
+        passes = 3 if problem.requires_grad else 1
+        return passes * (_PER_PRODUCT_CUDA * problem.rows * problem.nnz + 3 * LAUNCH_CUDA)
+    weights = _CPU[problem.requires_grad]
+    return sum(w * f for w, f in zip(weights, cost_features(problem), strict=True))
 
 
 # onnxruntime (one thread, MLAS), in units of one multiply-add of its large GEMM (about
