@@ -1029,3 +1029,26 @@ def test_cost_features_count_the_problem() -> None:
     big = dataclasses.replace(problem, rows=1024, nnz=2**19)  # input 1.2 MB, positions 4 MB
     assert sparse_csr.cost_features(big)[1] == 1024 * 2**19
     assert sparse_dense.cost_features(big)[3] == 2**19
+
+
+def test_a_compiled_dense_layer_reads_its_kept_index_not_the_mask() -> None:
+    # Finding a mask's connections costs more than a half-dense layer's call on a CPU: the
+    # graph reads the index the layer keeps beside its mask, also after .to() and to_empty.
+    wiring = tw.Wiring.random(64, 48, density=0.5, seed=0)
+    layer = tw.SparseLinear(wiring, device="meta").to_empty(device="cpu").double()
+    layer.reset_parameters()
+    assert "mask" in dict(layer.named_buffers())
+    graphs: list[torch.fx.GraphModule] = []
+
+    def capture(gm: torch.fx.GraphModule, inputs: object) -> Callable[..., object]:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend=capture, fullgraph=True)
+    x = torch.randn(5, 64, dtype=F64, requires_grad=True)
+    torch.testing.assert_close(compiled(x), _oracle(layer, x))
+    torch.testing.assert_close(layer(x), _oracle(layer, x))
+    targets = {str(node.target) for gm in graphs for node in gm.graph.nodes}
+    assert graphs
+    assert not any("nonzero" in t for t in targets), targets

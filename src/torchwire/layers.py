@@ -417,11 +417,14 @@ class SparseLinear(nn.Module):
         t_indices: see ``t_indptr``.
         perm: see ``t_indptr``.
         mask: the connections as a bool :math:`(H_{out}, H_{in})` buffer, kept instead of
-            the index buffers where it is the smaller (density above about 1/4); the index
-            is derived from it once per device. Parameters and buffers take, in float32,
-            16 bytes a connection up to density 1/6, 8 up to 1/4, and above that 4 a
-            connection plus 1 an element of the dense matrix, plus :math:`O(H_{in} +
-            H_{out})`: never more than a dense weight and a bool mask (5 bytes an element).
+            the index buffers where it is the smaller (density above about 1/4); the layer
+            keeps the index too, outside ``state_dict`` (moved by ``.to()``; derived again
+            from the mask if the mask is changed in place outside its methods, checked at
+            each eager call; a compiled graph reads the kept index). Parameters and buffers
+            take, in float32, 16 bytes a connection up to density 1/6, 8 up to 1/4, and
+            above that 4 a connection plus 1 an element of the dense matrix, plus
+            :math:`O(H_{in} + H_{out})`: never more than a dense weight and a bool mask (5
+            bytes an element).
 
     Examples::
 
@@ -487,6 +490,11 @@ class SparseLinear(nn.Module):
         self._cached_index: SparseIndex | None = None  # the buffers as one SparseIndex
         # The buffers the kept index was built from, as (name, tensor, version).
         self._index_source: tuple[tuple[str, torch.Tensor, int], ...] = ()
+        # Where the connections are a mask: the index derived from it, (indptr, indices) on
+        # its device, kept as plain tensors (not buffers: never saved) so that compiled and
+        # exported graphs read it rather than derive it; and the mask it describes.
+        self._mask_index: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._mask_source: tuple[torch.Tensor | None, int] = (None, -1)
         self.weight = nn.Parameter(torch.empty(wiring.nnz, **factory_kwargs))
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_features, **factory_kwargs))
@@ -497,7 +505,12 @@ class SparseLinear(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         # The kept index holds calls bound to this layer's scratch memory: a copy derives
         # its own.
-        return {**super().__getstate__(), "_cached_index": None, "_index_source": ()}
+        return {
+            **super().__getstate__(),
+            "_cached_index": None,
+            "_index_source": (),
+            "_mask_source": (None, -1),  # the kept mask index is checked at the next call
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -505,6 +518,8 @@ class SparseLinear(nn.Module):
         if "_by_input" not in state:  # pickled by torchwire 0.1, which kept it at any density
             self._by_input = "t_indices" in self._buffers
         self._by_mask = "mask" in self._buffers  # pickled before masks were kept: False
+        self.__dict__.setdefault("_mask_index", None)
+        self.__dict__.setdefault("_mask_source", (None, -1))
 
     def reset_parameters(self) -> None:
         """Initialise each output like ``nn.Linear(fan_in, 1)``: weights and bias from
@@ -554,6 +569,8 @@ class SparseLinear(nn.Module):
         index = self._cached_index
         if index is not None and self._current(index):
             return index
+        if self._by_mask:
+            self._check_mask_index()
         buffers: Any = self._buffers
         self._index_source = tuple(
             (name, buffers[name], buffers[name]._version) for name in self._structure_fields()
@@ -578,10 +595,51 @@ class SparseLinear(nn.Module):
             return _MASK_FIELDS
         return _INDEX_FIELDS + _DERIVED_FIELDS if self._by_input else _INDEX_FIELDS
 
+    def _check_mask_index(self) -> None:
+        """Keep the index derived from the mask true to it after the mask changed in place
+        outside the layer's methods (DDP's buffer broadcast writes it every step): unchanged
+        (one count and one gather: cheap), or derived again."""
+        mask = self._buffers["mask"]
+        source, version = self._mask_source
+        if mask is None or (source is mask and version == mask._version) or mask.is_meta:
+            return
+        derived = self._mask_index
+        if derived is not None:
+            index = SparseIndex(*derived, self.in_features, self.out_features, None)
+            flat = mask.reshape(-1)
+            positions = _sparse_dense.positions(index)
+            if int(flat.sum()) == self.nnz and bool(flat[positions].all()):
+                self._mask_source = (mask, mask._version)
+                return
+        index = backends.mask_index(mask, self.nnz)
+        self._mask_index = (index.indptr, index.indices)
+        self._mask_source = (mask, mask._version)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SparseLinear:
+        """``nn.Module._apply`` (``.to()``, ``.cuda()``, ``to_empty``, ...), applied to the
+        index derived from the mask too, as to a buffer."""
+        super()._apply(fn, recurse)
+        derived = self.__dict__.get("_mask_index")
+        if derived is not None:
+            self._mask_index = (fn(derived[0]), fn(derived[1]))
+            mask = self._buffers["mask"]
+            self._mask_source = (mask, mask._version)  # type: ignore[union-attr]
+        return self
+
     def _new_index(self, cache: backends.IndexCache | None) -> SparseIndex:
         buffers: Any = self._buffers
         if self._by_mask:
-            return backends.mask_index(buffers["mask"], self.nnz, self._blocks, cache)
+            indptr, indices = self._mask_index  # type: ignore[misc]
+            return SparseIndex(
+                indptr,
+                indices,
+                self.in_features,
+                self.out_features,
+                self._blocks,
+                cache,
+                None,
+                buffers["mask"],
+            )
         by_input = tuple(buffers[name] for name in _DERIVED_FIELDS) if self._by_input else None
         return SparseIndex(
             buffers["indptr"],
@@ -895,6 +953,9 @@ class SparseLinear(nn.Module):
         with torch.no_grad():
             if self._by_mask:
                 self.mask.copy_(wiring.mask())
+                device = self.mask.device
+                self._mask_index = (index.indptr.to(device), index.indices.to(device))
+                self._mask_source = (self.mask, self.mask._version)
                 return
             self.indptr.copy_(index.indptr)
             self.indices.copy_(index.indices)
