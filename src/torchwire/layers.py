@@ -490,10 +490,11 @@ class SparseLinear(nn.Module):
         self._cached_index: SparseIndex | None = None  # the buffers as one SparseIndex
         # The buffers the kept index was built from, as (name, tensor, version).
         self._index_source: tuple[tuple[str, torch.Tensor, int], ...] = ()
-        # Where the connections are a mask: the index derived from it, (indptr, indices) on
-        # its device, kept as plain tensors (not buffers: never saved) so that compiled and
-        # exported graphs read it rather than derive it; and the mask it describes.
-        self._mask_index: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Where the connections are a mask: the index derived from it, (indptr, indices,
+        # positions) on its device, kept as plain tensors (not buffers: never saved) so that
+        # compiled and exported graphs read it rather than derive it; and the mask it
+        # describes.
+        self._mask_index: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._mask_source: tuple[torch.Tensor | None, int] = (None, -1)
         self.weight = nn.Parameter(torch.empty(wiring.nnz, **factory_kwargs))
         if bias:
@@ -605,14 +606,12 @@ class SparseLinear(nn.Module):
             return
         derived = self._mask_index
         if derived is not None:
-            index = SparseIndex(*derived, self.in_features, self.out_features, None)
             flat = mask.reshape(-1)
-            positions = _sparse_dense.positions(index)
-            if int(flat.sum()) == self.nnz and bool(flat[positions].all()):
+            if int(flat.sum()) == self.nnz and bool(flat[derived[2]].all()):
                 self._mask_source = (mask, mask._version)
                 return
         index = backends.mask_index(mask, self.nnz)
-        self._mask_index = (index.indptr, index.indices)
+        self._mask_index = (index.indptr, index.indices, index.positions)  # type: ignore[assignment]
         self._mask_source = (mask, mask._version)
 
     def _apply(self, fn: Any, recurse: bool = True) -> SparseLinear:
@@ -621,7 +620,7 @@ class SparseLinear(nn.Module):
         super()._apply(fn, recurse)
         derived = self.__dict__.get("_mask_index")
         if derived is not None:
-            self._mask_index = (fn(derived[0]), fn(derived[1]))
+            self._mask_index = tuple(fn(t) for t in derived)
             mask = self._buffers["mask"]
             self._mask_source = (mask, mask._version)  # type: ignore[union-attr]
         return self
@@ -629,7 +628,7 @@ class SparseLinear(nn.Module):
     def _new_index(self, cache: backends.IndexCache | None) -> SparseIndex:
         buffers: Any = self._buffers
         if self._by_mask:
-            indptr, indices = self._mask_index  # type: ignore[misc]
+            indptr, indices, positions = self._mask_index  # type: ignore[misc]
             return SparseIndex(
                 indptr,
                 indices,
@@ -639,6 +638,7 @@ class SparseLinear(nn.Module):
                 cache,
                 None,
                 buffers["mask"],
+                positions,
             )
         by_input = tuple(buffers[name] for name in _DERIVED_FIELDS) if self._by_input else None
         return SparseIndex(
@@ -954,7 +954,8 @@ class SparseLinear(nn.Module):
             if self._by_mask:
                 self.mask.copy_(wiring.mask())
                 device = self.mask.device
-                self._mask_index = (index.indptr.to(device), index.indices.to(device))
+                positions = wiring.positions().to(device)
+                self._mask_index = (index.indptr.to(device), index.indices.to(device), positions)
                 self._mask_source = (self.mask, self.mask._version)
                 return
             self.indptr.copy_(index.indptr)

@@ -232,7 +232,9 @@ class SparseIndex(NamedTuple):
     ``by_input`` is the transposed structure where its owner keeps it (a sparse
     :class:`torchwire.SparseLinear` keeps it as buffers, so compiled graphs read it rather
     than derive it). ``mask`` is the bool ``(out_features, in_features)`` matrix of the
-    connections where the index was derived from one (:func:`mask_index`). Whoever changes
+    connections where the index was derived from one (:func:`mask_index`), and ``positions``
+    their row-major int64 positions in it where its owner keeps them (a compiled graph then
+    reads them rather than derive them). Whoever changes
     the tensors in place builds a new index
     (:class:`torchwire.SparseLinear` does).
     """
@@ -245,6 +247,7 @@ class SparseIndex(NamedTuple):
     cache: IndexCache | None = None
     by_input: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     mask: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
 
     @property
     def nnz(self) -> int:
@@ -326,7 +329,7 @@ def mask_index(
     counts = mask.sum(1).cumsum(0)
     indptr = torch.cat([counts.new_zeros(1), counts]).to(dtype)
     indices = (found % in_features).to(dtype)
-    return SparseIndex(indptr, indices, in_features, out_features, blocks, cache, None, mask)
+    return SparseIndex(indptr, indices, in_features, out_features, blocks, cache, None, mask, found)
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,9 @@ def positions(index: SparseIndex, device: object = None) -> torch.Tensor:
     canonical order, on the index's device (``device`` is ignored: the signature
     :func:`~torchwire.backends.block_dense.scratch` calls). Built once per index (kept in
     ``index.cache``, 8 bytes a connection while the dense backend runs), or on every call
-    for an index without a cache."""
+    for an index without a cache; or those the index holds)."""
+    if index.positions is not None:
+        return index.positions
     found: torch.Tensor = index.derived("dense_positions", _positions)
     return found
 
