@@ -8,6 +8,8 @@ it writes a table, ``--markdown PATH``.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import random
 import statistics
 import time
@@ -78,3 +80,68 @@ def fit_weights(features: Sequence[Sequence[float]], units: Sequence[float]) -> 
     a, t = np.array(features, dtype=float), np.array(units, dtype=float)
     coef, _ = nnls(a / t[:, None], np.ones(len(t)))
     return [float(f"{c:.3g}") for c in coef]
+
+
+def training_steps(
+    layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor
+) -> dict[str, Callable[[], None]]:
+    """``layer``'s inference (``"fwd"``, under ``no_grad``) and its training step
+    (``"train"``: every ``.grad`` None, forward, then ``backward`` of ``grad`` to the input
+    and the parameters, as a step after ``optimizer.zero_grad()`` runs it)."""
+    params = list(layer.parameters())
+    xg = x.clone().requires_grad_()
+
+    def fwd() -> None:
+        with torch.no_grad():
+            layer(x)
+
+    def train() -> None:
+        xg.grad = None
+        for p in params:
+            p.grad = None
+        layer(xg).backward(grad)
+
+    return {"fwd": fwd, "train": train}
+
+
+def fit_options(doc: str | None, rounds: int) -> argparse.ArgumentParser:
+    """:func:`options` of a script that fits a cost model: ``--json`` and ``--load``."""
+    parser = options(doc, rounds, markdown=False)
+    parser.add_argument("--json", help="write the measurements and the fit to this file")
+    parser.add_argument("--load", help="fit measurements read from a file --json wrote")
+    return parser
+
+
+def measurements(
+    args: argparse.Namespace, measure: Callable[[int], list[dict]]
+) -> tuple[list[dict], float]:
+    """The timed rows and :func:`seconds_per_unit`: read from ``args.load``, or measured now
+    (and written to ``args.json`` at once, so that a fit can be redone with ``--load``)."""
+    if args.load:
+        saved = json.loads(Path(args.load).read_text())
+        return saved["rows"], saved["seconds_per_unit"]
+    unit = seconds_per_unit(args.rounds)
+    rows = measure(args.rounds)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"seconds_per_unit": unit, "rows": rows}))
+    return rows, unit
+
+
+def save_fit(path: str | None, rows: list[dict], unit: float, weights: dict) -> None:
+    """Write the rows, the unit and the fitted weights to ``path``, when one was given."""
+    if path:
+        Path(path).write_text(
+            json.dumps({"seconds_per_unit": unit, "rows": rows, "weights": weights})
+        )
+
+
+def judged(slowdowns: list[float], misses: list[str], what: str) -> str:
+    """A fit's verdict: how often the model picks the ``what`` backend (a slowdown of 1),
+    the geometric mean and worst slowdown of its picks, then the ``misses``."""
+    hits = sum(r <= 1.0 for r in slowdowns)
+    mean = math.exp(sum(math.log(r) for r in slowdowns) / len(slowdowns))
+    head = (
+        f"picks the {what} in {hits} of {len(slowdowns)}; geomean {mean:.3f}x, "
+        f"worst {max(slowdowns):.2f}x"
+    )
+    return "\n".join([head, *misses])

@@ -20,10 +20,8 @@ Run: ``python benchmarks/block_costs.py [--rounds 7] [--json PATH]`` (needs scip
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import _script
-import numpy as np
 import torch
 
 import torchwire
@@ -57,23 +55,6 @@ BATCHES = [1, 8, 64, 256, 1024]
 BACKENDS = ["bmm", "bmm_packed", "bmm_t", "bmm_autograd", "dense"]
 
 
-def _steps(layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> dict[str, Callable]:
-    params = list(layer.parameters())
-    xg = x.clone().requires_grad_()
-
-    def fwd() -> None:
-        with torch.no_grad():
-            layer(x)
-
-    def train() -> None:
-        xg.grad = None
-        for p in params:
-            p.grad = None
-        layer(xg).backward(grad)
-
-    return {"fwd": fwd, "train": train}
-
-
 def measure(rounds: int) -> list[dict]:
     """Median seconds of every backend, mode and case of the grid."""
     rows = []
@@ -87,7 +68,7 @@ def measure(rounds: int) -> list[dict]:
                 if backend == "dense" and in_f * out_f * batch > 2**31:
                     continue  # never the fastest there, and slow to time
                 layer = torchwire.BlockLinear(*_args(args), backend=backend)
-                for mode, step in _steps(layer, x, grad).items():
+                for mode, step in _script.training_steps(layer, x, grad).items():
                     steps[backend, mode] = step
             seconds = _script.medians(steps, rounds)
             for (backend, mode), median in seconds.items():
@@ -159,30 +140,13 @@ def evaluate(rows: list[dict], weights: dict[str, dict[str, list[float]]]) -> st
         slow.append(ratio)
         if ratio > 1.05:
             lines.append(f"  {layout} batch {batch} {kind}: {pick} {ratio:.2f}x of {best}")
-    hits = sum(r <= 1.0 for r in slow)
-    mean = float(np.exp(np.mean(np.log(slow))))
-    head = (
-        f"picks the fastest in {hits} of {len(slow)}; geomean {mean:.3f}x, worst {max(slow):.2f}x"
-    )
-    return "\n".join([head, *lines])
+    return _script.judged(slow, lines, "fastest")
 
 
 def main() -> None:
-    parser = _script.options(__doc__, 7, markdown=False)
-    parser.add_argument("--json", help="write the measurements and the fit to this file")
-    parser.add_argument("--load", help="fit measurements read from a file --json wrote")
-    args = parser.parse_args()
+    args = _script.fit_options(__doc__, 7).parse_args()
     _script.start(args)
-    if args.load:
-        with open(args.load) as f:
-            saved = json.load(f)
-        rows, unit = saved["rows"], saved["seconds_per_unit"]
-    else:
-        unit = _script.seconds_per_unit(args.rounds)
-        rows = measure(args.rounds)
-        if args.json:  # the measurements first: refit them later with --load
-            with open(args.json, "w") as f:
-                json.dump({"seconds_per_unit": unit, "rows": rows}, f)
+    rows, unit = _script.measurements(args, measure)
     weights = fit(rows, unit)
     device = device_name(torch.device("cpu"))
     print(f"# {device}, torch {torch.__version__}, {args.threads} thread(s)")
@@ -191,9 +155,7 @@ def main() -> None:
         for kind, coef in kinds.items():
             print(f"{backend:14s} {kind:5s} {coef}")
     print(evaluate(rows, weights))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"seconds_per_unit": unit, "rows": rows, "weights": weights}, f)
+    _script.save_fit(args.json, rows, unit, weights)
 
 
 if __name__ == "__main__":

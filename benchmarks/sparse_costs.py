@@ -17,11 +17,7 @@ Run: ``python benchmarks/sparse_costs.py [--rounds 7] [--json PATH]`` (needs sci
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-
 import _script
-import numpy as np
 import torch
 
 import torchwire
@@ -33,23 +29,6 @@ DENSITIES = [0.001, 0.01, 0.05, 0.1, 0.2, 0.5]
 BATCHES = [1, 8, 64, 256, 1024]
 BACKENDS = {"dense": sparse_dense, "csr": sparse_csr}
 _LARGEST = 2**32  # features^2 * batch above which a case is too slow to time (4096 at 1024)
-
-
-def _steps(layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> dict[str, Callable]:
-    params = list(layer.parameters())
-    xg = x.clone().requires_grad_()
-
-    def fwd() -> None:
-        with torch.no_grad():
-            layer(x)
-
-    def train() -> None:
-        xg.grad = None
-        for p in params:
-            p.grad = None
-        layer(xg).backward(grad)
-
-    return {"fwd": fwd, "train": train}
 
 
 def measure(rounds: int) -> list[dict]:
@@ -66,7 +45,7 @@ def measure(rounds: int) -> list[dict]:
                 steps = {
                     (backend, mode): step
                     for backend, layer in layers.items()
-                    for mode, step in _steps(layer, x, grad).items()
+                    for mode, step in _script.training_steps(layer, x, grad).items()
                 }
                 for (backend, mode), median in _script.medians(steps, rounds).items():
                     rows.append(
@@ -123,50 +102,26 @@ def evaluate(rows: list[dict], weights: dict[str, dict[str, list[float]]]) -> st
         if ratio > 1.05:
             density = nnz / (n * n)
             lines.append(f"  {n} at {density:.3g}, batch {batch} {kind}: {pick} {ratio:.2f}x")
-    hits = sum(r <= 1.0 for r in slow)
-    mean = float(np.exp(np.mean(np.log(slow))))
-    head = f"picks the faster in {hits} of {len(slow)}; geomean {mean:.3f}x, worst {max(slow):.2f}x"
-    return "\n".join([head, *lines])
+    return _script.judged(slow, lines, "faster")
 
 
 def main() -> None:
-    parser = _script.options(__doc__, 7, markdown=False)
-    parser.add_argument("--json", help="write the measurements and the fit to this file")
-    parser.add_argument("--load", help="fit measurements read from a file --json wrote")
-    args = parser.parse_args()
+    args = _script.fit_options(__doc__, 7).parse_args()
     _script.start(args)
-    if args.load:
-        with open(args.load) as f:
-            saved = json.load(f)
-        rows, unit = saved["rows"], saved["seconds_per_unit"]
-    else:
-        unit = _script.seconds_per_unit(args.rounds)
-        rows = measure(args.rounds)
-        if args.json:  # the measurements first: refit them later with --load
-            with open(args.json, "w") as f:
-                json.dump({"seconds_per_unit": unit, "rows": rows}, f)
-    print(
-        f"# {device_name(torch.device('cpu'))}, torch {torch.__version__}, {args.threads} thread(s)"
-    )
-    print(
-        "before:",
-        evaluate(
-            rows,
-            {
-                b: {k: list(m._CPU[k == "train"]) for k in ("fwd", "train")}
-                for b, m in BACKENDS.items()
-            },
-        ).split("\n")[0],
-    )
+    rows, unit = _script.measurements(args, measure)
+    device = device_name(torch.device("cpu"))
+    print(f"# {device}, torch {torch.__version__}, {args.threads} thread(s)")
+    before = {
+        b: {k: list(m._CPU[k == "train"]) for k in ("fwd", "train")} for b, m in BACKENDS.items()
+    }
+    print("the weights in the code:", evaluate(rows, before).split("\n")[0])
     weights = fit(rows, unit)
     for backend, kinds in weights.items():
         print(f"{backend}: {', '.join(BACKENDS[backend].FEATURES)}")
         for kind, coef in kinds.items():
             print(f"  {kind:5s} {coef}")
-    print(evaluate(rows, weights))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"seconds_per_unit": unit, "rows": rows, "weights": weights}, f)
+    print("refitted:", evaluate(rows, weights))
+    _script.save_fit(args.json, rows, unit, weights)
 
 
 if __name__ == "__main__":

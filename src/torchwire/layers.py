@@ -605,7 +605,8 @@ class SparseLinear(nn.Module):
         if mask is None or (source is mask and version == mask._version) or mask.is_meta:
             return
         derived = self._mask_index
-        if derived is not None:
+        # (A mask assigned anew may live on another device: searched again there.)
+        if derived is not None and derived[2].device == mask.device:
             flat = mask.reshape(-1)
             if int(flat.sum()) == self.nnz and bool(flat[derived[2]].all()):
                 self._mask_source = (mask, mask._version)
