@@ -180,8 +180,6 @@ def _sparse(wiring: tw.Wiring, **kwargs: Any) -> Callable[..., nn.Module]:
 _RANDOM = tw.Wiring.random(12, 6, density=0.4, seed=0)
 _GAPS = tw.Wiring.from_edges([[0, 0], [3, 0], [1, 2], [3, 2], [4, 3]], 6, 4)  # idle in/outputs
 _NAMED = tw.Wiring.from_mapping({"p1": ["g1", "g2"], "p2": ["g2", "g3", "g4"]})
-# Sparse enough (10%) to keep index buffers rather than the mask the layers above keep.
-_INDEXED = tw.Wiring.random(40, 24, density=0.1, seed=0)
 _SPARSE_BAD_INPUTS = [
     *_BLOCK_BAD_INPUTS[:2],
     (
@@ -231,19 +229,6 @@ CASES += [
             compile=True,
         )
         for name in ("dense", "csr")
-    ),
-    *(
-        Case(
-            f"SparseLinear-indexed-{name}",
-            _sparse(_INDEXED, backend=name),
-            _features_input,
-            _sparse_oracle,
-            "SparseLinear(in_features=40, out_features=24, nnz=96, bias=True"
-            + ("" if name == "auto" else f", backend='{name}'")
-            + ")",
-            compile=True,
-        )
-        for name in ("auto", "dense", "csr")
     ),
     Case(
         "SparseLinear-block",

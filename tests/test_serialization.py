@@ -190,25 +190,6 @@ def test_files_of_0_1_with_dict_extra_state_still_load(tmp_path: Path) -> None:
     assert torch.equal(restored(x), model(x))
 
 
-def test_files_with_index_buffers_of_a_dense_layer_still_load(tmp_path: Path) -> None:
-    # Before dense layers kept their connections as a mask, every file held index buffers.
-    model = nn.Sequential(tw.SparseLinear(tw.Wiring.random(12, 10, density=0.6, seed=0)))
-    path = tmp_path / "model.pt"
-    tw.save(model, path)
-    payload = torch.load(path, weights_only=True)
-    state = payload["state_dict"]
-    index = tw.backends.sparse_index(model[0].wiring)
-    del state["0.mask"]
-    state |= {"0.indptr": index.indptr, "0.indices": index.indices}
-    torch.save(payload, path)
-    fresh = nn.Sequential(tw.SparseLinear(tw.Wiring.random(12, 10, density=0.2, seed=1)))
-    restored: Any = tw.load(path, fresh)
-    assert restored[0].wiring == model[0].wiring
-    assert "mask" in dict(restored[0].named_buffers())
-    x = torch.randn(3, 12)
-    assert torch.equal(restored(x), model(x))
-
-
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_a_sparsified_bert_model_reloads_into_a_fresh_one(tmp_path: Path, suffix: str) -> None:
     """A model of a real client library (built from a small config, nothing downloaded)."""

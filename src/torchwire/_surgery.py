@@ -426,15 +426,11 @@ def _sparse_saved_structure(
     config: dict[str, Any], state: dict[str, Any], prefix: str
 ) -> dict[str, Any]:
     """The wiring of a saved SparseLinear ``config``: its connections are the ``indptr`` and
-    ``indices`` of the ``state_dict``, or its ``mask`` (a dense layer's; names: the config,
-    or 0.1.0's dict ``_extra_state``)."""
+    ``indices`` of the ``state_dict`` (names: the config, or 0.1.0's dict ``_extra_state``)."""
     names = {k: config.get(k) for k in ("input_names", "output_names")}
     extra = state.get(prefix + "_extra_state")
     if isinstance(extra, dict):  # torchwire 0.1.0 kept the names there
         names = {k: extra.get(k) for k in names}
-    mask = state.get(prefix + "mask")
-    if mask is not None:
-        return {"wiring": Wiring.from_mask(mask.cpu(), **names)}
     wiring = Wiring(
         state[prefix + "indptr"].cpu(),
         state[prefix + "indices"].cpu(),

@@ -408,23 +408,16 @@ class SparseLinear(nn.Module):
             the same distribution as its output's weights (zero for an output without inputs).
         indptr: with ``indices``, the connections as persistent integer buffers, CSR by
             output (int32 where sizes allow; see :class:`torchwire.backends.SparseIndex`),
-            saved in ``state_dict`` and moved by ``.to()``; kept where they take fewer bytes
-            than ``mask`` (density below about 1/4).
+            saved in ``state_dict`` and moved by ``.to()``.
         indices: see ``indptr``.
         t_indptr: with ``t_indices`` and ``perm``, the transposed structure, which the
             sparse kernels' backward reads; buffers like the others at a density of at most
             1/6, where those kernels are the fast ones, else derived (once) where needed.
+            Parameters and buffers take 16 bytes a connection in float32 up to density 1/6
+            and 8 above, plus :math:`O(H_{in} + H_{out})`: never more than a dense weight
+            and a bool mask (5 bytes an element) up to 62% density.
         t_indices: see ``t_indptr``.
         perm: see ``t_indptr``.
-        mask: the connections as a bool :math:`(H_{out}, H_{in})` buffer, kept instead of
-            the index buffers where it is the smaller (density above about 1/4); the layer
-            keeps the index too, outside ``state_dict`` (moved by ``.to()``; derived again
-            from the mask if the mask is changed in place outside its methods, checked at
-            each eager call; a compiled graph reads the kept index). Parameters and buffers
-            take, in float32, 16 bytes a connection up to density 1/6, 8 up to 1/4, and
-            above that 4 a connection plus 1 an element of the dense matrix, plus
-            :math:`O(H_{in} + H_{out})`: never more than a dense weight and a bool mask (5
-            bytes an element).
 
     Examples::
 
@@ -446,7 +439,6 @@ class SparseLinear(nn.Module):
     bias: nn.Parameter | None
     indptr: torch.Tensor
     indices: torch.Tensor
-    mask: torch.Tensor
 
     def __init__(
         self,
@@ -476,26 +468,14 @@ class SparseLinear(nn.Module):
             wiring.nnz,
             wiring.nnz,
         )
-        self._by_mask = _keeps_mask(wiring)
-        self._by_input = not self._by_mask and _keeps_transpose(wiring)
-        if self._by_mask:
-            shape = (wiring.out_features, wiring.in_features)
-            self.register_buffer("mask", torch.empty(shape, dtype=torch.bool, device=device))
-        else:
-            names = _INDEX_FIELDS + _DERIVED_FIELDS if self._by_input else _INDEX_FIELDS
-            for name, size in zip(names, sizes, strict=False):
-                self.register_buffer(name, torch.empty(size, dtype=index_dtype, device=device))
+        self._by_input = _keeps_transpose(wiring)
+        names = _INDEX_FIELDS + _DERIVED_FIELDS if self._by_input else _INDEX_FIELDS
+        for name, size in zip(names, sizes, strict=False):
+            self.register_buffer(name, torch.empty(size, dtype=index_dtype, device=device))
         self._wiring = wiring  # the buffers are filled from it by reset_parameters
         self._blocks: backends.BlockLayout | None = None
         self._cached_index: SparseIndex | None = None  # the buffers as one SparseIndex
-        # The buffers the kept index was built from, as (name, tensor, version).
-        self._index_source: tuple[tuple[str, torch.Tensor, int], ...] = ()
-        # Where the connections are a mask: the index derived from it, (indptr, indices,
-        # positions) on its device, kept as plain tensors (not buffers: never saved) so that
-        # compiled and exported graphs read it rather than derive it; and the mask it
-        # describes.
-        self._mask_index: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._mask_source: tuple[torch.Tensor | None, int] = (None, -1)
+        self._index_versions: tuple[int, int] = (-1, -1)
         self.weight = nn.Parameter(torch.empty(wiring.nnz, **factory_kwargs))
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_features, **factory_kwargs))
@@ -506,21 +486,13 @@ class SparseLinear(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         # The kept index holds calls bound to this layer's scratch memory: a copy derives
         # its own.
-        return {
-            **super().__getstate__(),
-            "_cached_index": None,
-            "_index_source": (),
-            "_mask_source": (None, -1),  # the kept mask index is checked at the next call
-        }
+        return {**super().__getstate__(), "_cached_index": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._cached_index = None  # also for layers pickled before the cache existed
         if "_by_input" not in state:  # pickled by torchwire 0.1, which kept it at any density
             self._by_input = "t_indices" in self._buffers
-        self._by_mask = "mask" in self._buffers  # pickled before masks were kept: False
-        self.__dict__.setdefault("_mask_index", None)
-        self.__dict__.setdefault("_mask_source", (None, -1))
 
     def reset_parameters(self) -> None:
         """Initialise each output like ``nn.Linear(fan_in, 1)``: weights and bias from
@@ -570,81 +542,32 @@ class SparseLinear(nn.Module):
         index = self._cached_index
         if index is not None and self._current(index):
             return index
-        if self._by_mask:
-            self._check_mask_index()
-        buffers: Any = self._buffers
-        self._index_source = tuple(
-            (name, buffers[name], buffers[name]._version) for name in self._structure_fields()
-        )
         index = self._cached_index = self._new_index(backends.IndexCache())
+        self._index_versions = (index.indptr._version, index.indices._version)
         return index
 
     def _current(self, index: SparseIndex) -> bool:
-        """Whether the kept ``index`` still describes the buffers: the same tensors,
-        unchanged in place (never while compiling: dynamo cannot read version counters)."""
-        if torch.compiler.is_compiling():
-            return False
+        """Whether the kept ``index`` still describes the buffers (never while compiling:
+        dynamo cannot read version counters)."""
         buffers = self._buffers
-        for name, tensor, version in self._index_source:
-            if buffers[name] is not tensor or tensor._version != version:
-                return False
-        return True
+        return (
+            not torch.compiler.is_compiling()
+            and index.indices is buffers["indices"]
+            and index.indptr is buffers["indptr"]
+            and self._index_versions == (index.indptr._version, index.indices._version)
+            and (index.by_input is None or _same(index.by_input, self._by_input_buffers()))
+        )
 
-    def _structure_fields(self) -> tuple[str, ...]:
-        """Names of the buffers that hold the connections."""
-        if self._by_mask:
-            return _MASK_FIELDS
-        return _INDEX_FIELDS + _DERIVED_FIELDS if self._by_input else _INDEX_FIELDS
-
-    def _check_mask_index(self) -> None:
-        """Keep the index derived from the mask true to it after the mask changed in place
-        outside the layer's methods (DDP's buffer broadcast writes it every step): unchanged
-        (one count and one gather: cheap), or derived again."""
-        mask = self._buffers["mask"]
-        source, version = self._mask_source
-        if mask is None or (source is mask and version == mask._version) or mask.is_meta:
-            return
-        derived = self._mask_index
-        # (A mask assigned anew may live on another device: searched again there.)
-        if derived is not None and derived[2].device == mask.device:
-            flat = mask.reshape(-1)
-            if int(flat.sum()) == self.nnz and bool(flat[derived[2]].all()):
-                self._mask_source = (mask, mask._version)
-                return
-        index = backends.mask_index(mask, self.nnz)
-        self._mask_index = (index.indptr, index.indices, index.positions)  # type: ignore[assignment]
-        self._mask_source = (mask, mask._version)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> SparseLinear:
-        """``nn.Module._apply`` (``.to()``, ``.cuda()``, ``to_empty``, ...), applied to the
-        index derived from the mask too, as to a buffer."""
-        super()._apply(fn, recurse)
-        derived = self.__dict__.get("_mask_index")
-        if derived is not None:
-            self._mask_index = tuple(fn(t) for t in derived)
-            mask = self._buffers["mask"]
-            self._mask_source = (mask, mask._version)  # type: ignore[union-attr]
-        return self
+    def _by_input_buffers(self) -> tuple[Any, ...] | None:
+        buffers = self._buffers
+        return tuple(buffers[name] for name in _DERIVED_FIELDS) if self._by_input else None
 
     def _new_index(self, cache: backends.IndexCache | None) -> SparseIndex:
-        buffers: Any = self._buffers
-        if self._by_mask:
-            indptr, indices, positions = self._mask_index  # type: ignore[misc]
-            return SparseIndex(
-                indptr,
-                indices,
-                self.in_features,
-                self.out_features,
-                self._blocks,
-                cache,
-                None,
-                buffers["mask"],
-                positions,
-            )
-        by_input = tuple(buffers[name] for name in _DERIVED_FIELDS) if self._by_input else None
+        buffers = self._buffers
+        by_input = self._by_input_buffers()
         return SparseIndex(
-            buffers["indptr"],
-            buffers["indices"],
+            buffers["indptr"],  # type: ignore[arg-type]
+            buffers["indices"],  # type: ignore[arg-type]
             self.in_features,
             self.out_features,
             self._blocks,
@@ -847,7 +770,6 @@ class SparseLinear(nn.Module):
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
         errors: list[str] = args[-1]
         count = len(errors)
-        self._convert_saved_structure(state_dict, prefix)
         for name in _DERIVED_FIELDS:  # derived from indptr and indices: never trusted
             if self._by_input:  # recomputed after loading: any tensor of the shape will do
                 state_dict.setdefault(prefix + name, self._buffers[name])
@@ -860,52 +782,26 @@ class SparseLinear(nn.Module):
             self.__dict__.pop("_loaded_names", None)
             self._copy_index(self._wiring)
 
-    def _convert_saved_structure(self, state_dict: Any, prefix: str) -> None:
-        """Rewrite the connections of ``state_dict`` into the form this layer keeps: index
-        buffers (checkpoints of dense layers saved before masks were kept) or a mask."""
-        keys = [prefix + name for name in (*_INDEX_FIELDS, *_MASK_FIELDS)]
-        indptr, indices, mask = (state_dict.get(key) for key in keys)
-        if self._by_mask and mask is None and indptr is not None and indices is not None:
-            if tuple(indptr.shape) == (self.out_features + 1,):  # else torch reports it
-                wiring = _saved_wiring(indptr, indices, self.in_features, self.out_features)
-                state_dict[keys[2]] = wiring.mask()
-                for name in (*_INDEX_FIELDS, *_DERIVED_FIELDS):
-                    state_dict.pop(prefix + name, None)
-        elif (
-            not self._by_mask
-            and mask is not None
-            and indptr is None
-            and tuple(mask.shape) == (self.out_features, self.in_features)
-        ):
-            index = backends.sparse_index(_saved_mask_wiring(mask))
-            state_dict[keys[0]], state_dict[keys[1]] = index.indptr, index.indices
-            del state_dict[keys[2]]
-
     def _adopt_loaded_structure(self) -> None:
         names = getattr(self, "_loaded_names", None)
         if names is None:
             names = (self._wiring.input_names, self._wiring.output_names)
         self.__dict__.pop("_loaded_names", None)
-        buffers: Any = self._buffers
-        if buffers[self._structure_fields()[0]].is_meta:
+        if self.indptr.is_meta:
             return
         try:
-            if self._by_mask:
-                wiring = _saved_mask_wiring(buffers["mask"])
-                if wiring.nnz != self.nnz:
-                    raise ValueError(
-                        f"the checkpoint's mask holds {wiring.nnz} connections, but the layer "
-                        f"has {self.nnz} values; load a checkpoint saved from a layer of this "
-                        "wiring"
-                    )
-            else:
-                wiring = _saved_wiring(
-                    buffers["indptr"], buffers["indices"], self.in_features, self.out_features
-                )
-            wiring = wiring.with_names(input_names=names[0], output_names=names[1])
-        except ValueError:
-            self._copy_index(self._wiring)  # the buffers describe the layer's wiring again
-            raise
+            wiring = Wiring(
+                self.indptr.cpu(),
+                self.indices.cpu(),
+                self.in_features,
+                self.out_features,
+                input_names=names[0],
+                output_names=names[1],
+            )
+        except ValueError as error:
+            raise ValueError(
+                f"the checkpoint's connections are not a valid wiring: {error}"
+            ) from None
         self._wiring = wiring
         self._copy_index(wiring)  # in the canonical form, checked by Wiring
 
@@ -952,13 +848,6 @@ class SparseLinear(nn.Module):
         self._blocks = index.blocks
         self._cached_index = None
         with torch.no_grad():
-            if self._by_mask:
-                self.mask.copy_(wiring.mask())
-                device = self.mask.device
-                positions = wiring.positions().to(device)
-                self._mask_index = (index.indptr.to(device), index.indices.to(device), positions)
-                self._mask_source = (self.mask, self.mask._version)
-                return
             self.indptr.copy_(index.indptr)
             self.indices.copy_(index.indices)
             if self._by_input:
@@ -977,33 +866,11 @@ class SparseLinear(nn.Module):
 
 _INDEX_FIELDS = ("indptr", "indices")
 _DERIVED_FIELDS = ("t_indptr", "t_indices", "perm")
-_MASK_FIELDS = ("mask",)
 
 
-def _keeps_mask(wiring: Wiring) -> bool:
-    """Whether a SparseLinear of ``wiring`` keeps its connections as a bool mask rather than
-    as index buffers: where the mask takes fewer bytes than the index by output (density
-    above about 1/4), so that parameters and buffers never exceed a dense weight and a bool
-    mask, at any density."""
-    itemsize = 4 if wiring.nnz < 2**31 else 8  # as sparse_index
-    index_bytes = itemsize * (wiring.nnz + wiring.out_features + 1)
-    return wiring.in_features * wiring.out_features < index_bytes
-
-
-def _saved_wiring(indptr: torch.Tensor, indices: torch.Tensor, n_in: int, n_out: int) -> Wiring:
-    """The :class:`Wiring` of loaded index buffers, or a ValueError naming the fault."""
-    try:
-        return Wiring(indptr.cpu(), indices.cpu(), n_in, n_out)
-    except ValueError as error:
-        raise ValueError(f"the checkpoint's connections are not a valid wiring: {error}") from None
-
-
-def _saved_mask_wiring(mask: torch.Tensor) -> Wiring:
-    """The :class:`Wiring` of a loaded mask buffer, or a ValueError naming the fault."""
-    try:
-        return Wiring.from_mask(mask.cpu())
-    except ValueError as error:
-        raise ValueError(f"the checkpoint's connections are not a valid wiring: {error}") from None
+def _same(tensors: tuple[Any, ...], others: tuple[Any, ...] | None) -> bool:
+    """Whether two tuples hold the same tensor objects."""
+    return others is not None and all(t is o for t, o in zip(tensors, others, strict=True))
 
 
 def _keeps_transpose(wiring: Wiring) -> bool:

@@ -47,7 +47,6 @@ __all__ = [
     "block_layout",
     "cached_for_device",
     "equal_block_layout",
-    "mask_index",
     "plan",
     "register",
     "select",
@@ -220,8 +219,7 @@ class IndexCache(dict[Any, Any]):
 
 class SparseIndex(NamedTuple):
     """A wiring's connections as index tensors on the compute device (what sparse backends
-    read; :class:`torchwire.SparseLinear` keeps ``indptr`` and ``indices`` as buffers, or
-    at high density a bool mask they are derived from: :func:`mask_index`).
+    read; :class:`torchwire.SparseLinear` keeps ``indptr`` and ``indices`` as buffers).
 
     ``indptr``/``indices`` are the CSR structure by output (canonical order, the order of the
     weight values), in one integer dtype (int32 where sizes allow). ``blocks`` is the
@@ -231,11 +229,7 @@ class SparseIndex(NamedTuple):
     problem (``torchwire.functional``); or it is ``None`` to derive them on every call.
     ``by_input`` is the transposed structure where its owner keeps it (a sparse
     :class:`torchwire.SparseLinear` keeps it as buffers, so compiled graphs read it rather
-    than derive it). ``mask`` is the bool ``(out_features, in_features)`` matrix of the
-    connections where the index was derived from one (:func:`mask_index`), and ``positions``
-    their row-major int64 positions in it where its owner keeps them (a compiled graph then
-    reads them rather than derive them). Whoever changes
-    the tensors in place builds a new index
+    than derive it). Whoever changes the tensors in place builds a new index
     (:class:`torchwire.SparseLinear` does).
     """
 
@@ -246,8 +240,6 @@ class SparseIndex(NamedTuple):
     blocks: BlockLayout | None
     cache: IndexCache | None = None
     by_input: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    mask: torch.Tensor | None = None
-    positions: torch.Tensor | None = None
 
     @property
     def nnz(self) -> int:
@@ -310,26 +302,6 @@ def sparse_index(wiring: Wiring, device: torch.device | str | None = None) -> Sp
         None if blocks is None else block_layout(*blocks),
         IndexCache(),
     )
-
-
-def mask_index(
-    mask: torch.Tensor,
-    nnz: int,
-    blocks: BlockLayout | None = None,
-    cache: IndexCache | None = None,
-) -> SparseIndex:
-    """The :class:`SparseIndex` of the connections a bool ``(out_features, in_features)``
-    ``mask`` holds (``nnz`` of them), built on the mask's device without a host
-    synchronisation (a dense :class:`torchwire.SparseLinear` keeps its connections as such
-    a mask). Not for a call path: finding the connections costs about 15 ns an element of
-    the mask on a CPU (``nonzero_static``), more than the layer's own call at half density."""
-    out_features, in_features = mask.shape
-    found = torch.nonzero_static(mask.reshape(-1), size=nnz).squeeze(1)
-    dtype = torch.int32 if nnz < 2**31 else torch.int64  # as sparse_index
-    counts = mask.sum(1).cumsum(0)
-    indptr = torch.cat([counts.new_zeros(1), counts]).to(dtype)
-    indices = (found % in_features).to(dtype)
-    return SparseIndex(indptr, indices, in_features, out_features, blocks, cache, None, mask, found)
 
 
 @dataclass(frozen=True)

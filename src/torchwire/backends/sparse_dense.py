@@ -59,9 +59,7 @@ def positions(index: SparseIndex, device: object = None) -> torch.Tensor:
     canonical order, on the index's device (``device`` is ignored: the signature
     :func:`~torchwire.backends.block_dense.scratch` calls). Built once per index (kept in
     ``index.cache``, 8 bytes a connection while the dense backend runs), or on every call
-    for an index without a cache; or those the index holds)."""
-    if index.positions is not None:
-        return index.positions
+    for an index without a cache."""
     found: torch.Tensor = index.derived("dense_positions", _positions)
     return found
 
@@ -103,15 +101,8 @@ def sparse_linear_dense_onnx(
 ) -> torch.Tensor:
     """The ONNX form: the dense weight scattered from the values at positions computed from
     the index buffers, then one Gemm. All of the weight's graph reads initializers only, so
-    onnxruntime computes it once, when it loads the model: a call is one Gemm. (From a
-    mask, the weight is gathered by each element's running count of connections, which
-    onnxruntime folds, as it does not fold the NonZero the positions would take.)"""
-    shape = (index.out_features, index.in_features)
-    if index.mask is not None:
-        flat = index.mask.reshape(-1)
-        rank = flat.cumsum(0) * flat  # k + 1 at the k-th connection, 0 where none
-        return F.linear(input, torch.cat([weight.new_zeros(1), weight])[rank].view(shape), bias)
-    dense = weight.new_zeros(shape)
+    onnxruntime computes it once, when it loads the model: a call is one Gemm."""
+    dense = weight.new_zeros((index.out_features, index.in_features))
     return F.linear(input, scatter(dense, _positions(index), weight), bias)
 
 
