@@ -170,7 +170,7 @@ def scratch(
     Few connections are written into ``W.T`` itself, so the GEMM reads a contiguous operand
     (2-4 us less a small call than a transposed one); many into ``W``, in order, since
     written into ``W.T`` they land a row apart each (measured 5.7x the time of in-order
-    writes at 256 x 256, half connected: a no-grad call at batch 64 took 330 us, not 130).
+    writes at 256 x 256, half connected: a no-grad call at batch 64 took 327 us, not 123).
     Callers write the connections and consume the matrix at once: no autograd graph may keep
     it, and only the calling thread may use it (a backend's ``bind`` runs per thread). None
     for large matrices, and while torch.compile traces or torch.func transforms run."""
