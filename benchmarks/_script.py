@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,13 +44,13 @@ def publish(text: str, path: str | None) -> None:
         Path(path).write_text(text)
 
 
-def medians(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+def medians(steps: dict[Any, Callable[[], object]], rounds: int) -> dict[Any, float]:
     """Median seconds of each step over ``rounds`` rounds after one warm-up call each, in
     an order shuffled afresh every round (seeded, so a run repeats): no step always follows
     the same one."""
     for step in steps.values():
         step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    times: dict[Any, list[float]] = {name: [] for name in steps}
     names = list(steps)
     order = random.Random(0)
     for _ in range(rounds):

@@ -24,9 +24,6 @@ Run: ``python benchmarks/block_floor.py [--rounds 11] [--markdown PATH]``.
 
 from __future__ import annotations
 
-import random
-import statistics
-import time
 from collections.abc import Callable
 
 import _script
@@ -115,17 +112,7 @@ def measure(groups: int, size: int, rows: int, rounds: int) -> dict[str, float]:
     steps["convert feature-major"] = lambda: flat.contiguous()
     steps["layer limit"] = _layer(nn.Linear(width, size), xg)
     steps["layer torchwire"] = _layer(torchwire.BlockLinear(width, width, groups), xg)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    names = list(steps)
-    for step in steps.values():  # warm up
-        step()
-    order = random.Random(0)
-    for _ in range(rounds):
-        for name in order.sample(names, len(names)):  # shuffled afresh: no fixed neighbours
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return _script.medians(steps, rounds)
 
 
 def _total(m: dict[str, float], prefix: str) -> float:

@@ -51,6 +51,7 @@ __all__ = [
     "register",
     "select",
     "sparse_index",
+    "weighted",
 ]
 
 
@@ -302,6 +303,12 @@ def sparse_index(wiring: Wiring, device: torch.device | str | None = None) -> Sp
         None if blocks is None else block_layout(*blocks),
         IndexCache(),
     )
+
+
+def weighted(weights: tuple[float, ...], features: tuple[float, ...]) -> float:
+    """A CPU cost model's estimate: the sum of ``features`` (a backend's ``cost_features``)
+    times their fitted ``weights``."""
+    return sum(w * f for w, f in zip(weights, features, strict=True))
 
 
 @dataclass(frozen=True)

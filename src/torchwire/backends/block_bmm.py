@@ -43,6 +43,7 @@ from torchwire.backends import (
     BlockProblem,
     cached_for_device,
     register,
+    weighted,
 )
 
 STRIDED, PACKED, TRANSPOSED, AUTOGRAD = "strided", "packed", "transposed", "autograd"
@@ -172,7 +173,13 @@ def _forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout, mode: str
 ) -> torch.Tensor:
     """The layer's output, each batched call writing into its part of one output tensor."""
-    y = x.new_empty(x.shape[0], layout.out_features)
+    rows = x.shape[0]
+    y = x.new_empty(rows, layout.out_features)
+    if len(layout.runs) == 1:  # equal groups: one call on plain views, no lists to build
+        n, i, o = layout.runs[0]
+        b = None if bias is None else bias.view(n, o)
+        _grouped_matmul(x.reshape(rows, n, i), weight.view(n, o, i), b, y.view(rows, n, o), mode)
+        return y
     xs, ws, ys = (
         _pieces(layout, x, "in"),
         _pieces(layout, weight, "weight"),
@@ -284,67 +291,47 @@ class _BlockMatmul(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: the same products, differentiable
             grad_x, grad_w = _plain_grads(x, weight, grad, layout, need_x, need_w)
             return grad_x, grad_w, grad_b, None, None
-        grad_x = x.new_empty(x.shape) if need_x else None
-        grad_w = None
-        if need_w:  # only the packed mode accumulates (over row chunks)
-            grad_w = (weight.new_zeros if ctx.mode == PACKED else weight.new_empty)(weight.shape)
-        xs, ws, gs = (
-            _pieces(layout, x, "in"),
-            _pieces(layout, weight, "weight"),
-            _pieces(layout, grad, "out"),
-        )
-        gxs = [None] * len(xs) if grad_x is None else _pieces(layout, grad_x, "in")
-        gws = [None] * len(xs) if grad_w is None else _pieces(layout, grad_w, "weight")
-        for xp, wp, gp, gxp, gwp in zip(xs, ws, gs, gxs, gws, strict=True):
-            _grouped_matmul_backward(xp, wp, gp, ctx.mode, gxp, gwp)
+        grad_x, grad_w = _backward(x, weight, grad, layout, ctx.mode, need_x, need_w)
         return grad_x, grad_w, grad_b, None, None
 
 
-class _RunMatmul(torch.autograd.Function):
-    """:class:`_BlockMatmul` in the strided mode for a layout of one run (equal groups): the
-    same products (:func:`_grouped_matmul`, :func:`_grouped_matmul_backward`) on one set of
-    views, with none of the splitting into pieces (about 60 us less a training call on a
-    2-core CPU, where the products of 4 groups of 256 at batch 64 take 1.5 ms)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        layout: BlockLayout,
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.layout = layout
+def _backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    layout: BlockLayout,
+    mode: str,
+    need_x: bool,
+    need_w: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The input's and the weight's gradients (where needed), each batched call writing
+    into its part of whole tensors."""
+    grad_x = x.new_empty(x.shape) if need_x else None
+    grad_w = None
+    if need_w:  # only the packed mode accumulates (over row chunks)
+        grad_w = (weight.new_zeros if mode == PACKED else weight.new_empty)(weight.shape)
+    if len(layout.runs) == 1:  # equal groups: one call on plain views, no lists to build
         n, i, o = layout.runs[0]
         rows = x.shape[0]
-        y = x.new_empty(rows, n * o)
-        b = None if bias is None else bias.view(n, o)
-        _grouped_matmul(x.reshape(rows, n, i), weight.view(n, o, i), b, y.view(rows, n, o), STRIDED)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        layout = ctx.layout
-        grad_b = grad.sum(0) if need_b else None
-        if torch.is_grad_enabled():  # create_graph: the same products, differentiable
-            grad_x, grad_w = _plain_grads(x, weight, grad, layout, need_x, need_w)
-            return grad_x, grad_w, grad_b, None
-        n, i, o = layout.runs[0]
-        rows = x.shape[0]
-        grad_x = x.new_empty(rows, n * i) if need_x else None
-        grad_w = weight.new_empty(weight.shape) if need_w else None
         _grouped_matmul_backward(
             x.reshape(rows, n, i),
             weight.view(n, o, i),
             grad.reshape(rows, n, o),
-            STRIDED,
+            mode,
             None if grad_x is None else grad_x.view(rows, n, i),
             None if grad_w is None else grad_w.view(n, o, i),
         )
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w
+    xs, ws, gs = (
+        _pieces(layout, x, "in"),
+        _pieces(layout, weight, "weight"),
+        _pieces(layout, grad, "out"),
+    )
+    gxs = [None] * len(xs) if grad_x is None else _pieces(layout, grad_x, "in")
+    gws = [None] * len(xs) if grad_w is None else _pieces(layout, grad_w, "weight")
+    for xp, wp, gp, gxp, gwp in zip(xs, ws, gs, gxs, gws, strict=True):
+        _grouped_matmul_backward(xp, wp, gp, mode, gxp, gwp)
+    return grad_x, grad_w
 
 
 def _block_linear(
@@ -375,9 +362,6 @@ def _block_linear(
         return gathered.index_select(1, positions)
     if mode == AUTOGRAD:
         return _plain(input, weight, bias, layout)
-    if needs_grad and mode == STRIDED and len(layout.runs) == 1:
-        run: torch.Tensor = _RunMatmul.apply(input, weight, bias, layout)
-        return run
     if needs_grad:
         y: torch.Tensor = _BlockMatmul.apply(input, weight, bias, layout, mode)
         return y
@@ -530,7 +514,7 @@ def _cost_for(problem: BlockProblem, layout: BlockLayout, mode: str) -> float:
         return passes * problem.rows * layout.connections
     weights = _CPU[mode][problem.requires_grad]
     features = cost_features(problem, layout, mode)
-    total = sum(w * f for w, f in zip(weights, features, strict=True))
+    total = weighted(weights, features)
     if layout.plan == GATHER:  # index copies of inputs and outputs, there and back
         activations = problem.rows * (layout.in_features + layout.out_features)
         near_cache = activations * problem.dtype.itemsize <= _CACHE_BYTES

@@ -21,6 +21,7 @@ from torchwire.backends import (
     BlockProblem,
     cached_for_device,
     register,
+    weighted,
 )
 
 
@@ -222,7 +223,7 @@ def cost_features(problem: BlockProblem) -> tuple[float, ...]:
 def _cost(problem: BlockProblem) -> float:
     if problem.device_type == "cpu":
         weights = _CPU[problem.requires_grad]
-        return sum(w * f for w, f in zip(weights, cost_features(problem), strict=True))
+        return weighted(weights, cost_features(problem))
     layout = problem.layout
     dense = layout.in_features * layout.out_features
     passes = 3 if problem.requires_grad else 1  # forward GEMM; grad-input and grad-weight GEMMs

@@ -29,7 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchwire.backends import LAUNCH_CUDA, Backend, SparseIndex, SparseProblem, register
+from torchwire.backends import (
+    LAUNCH_CUDA,
+    Backend,
+    SparseIndex,
+    SparseProblem,
+    register,
+    weighted,
+)
 from torchwire.backends.sparse_dense import connection_outputs
 
 _NATIVE = (torch.float32, torch.float64)
@@ -320,7 +327,7 @@ def _cost(problem: SparseProblem) -> float:
         passes = 3 if problem.requires_grad else 1
         return passes * (_PER_PRODUCT_CUDA * problem.rows * problem.nnz + 3 * LAUNCH_CUDA)
     weights = _CPU[problem.requires_grad]
-    return sum(w * f for w, f in zip(weights, cost_features(problem), strict=True))
+    return weighted(weights, cost_features(problem))
 
 
 # onnxruntime (one thread, MLAS), in units of one multiply-add of its large GEMM (about

@@ -13,7 +13,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from torchwire.backends import LAUNCH_CUDA, Backend, SparseIndex, SparseProblem, register
+from torchwire.backends import (
+    LAUNCH_CUDA,
+    Backend,
+    SparseIndex,
+    SparseProblem,
+    register,
+    weighted,
+)
 from torchwire.backends.block_dense import (
     linear_through,
     put_values,
@@ -129,7 +136,7 @@ def _cost(problem: SparseProblem) -> float:
         gemms = passes * problem.rows * problem.in_features * problem.out_features
         return gemms + passes * 2 * LAUNCH_CUDA
     weights = _CPU[problem.requires_grad]
-    return sum(w * f for w, f in zip(weights, cost_features(problem), strict=True))
+    return weighted(weights, cost_features(problem))
 
 
 # onnxruntime (one thread, MLAS), in units of one multiply-add of its large GEMM: the
