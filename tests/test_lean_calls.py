@@ -260,3 +260,30 @@ def test_a_newly_registered_backend_is_used_by_calls_made_before() -> None:
         finally:
             tw.backends.register(old)
     assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tw.SparseLinear(tw.Wiring.random(64, 64, density=0.5, seed=0)),
+        lambda: tw.SparseLinear(tw.Wiring.random(256, 256, density=0.01, seed=0)),
+        lambda: tw.BlockLinear(64, 64, groups=4),
+        lambda: tw.MultiLinear([32, 32], 64),
+    ],
+    ids=["sparse_half", "sparse_1pct", "block", "multi"],
+)
+def test_a_dynamic_shape_graph_serves_every_batch_size(make: Any) -> None:
+    """With dynamic shapes, a compiled layer traces again only where dynamo specialises
+    (batch 1) or its backend choice changes, not for every batch size: what it remembers of
+    eager calls is not guarded on."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    layer = make()
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True)
+    sizes = [1, 3, 8, 64, 300, 1024]
+    with torch.no_grad():
+        for rows in sizes:
+            widths = layer.in_features if isinstance(layer, tw.MultiLinear) else [layer.in_features]
+            inputs = [torch.randn(rows, n) for n in widths]
+            torch.testing.assert_close(compiled(*inputs), layer(*inputs), rtol=1e-5, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3

@@ -792,6 +792,22 @@ def test_compile_fullgraph_matches_eager(case: Case) -> None:
         _close(q.grad, p.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("case", [c for c in CASES if c.compile], ids=lambda c: c.id)
+def test_compiled_graph_is_kept_across_eager_calls(case: Case, grad: bool) -> None:
+    """Eager calls between compiled ones (and what torchwire keeps for them) do not make
+    torch.compile trace the module again."""
+    torch._dynamo.reset()
+    m = case.make()
+    compiled = torch.compile(m, fullgraph=True)
+    inputs = case.make_inputs(m, (5,), torch.float32, "cpu")
+    with torch.set_grad_enabled(grad), torch._dynamo.config.patch(error_on_recompile=True):
+        first = compiled(*inputs)
+        eager = m(*inputs)
+        _close(compiled(*inputs), first)
+    _close(first, eager, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_cuda_matches_cpu(case: Case) -> None:

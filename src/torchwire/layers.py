@@ -521,9 +521,12 @@ class SparseLinear(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, bias = _weight_and_bias(self)
-        index = self._cached_index
-        if index is None or not self._current(index):
-            index = self._index()
+        if torch.compiler.is_compiling():  # read no kept state: the graph would guard on it
+            index = self._new_index(None)
+        else:
+            index = self._cached_index
+            if index is None or not self._current(index):
+                index = self._index()
         return _calls.sparse_call(input, weight, index, bias, self.backend)
 
     def resolve_backend(self, input: torch.Tensor) -> str:
@@ -547,12 +550,11 @@ class SparseLinear(nn.Module):
         return index
 
     def _current(self, index: SparseIndex) -> bool:
-        """Whether the kept ``index`` still describes the buffers (never while compiling:
-        dynamo cannot read version counters)."""
+        """Whether the kept ``index`` still describes the buffers (not to be called while
+        compiling: dynamo cannot read version counters)."""
         buffers = self._buffers
         return (
-            not torch.compiler.is_compiling()
-            and index.indices is buffers["indices"]
+            index.indices is buffers["indices"]
             and index.indptr is buffers["indptr"]
             and self._index_versions == (index.indptr._version, index.indices._version)
             and (index.by_input is None or _same(index.by_input, self._by_input_buffers()))

@@ -435,11 +435,14 @@ def plan(
     ``key`` (which must determine the problem): what a layer's call does instead of building
     and hashing a problem, so choosing costs one dictionary lookup.
 
-    While ``torch.export`` traces (``torch.onnx.export`` too), the choice is made afresh,
-    for the example input: a dynamic size (a ``SymInt``) counts as its example value,
-    without constraining it."""
-    if torch.compiler.is_compiling() and not torch.compiler.is_dynamo_compiling():
-        built = problem(*(_example(k) for k in key))
+    While torch.compile traces, the choice is made afresh and the memo is neither read nor
+    written: dynamo would guard on the memo's contents, and every later eager call that adds
+    to it would make each compiled layer trace again. While ``torch.export`` traces
+    (``torch.onnx.export`` too), the choice is made for the example input: a dynamic size (a
+    ``SymInt``) counts as its example value, without constraining it."""
+    if torch.compiler.is_compiling():
+        exporting = not torch.compiler.is_dynamo_compiling()
+        built = problem(*(_example(k) for k in key)) if exporting else problem(*key)
         return select(op, built, backend), built
     memo = (op, backend, key)
     hit = _PLANS.get(memo)
@@ -447,10 +450,9 @@ def plan(
         return hit
     built = problem(*key)
     chosen = select(op, built, backend)
-    if not torch.compiler.is_compiling():
-        if len(_PLANS) >= _MEMO_SIZE:
-            _PLANS.clear()
-        _PLANS[memo] = (chosen, built)
+    if len(_PLANS) >= _MEMO_SIZE:
+        _PLANS.clear()
+    _PLANS[memo] = (chosen, built)
     return chosen, built
 
 
