@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import io
 import pickle
 from typing import Any
@@ -16,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 import torchwire as tw
+from torchwire.backends import sparse_dense
 from torchwire.bench import overhead as _overhead
 from torchwire.bench.overhead import OpCounter
 
@@ -287,3 +289,48 @@ def test_a_dynamic_shape_graph_serves_every_batch_size(make: Any) -> None:
             inputs = [torch.randn(rows, n) for n in widths]
             torch.testing.assert_close(compiled(*inputs), layer(*inputs), rtol=1e-5, atol=1e-5)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
+
+
+def test_a_compiled_dense_layer_reads_kept_positions_that_follow_its_buffers() -> None:
+    """Many connections: the compiled graph looks the positions up where eager calls keep
+    them (not deriving them on every call), and sees the buffers written in place."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    nnz = sparse_dense._INDEX_COPY_FROM + 100
+    a = tw.SparseLinear(tw.Wiring.random(128, 96, nnz=nnz, seed=1), backend="dense").double()
+    b = tw.SparseLinear(tw.Wiring.random(128, 96, nnz=nnz, seed=2), backend="dense").double()
+    compiled = torch.compile(a, fullgraph=True)
+    for reference in (a, b):  # a's connections, then b's, loaded into a's buffers in place
+        x = torch.randn(5, 128, dtype=torch.float64, requires_grad=True)
+        y = compiled(x)
+        assert id(a.indices) in sparse_dense._KEPT  # what the graph called
+        torch.testing.assert_close(y, _sparse_reference(reference, x))
+        grad = torch.randn_like(y)
+        y.backward(grad)
+        index = reference._index()
+        dense = sparse_dense.dense_weight(reference.weight.detach(), index)
+        torch.testing.assert_close(x.grad, grad @ dense)
+        expected = (grad.t() @ x.detach()).flatten()[sparse_dense.positions(index)]
+        torch.testing.assert_close(a.weight.grad, expected)
+        a.zero_grad()
+        a.load_state_dict(b.state_dict())
+
+
+def test_the_kept_position_ops_are_differentiable_to_any_order_and_drop_with_the_index() -> None:
+    wiring = tw.Wiring.random(7, 5, nnz=20, seed=3)
+    index = tw.backends.sparse_index(wiring, torch.device("cpu"))
+    indptr, indices = index.indptr.clone(), index.indices.clone()
+    values = torch.randn(20, dtype=torch.float64, requires_grad=True)
+    dense = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    ops = torch.ops.torchwire
+    for op, first in ((ops.dense_weight, values), (ops.connection_values, dense)):
+        torch.library.opcheck(op, (first, indptr, indices, 7))
+        assert torch.autograd.gradgradcheck(lambda t, op=op: op(t, indptr, indices, 7), first)
+    expected = torch.zeros(5, 7, dtype=torch.float64)
+    expected[wiring.edges()[:, 1], wiring.edges()[:, 0]] = values.detach()
+    torch.testing.assert_close(ops.dense_weight(values, indptr, indices, 7), expected)
+    key = id(indices)
+    assert key in sparse_dense._KEPT
+    del indices
+    gc.collect()
+    assert key not in sparse_dense._KEPT

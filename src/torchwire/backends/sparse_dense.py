@@ -8,7 +8,9 @@ temporary of each call; the layer never keeps it.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,7 @@ from torchwire.backends import (
     weighted,
 )
 from torchwire.backends.block_dense import (
+    _INDEX_COPY_FROM,
     linear_through,
     put_values,
     scatter,
@@ -64,10 +67,13 @@ def dense_weight(weight: torch.Tensor, index: SparseIndex) -> torch.Tensor:
 def positions(index: SparseIndex, device: object = None) -> torch.Tensor:
     """Row-major int64 positions of the connections in the dense ``(out, in)`` matrix, in
     canonical order, on the index's device (``device`` is ignored: the signature
-    :func:`~torchwire.backends.block_dense.scratch` calls). Built once per index (kept in
-    ``index.cache``, 8 bytes a connection while the dense backend runs), or on every call
-    for an index without a cache."""
-    found: torch.Tensor = index.derived("dense_positions", _positions)
+    :func:`~torchwire.backends.block_dense.scratch` calls). Built once per pair of index
+    tensors, unchanged in place, and kept with them (8 bytes a connection while the dense
+    backend runs; eager calls and compiled graphs share them), or on every call for an index
+    without a cache (as in a traced graph)."""
+    if index.cache is None:
+        return _positions(index)
+    found: torch.Tensor = index.derived("dense_positions", _kept)
     return found
 
 
@@ -79,7 +85,7 @@ def connection_outputs(index: SparseIndex) -> torch.Tensor:
     """The output of every connection (int64, canonical order), from the index's tensors."""
     # Each connection's output is the number of outputs (after the first) starting at or
     # before it: a mark at each start, summed. Cheaper than repeat_interleave, above all in a
-    # compiled graph, which derives this on every call (measured 1.16x the eager layer's
+    # traced graph, which derives this on every call (measured 1.16x the eager layer's
     # time against 2.9x, forward+backward, 1024 x 1024 at 50%, batch 64); and it exports
     # to ONNX (repeat_interleave's output_size does not; ONNX's scatters index by int64).
     nnz = index.nnz
@@ -89,6 +95,105 @@ def connection_outputs(index: SparseIndex) -> torch.Tensor:
     return marks.cumsum(0)[:nnz]
 
 
+# A graph torch.compile traces cannot keep what it derives from the index buffers: it
+# would find the positions again on every call (an index_add, a cumsum and a fused scatter
+# slower than index_copy_: measured 1.14x the eager training step, 1024 x 1024 at half
+# density, batch 64, against 1.03x-1.05x with kept positions). From _INDEX_COPY_FROM
+# connections a compiled graph instead calls two ops, opaque to it, that look the positions
+# up at run time where eager calls keep them: per pair of index tensors (the same objects,
+# unchanged in place: their version counters), dropped with the tensors. Below that, the
+# traced form fuses into one or two kernels and costs less than an op's dispatch.
+_KEPT: dict[int, tuple[Any, Any, tuple[int, int], torch.Tensor]] = {}
+
+
+def _kept(index: SparseIndex) -> torch.Tensor:
+    indptr, indices = index.indptr, index.indices
+    key = id(indices)
+    kept = _KEPT.get(key)
+    versions = (indptr._version, indices._version)
+    if kept is not None and kept[0]() is indices and kept[1]() is indptr and kept[2] == versions:
+        return kept[3]
+    if kept is None:
+        weakref.finalize(indices, _KEPT.pop, key, None)
+    with torch.inference_mode(False):  # usable outside inference mode too
+        found = _positions(index)
+    _KEPT[key] = (weakref.ref(indices), weakref.ref(indptr), versions, found)
+    return found
+
+
+def _index(indptr: torch.Tensor, indices: torch.Tensor, in_features: int) -> SparseIndex:
+    return SparseIndex(indptr, indices, in_features, indptr.shape[0] - 1, None)
+
+
+def _dense_weight_op(
+    values: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, in_features: int
+) -> torch.Tensor:
+    shape = (indptr.shape[0] - 1, in_features)
+    return put_values(shape, _kept(_index(indptr, indices, in_features)), values)
+
+
+def _connection_values_op(
+    dense: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, in_features: int
+) -> torch.Tensor:
+    return dense.reshape(-1).index_select(0, _kept(_index(indptr, indices, in_features)))
+
+
+_LIBRARY = torch.library.Library("torchwire", "FRAGMENT")
+_LIBRARY.define(
+    "dense_weight(Tensor values, Tensor indptr, Tensor indices, SymInt in_features) -> Tensor"
+)
+_LIBRARY.define(
+    "connection_values(Tensor dense, Tensor indptr, Tensor indices, SymInt in_features) -> Tensor"
+)
+_LIBRARY.impl("dense_weight", _dense_weight_op, "CompositeExplicitAutograd")
+_LIBRARY.impl("connection_values", _connection_values_op, "CompositeExplicitAutograd")
+
+
+def _dense_weight_fake(
+    values: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, in_features: int
+) -> torch.Tensor:
+    return values.new_empty(indptr.shape[0] - 1, in_features)
+
+
+def _connection_values_fake(
+    dense: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, in_features: int
+) -> torch.Tensor:
+    return dense.new_empty(indices.shape[0])
+
+
+torch.library.register_fake("torchwire::dense_weight", _dense_weight_fake, lib=_LIBRARY)
+torch.library.register_fake("torchwire::connection_values", _connection_values_fake, lib=_LIBRARY)
+
+
+def _save_index(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    _, indptr, indices, in_features = inputs
+    ctx.save_for_backward(indptr, indices)
+    ctx.in_features = in_features
+
+
+def _dense_weight_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    indptr, indices = ctx.saved_tensors
+    values = torch.ops.torchwire.connection_values(grad, indptr, indices, ctx.in_features)
+    return values, None, None, None
+
+
+def _connection_values_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    indptr, indices = ctx.saved_tensors
+    dense = torch.ops.torchwire.dense_weight(grad, indptr, indices, ctx.in_features)
+    return dense, None, None, None
+
+
+torch.library.register_autograd(
+    "torchwire::dense_weight", _dense_weight_backward, setup_context=_save_index, lib=_LIBRARY
+)
+torch.library.register_autograd(
+    "torchwire::connection_values",
+    _connection_values_backward,
+    setup_context=_save_index,
+    lib=_LIBRARY,
+)
+
+
 def sparse_linear_dense(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -96,7 +201,26 @@ def sparse_linear_dense(
     index: SparseIndex,
     problem: SparseProblem,
 ) -> torch.Tensor:
+    if problem.compiling and problem.nnz >= _INDEX_COPY_FROM and _kept_in_graph(problem):
+        dense = torch.ops.torchwire.dense_weight(
+            weight, index.indptr, index.indices, index.in_features
+        )
+        return F.linear(input, dense, bias)
     return F.linear(input, dense_weight(weight, index), bias)
+
+
+def _kept_in_graph(problem: SparseProblem) -> bool:
+    """Whether a traced graph may call the ops that read kept positions: under torch.compile
+    on the CPU. Not under torch.export (an exported program keeps to ATen's ops) or torch.func,
+    and not on CUDA: a CUDA graph replays the ops without running their Python, so it would
+    not see the buffers written in place (there the graph derives the positions, on the
+    device, with no host work)."""
+    return (
+        problem.device_type == "cpu"
+        and not problem.functorch
+        and torch.compiler.is_dynamo_compiling()
+        and not torch.compiler.is_exporting()
+    )
 
 
 def sparse_linear_dense_onnx(
