@@ -195,6 +195,25 @@ def test_functional_gradcheck_and_gradgradcheck_per_backend(wiring_id: str, back
     assert torch.autograd.gradgradcheck(no_bias, (x, w))
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_the_csr_ops_pass_opcheck(transpose: bool) -> None:
+    """The ops compiled graphs call: schema, fake tensors, autograd registration and dynamic
+    shapes agree with the kernels; their gradients, to second order, with finite
+    differences."""
+    wiring = tw.Wiring.random(7, 5, nnz=16, seed=4)
+    index = tw.backends.sparse_index(wiring, torch.device("cpu")).tensors
+    x = torch.randn(3, 5 if transpose else 7, dtype=F64, requires_grad=True)
+    values = torch.randn(16, dtype=F64, requires_grad=True)
+    a, b = torch.randn(3, 5, dtype=F64), torch.randn(3, 7, dtype=F64, requires_grad=True)
+    ops = torch.ops.torchwire
+    torch.library.opcheck(ops.csr_linear, (x, values, *index, transpose))
+    torch.library.opcheck(ops.csr_sampled, (a.requires_grad_(), b, *index))
+    assert torch.autograd.gradgradcheck(
+        lambda x, v: ops.csr_linear(x, v, *index, transpose), (x, values)
+    )
+    assert torch.autograd.gradgradcheck(lambda a, b: ops.csr_sampled(a, b, *index), (a, b))
+
+
 # ---------------------------------------------------------------- storage
 
 
