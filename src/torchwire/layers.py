@@ -522,11 +522,10 @@ class SparseLinear(nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, bias = _weight_and_bias(self)
         if torch.compiler.is_compiling():  # read no kept state: the graph would guard on it
-            index = self._new_index(None)
-        else:
-            index = self._cached_index
-            if index is None or not self._current(index):
-                index = self._index()
+            return _calls.sparse_call(input, weight, self._new_index(None), bias, self.backend)
+        index = self._cached_index
+        if index is None or not self._current(index):
+            index = self._index()
         return _calls.sparse_call(input, weight, index, bias, self.backend)
 
     def resolve_backend(self, input: torch.Tensor) -> str:
