@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import gc
 import io
 import pickle
 from typing import Any
@@ -291,19 +290,25 @@ def test_a_dynamic_shape_graph_serves_every_batch_size(make: Any) -> None:
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
 
 
+def _dense_layer(seed: int) -> tw.SparseLinear:
+    """A dense-backend layer with enough connections for compiled graphs to read kept
+    positions (float64)."""
+    nnz = sparse_dense._INDEX_COPY_FROM + 100
+    wiring = tw.Wiring.random(128, 96, nnz=nnz, seed=seed)
+    return tw.SparseLinear(wiring, backend="dense").double()
+
+
 def test_a_compiled_dense_layer_reads_kept_positions_that_follow_its_buffers() -> None:
     """Many connections: the compiled graph looks the positions up where eager calls keep
     them (not deriving them on every call), and sees the buffers written in place."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    nnz = sparse_dense._INDEX_COPY_FROM + 100
-    a = tw.SparseLinear(tw.Wiring.random(128, 96, nnz=nnz, seed=1), backend="dense").double()
-    b = tw.SparseLinear(tw.Wiring.random(128, 96, nnz=nnz, seed=2), backend="dense").double()
+    a, b = _dense_layer(1), _dense_layer(2)
     compiled = torch.compile(a, fullgraph=True)
     for reference in (a, b):  # a's connections, then b's, loaded into a's buffers in place
         x = torch.randn(5, 128, dtype=torch.float64, requires_grad=True)
         y = compiled(x)
-        assert id(a.indices) in sparse_dense._KEPT  # what the graph called
+        assert hasattr(a.indices.untyped_storage(), sparse_dense._KEPT)  # the graph's ops
         torch.testing.assert_close(y, _sparse_reference(reference, x))
         grad = torch.randn_like(y)
         y.backward(grad)
@@ -316,7 +321,7 @@ def test_a_compiled_dense_layer_reads_kept_positions_that_follow_its_buffers() -
         a.load_state_dict(b.state_dict())
 
 
-def test_the_kept_position_ops_are_differentiable_to_any_order_and_drop_with_the_index() -> None:
+def test_the_kept_position_ops_are_differentiable_to_any_order_and_key_their_sizes() -> None:
     wiring = tw.Wiring.random(7, 5, nnz=20, seed=3)
     index = tw.backends.sparse_index(wiring, torch.device("cpu"))
     indptr, indices = index.indptr.clone(), index.indices.clone()
@@ -326,11 +331,50 @@ def test_the_kept_position_ops_are_differentiable_to_any_order_and_drop_with_the
     for op, first in ((ops.dense_weight, values), (ops.connection_values, dense)):
         torch.library.opcheck(op, (first, indptr, indices, 7))
         assert torch.autograd.gradgradcheck(lambda t, op=op: op(t, indptr, indices, 7), first)
-    expected = torch.zeros(5, 7, dtype=torch.float64)
-    expected[wiring.edges()[:, 1], wiring.edges()[:, 0]] = values.detach()
-    torch.testing.assert_close(ops.dense_weight(values, indptr, indices, 7), expected)
-    key = id(indices)
-    assert key in sparse_dense._KEPT
-    del indices
-    gc.collect()
-    assert key not in sparse_dense._KEPT
+    edges = wiring.edges()
+    for width in (7, 9, 7):  # the same index tensors read as other sizes
+        expected = torch.zeros(5, width, dtype=torch.float64)
+        expected[edges[:, 1], edges[:, 0]] = values.detach()
+        torch.testing.assert_close(ops.dense_weight(values, indptr, indices, width), expected)
+        torch.testing.assert_close(
+            ops.connection_values(expected, indptr, indices, width), values.detach()
+        )
+
+
+def test_positions_first_derived_under_torch_func_or_fake_tensors_are_not_kept() -> None:
+    """What a torch.func transform or a FakeTensorMode builds is not kept for later calls
+    (it is wrapped for a transform that ends, or fake)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch._dynamo.reset()
+    layer = _dense_layer(4)
+    x = torch.randn(3, 128, dtype=torch.float64)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    torch.func.grad(lambda p: functional_call(layer, p, (x,)).square().sum())(params)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        layer(torch.empty(3, 128, dtype=torch.float64))
+    expected = _sparse_reference(layer, x)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected)
+        torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), expected)
+    torch.testing.assert_close(layer(x.requires_grad_()), expected)
+
+
+def test_kept_positions_leave_swapping_loads_and_inference_tensors_working() -> None:
+    torch._dynamo.reset()
+    a, b = _dense_layer(5), _dense_layer(6)
+    x = torch.randn(3, 128, dtype=torch.float64)
+    torch.compile(a, fullgraph=True)(x)
+    swapping = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:  # torch.utils.swap_tensors refuses tensors with weak references
+        a.load_state_dict(b.state_dict())
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swapping)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(a, fullgraph=True)(x), _sparse_reference(b, x))
+    with torch.inference_mode():  # buffers without version counters
+        frozen = _dense_layer(7)
+        torch.testing.assert_close(
+            torch.compile(frozen, fullgraph=True)(x), _sparse_reference(frozen, x)
+        )

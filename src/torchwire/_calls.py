@@ -89,6 +89,10 @@ _GENERATION = backends.generation  # [count of registrations]
 def _remember(
     memo: dict[Any, Any], key: tuple[Any, ...], run: Callable[..., torch.Tensor]
 ) -> Callable[..., torch.Tensor]:
+    """``run``, kept in ``memo`` under ``key`` where it may be (:func:`backends.keeping`: a
+    call bound under a FakeTensorMode or torch.func transform may hold what they built)."""
+    if not backends.keeping():
+        return run
     if len(memo) >= _MEMO_SIZE:
         memo.clear()
     memo[key] = run

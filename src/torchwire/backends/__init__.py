@@ -47,6 +47,7 @@ __all__ = [
     "block_layout",
     "cached_for_device",
     "equal_block_layout",
+    "keeping",
     "plan",
     "register",
     "select",
@@ -258,12 +259,14 @@ class SparseIndex(NamedTuple):
 
     def derived(self, name: str, build: Callable[[SparseIndex], Any]) -> Any:
         """``build(self)``, kept in the cache under ``name`` (built on every call for an index
-        without a cache)."""
+        without a cache, and not kept where nothing may be: :func:`keeping`)."""
         cache = self.cache
         if cache is None:
             return build(self)
         found = cache.get(name)
         if found is None:
+            if not keeping():
+                return build(self)
             with torch.inference_mode(False):  # usable outside inference mode too
                 found = cache[name] = build(self)
         return found
@@ -383,11 +386,26 @@ _DEVICE_CACHE: dict[tuple[str, Any, torch.device], Any] = {}
 _DEVICE_CACHE_SIZE = 256
 
 
+def keeping() -> bool:
+    """Whether what a call derives now (index tensors, positions, scratch matrices, bound
+    calls) may be kept for later calls: not while torch.compile or torch.export traces (a
+    graph holds its own), while torch.func transforms run (what they build is wrapped for a
+    transform that ends) or under a FakeTensorMode (fake tensors)."""
+    return not (
+        torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or torch._C._get_dispatch_mode(_FAKE_MODE) is not None
+    )
+
+
+_FAKE_MODE = torch._C._TorchDispatchModeKey.FAKE
+
+
 def cached_for_device(name: str, layout: Any, device: torch.device, build: Callable[[], T]) -> T:
     """``build()`` (index tensors of ``layout``, a hashable structure, on ``device``), cached
-    per name, layout and device; rebuilt uncached while torch.compile traces, so they become
-    graph constants."""
-    if torch.compiler.is_compiling():
+    per name, layout and device; rebuilt uncached where nothing may be kept
+    (:func:`keeping`): while torch.compile traces, so they become graph constants."""
+    if not keeping():
         return build()
     key = (name, layout, device)
     value = _DEVICE_CACHE.get(key)

@@ -8,7 +8,6 @@ temporary of each call; the layer never keeps it.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from torchwire.backends import (
     Backend,
     SparseIndex,
     SparseProblem,
+    keeping,
     register,
     weighted,
 )
@@ -68,9 +68,9 @@ def positions(index: SparseIndex, device: object = None) -> torch.Tensor:
     """Row-major int64 positions of the connections in the dense ``(out, in)`` matrix, in
     canonical order, on the index's device (``device`` is ignored: the signature
     :func:`~torchwire.backends.block_dense.scratch` calls). Built once per pair of index
-    tensors, unchanged in place, and kept with them (8 bytes a connection while the dense
-    backend runs; eager calls and compiled graphs share them), or on every call for an index
-    without a cache (as in a traced graph)."""
+    tensors, unchanged in place (as their version counters tell), and kept with them (8
+    bytes a connection while the dense backend runs; eager calls and compiled graphs share
+    them), or on every call for an index without a cache (as in a traced graph)."""
     if index.cache is None:
         return _positions(index)
     found: torch.Tensor = index.derived("dense_positions", _kept)
@@ -100,24 +100,37 @@ def connection_outputs(index: SparseIndex) -> torch.Tensor:
 # slower than index_copy_: measured 1.14x the eager training step, 1024 x 1024 at half
 # density, batch 64, against 1.03x-1.05x with kept positions). From _INDEX_COPY_FROM
 # connections a compiled graph instead calls two ops, opaque to it, that look the positions
-# up at run time where eager calls keep them: per pair of index tensors (the same objects,
-# unchanged in place: their version counters), dropped with the tensors. Below that, the
-# traced form fuses into one or two kernels and costs less than an op's dispatch.
-_KEPT: dict[int, tuple[Any, Any, tuple[int, int], torch.Tensor]] = {}
+# up at run time where eager calls keep them: on the storage of the ``indices`` tensor (an
+# attribute of its Python object, which lives and dies with the memory and is neither
+# pickled nor copied; no reference to the tensors themselves, which would stop
+# ``torch.utils.swap_tensors``), for the same ``indptr`` memory and ``in_features``, both
+# unchanged in place (their version counters: what autograd sees; a write that bypasses them,
+# through ``.data`` or ``torch.distributed.broadcast``, is not seen, by eager calls either).
+# Below that, the traced form fuses into one or two kernels and costs less than an op's
+# dispatch.
+_KEPT = "_torchwire_dense_positions"
 
 
 def _kept(index: SparseIndex) -> torch.Tensor:
     indptr, indices = index.indptr, index.indices
-    key = id(indices)
-    kept = _KEPT.get(key)
-    versions = (indptr._version, indices._version)
-    if kept is not None and kept[0]() is indices and kept[1]() is indptr and kept[2] == versions:
-        return kept[3]
-    if kept is None:
-        weakref.finalize(indices, _KEPT.pop, key, None)
+    if indptr.is_inference() or indices.is_inference() or not keeping():
+        return _positions(index)  # no version counters, or nothing may be kept
+    source = (
+        indptr.data_ptr(),
+        indptr._version,
+        indptr.shape[0],
+        indices.data_ptr(),
+        indices._version,
+        indices.shape[0],
+        index.in_features,
+    )
+    store, of_indptr = indices.untyped_storage(), indptr.untyped_storage()
+    kept = getattr(store, _KEPT, None)
+    if kept is not None and kept[0] is of_indptr and kept[1] == source:
+        return kept[2]  # type: ignore[no-any-return]
     with torch.inference_mode(False):  # usable outside inference mode too
         found = _positions(index)
-    _KEPT[key] = (weakref.ref(indices), weakref.ref(indptr), versions, found)
+    setattr(store, _KEPT, (of_indptr, source, found))
     return found
 
 
