@@ -321,24 +321,61 @@ def test_a_compiled_dense_layer_reads_kept_positions_that_follow_its_buffers() -
         a.load_state_dict(b.state_dict())
 
 
-def test_the_kept_position_ops_are_differentiable_to_any_order_and_key_their_sizes() -> None:
+@pytest.mark.parametrize("kept", [False, True])
+def test_the_kept_position_ops_are_differentiable_and_key_what_they_read(kept: bool) -> None:
+    """The ops' gradients to second order; and positions kept for index tensors are not read
+    for other sizes, or for other views of the same memory (same start and length)."""
     wiring = tw.Wiring.random(7, 5, nnz=20, seed=3)
     index = tw.backends.sparse_index(wiring, torch.device("cpu"))
-    indptr, indices = index.indptr.clone(), index.indices.clone()
+    indptr, indices = index.indptr.clone(), index.indices.long()
     values = torch.randn(20, dtype=torch.float64, requires_grad=True)
     dense = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     ops = torch.ops.torchwire
     for op, first in ((ops.dense_weight, values), (ops.connection_values, dense)):
-        torch.library.opcheck(op, (first, indptr, indices, 7))
-        assert torch.autograd.gradgradcheck(lambda t, op=op: op(t, indptr, indices, 7), first)
-    edges = wiring.edges()
-    for width in (7, 9, 7):  # the same index tensors read as other sizes
-        expected = torch.zeros(5, width, dtype=torch.float64)
-        expected[edges[:, 1], edges[:, 0]] = values.detach()
-        torch.testing.assert_close(ops.dense_weight(values, indptr, indices, width), expected)
+        torch.library.opcheck(op, (first, indptr, indices, 7, kept))
+        assert torch.autograd.gradgradcheck(lambda t, op=op: op(t, indptr, indices, 7, kept), first)
+    one_each = torch.arange(21)  # one connection per output: any columns are a wiring
+    columns = torch.randint(0, 7, (20,))
+    pairs = torch.stack([columns, (columns + 3) % 7], 1).reshape(-1)  # strided views
+    as_int32 = torch.zeros(40, dtype=torch.int64)
+    as_int32[:20] = columns
+    for cols, width in (
+        (columns, 7),
+        (columns, 9),  # other sizes
+        (pairs[0::2], 7),
+        (pairs[:20], 7),  # the same start and length, every element
+        (as_int32[:20], 7),
+        (as_int32.view(torch.int32)[:20], 7),  # the same memory, as int32
+    ):
+        expected = torch.zeros(20, width, dtype=torch.float64)
+        expected[torch.arange(20), cols.long()] = values.detach()
+        got = ops.dense_weight(values, one_each, cols, width, kept)
+        torch.testing.assert_close(got, expected)
         torch.testing.assert_close(
-            ops.connection_values(expected, indptr, indices, width), values.detach()
+            ops.connection_values(expected, one_each, cols, width, kept), values.detach()
         )
+
+
+def test_a_compiled_graph_that_views_its_index_derives_the_positions() -> None:
+    """Views a compiled graph makes count their own versions, which in-place writes of the
+    tensor they view do not move: the functional call derives its positions in the graph."""
+    torch._dynamo.reset()
+    nnz = sparse_dense._INDEX_COPY_FROM + 100
+    a, b = (tw.Wiring.random(128, 96, nnz=nnz, seed=s) for s in (1, 2))
+    packed = torch.cat([tw.backends.sparse_index(a).indptr, tw.backends.sparse_index(a).indices])
+    values = torch.randn(nnz, dtype=torch.float64)
+    x = torch.randn(4, 128, dtype=torch.float64)
+
+    def call(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        index = tw.backends.SparseIndex(packed[:97], packed[97:], 128, 96, None)
+        return tw.functional.sparse_linear(x, values, index, backend="dense")
+
+    compiled = torch.compile(call, fullgraph=True)
+    for wiring in (a, b):
+        index = tw.backends.sparse_index(wiring)
+        packed.copy_(torch.cat([index.indptr, index.indices]))
+        expected = tw.functional.sparse_linear(x, values, wiring, backend="dense")
+        torch.testing.assert_close(compiled(x, packed), expected)
 
 
 def test_positions_first_derived_under_torch_func_or_fake_tensors_are_not_kept() -> None:
@@ -360,6 +397,48 @@ def test_positions_first_derived_under_torch_func_or_fake_tensors_are_not_kept()
     torch.testing.assert_close(layer(x.requires_grad_()), expected)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tw.BlockLinear([2, 2], [3, 3]),
+        lambda: tw.SparseLinear(tw.Wiring.random(4, 6, nnz=12)),
+    ],
+    ids=["block", "sparse"],
+)
+def test_a_call_on_fake_tensors_outside_their_mode_leaves_nothing_kept(make: Any) -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    layer = make()
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake = {
+        k: mode.from_tensor(v)
+        for k, v in {**dict(layer.named_parameters()), **dict(layer.named_buffers())}.items()
+    }
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        functional_call(layer, fake, (mode.from_tensor(x),))  # FakeTensors, mode not entered
+        y = layer(x)
+    assert type(y) is torch.Tensor
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, _dense_of(layer), layer.bias))
+
+
+def _dense_of(layer: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return layer(torch.eye(layer.in_features)).sub(layer.bias).t()  # type: ignore[arg-type]
+
+
+def test_a_layer_built_in_inference_mode_runs_eagerly() -> None:
+    """Inference tensors have no version counters to follow: the index is built afresh."""
+    with torch.inference_mode():
+        layer = _dense_layer(8)
+    x = torch.randn(3, 128, dtype=torch.float64)
+    expected = _sparse_reference(layer, x)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected)
+
+
 def test_kept_positions_leave_swapping_loads_and_inference_tensors_working() -> None:
     torch._dynamo.reset()
     a, b = _dense_layer(5), _dense_layer(6)
@@ -378,3 +457,17 @@ def test_kept_positions_leave_swapping_loads_and_inference_tensors_working() -> 
         torch.testing.assert_close(
             torch.compile(frozen, fullgraph=True)(x), _sparse_reference(frozen, x)
         )
+
+
+def test_under_torch_func_index_tensors_are_kept_plain() -> None:
+    """torch.func transforms do not stop what is derived from a structure from being kept:
+    it is built with the transforms off, as plain tensors."""
+    layer = tw.BlockLinear(16, 16, groups=4, backend="dense")
+    x = torch.randn(5, 3, 16)
+    params = dict(layer.named_parameters())
+    tw.backends._DEVICE_CACHE.clear()
+    out = torch.func.vmap(lambda xi: functional_call(layer, params, (xi,)))(x)
+    kept = [v for k, v in tw.backends._DEVICE_CACHE.items() if k[0] == "dense_positions"]
+    assert len(kept) == 1
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(kept[0])
+    torch.testing.assert_close(out, layer(x))

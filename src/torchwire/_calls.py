@@ -65,7 +65,7 @@ def block_call(
             chosen, problem = backends.plan(
                 "block_linear", backend, (layout, *traits, functorch, False), _block_problem
             )
-            run = _remember(_BLOCK_CALLS, key, chosen.bound(problem, layout, weight))
+            run = _remember(_BLOCK_CALLS, key, chosen.bound(problem, layout, weight), input, weight)
     if input.dim() == 2:
         return run(input, weight, bias)
     shape = input.shape
@@ -87,11 +87,14 @@ _GENERATION = backends.generation  # [count of registrations]
 
 
 def _remember(
-    memo: dict[Any, Any], key: tuple[Any, ...], run: Callable[..., torch.Tensor]
+    memo: dict[Any, Any],
+    key: tuple[Any, ...],
+    run: Callable[..., torch.Tensor],
+    *tensors: torch.Tensor,
 ) -> Callable[..., torch.Tensor]:
     """``run``, kept in ``memo`` under ``key`` where it may be (:func:`backends.keeping`: a
-    call bound under a FakeTensorMode or torch.func transform may hold what they built)."""
-    if not backends.keeping():
+    call bound to fake ``tensors``, or under a FakeTensorMode, may hold fake tensors)."""
+    if not backends.keeping(*tensors):
         return run
     if len(memo) >= _MEMO_SIZE:
         memo.clear()
@@ -376,7 +379,7 @@ def sparse_call(
             chosen, problem = backends.plan(
                 "sparse_linear", backend, _sparse_key(index, (*key[1:-2], False)), _sparse_problem
             )
-            run = _remember(memo, key, chosen.bound(problem, index, weight))
+            run = _remember(memo, key, chosen.bound(problem, index, weight), input, weight)
     if input.dim() == 2:
         return run(input, weight, bias)
     shape = input.shape

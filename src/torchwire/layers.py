@@ -539,7 +539,12 @@ class SparseLinear(nn.Module):
     def _index(self) -> SparseIndex:
         """The index buffers as a :class:`SparseIndex`, kept (with what backends derive from
         it) while the buffers are the same tensors, unchanged in place."""
-        if torch.compiler.is_compiling():  # a traced graph holds its own copies
+        buffers = self._buffers
+        if (
+            torch.compiler.is_compiling()  # a traced graph holds its own copies
+            or buffers["indptr"].is_inference()  # type: ignore[union-attr]
+            or buffers["indices"].is_inference()  # type: ignore[union-attr]
+        ):  # (inference tensors have no version counters to follow)
             return self._new_index(None)
         index = self._cached_index
         if index is not None and self._current(index):
@@ -574,6 +579,7 @@ class SparseLinear(nn.Module):
             self._blocks,
             cache,
             by_input,
+            owned=True,
         )
 
     @property

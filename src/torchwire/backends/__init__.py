@@ -52,6 +52,7 @@ __all__ = [
     "register",
     "select",
     "sparse_index",
+    "unwrapped",
     "weighted",
 ]
 
@@ -231,8 +232,10 @@ class SparseIndex(NamedTuple):
     problem (``torchwire.functional``); or it is ``None`` to derive them on every call.
     ``by_input`` is the transposed structure where its owner keeps it (a sparse
     :class:`torchwire.SparseLinear` keeps it as buffers, so compiled graphs read it rather
-    than derive it). Whoever changes the tensors in place builds a new index
-    (:class:`torchwire.SparseLinear` does).
+    than derive it). ``owned``: the tensors are buffers a module holds (a compiled graph's
+    inputs, each with its own version counter, not views the graph makes), so a compiled
+    graph may read what is kept with them. Whoever changes the tensors in place builds a new
+    index (:class:`torchwire.SparseLinear` does).
     """
 
     indptr: torch.Tensor
@@ -242,6 +245,7 @@ class SparseIndex(NamedTuple):
     blocks: BlockLayout | None
     cache: IndexCache | None = None
     by_input: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    owned: bool = False
 
     @property
     def nnz(self) -> int:
@@ -265,10 +269,13 @@ class SparseIndex(NamedTuple):
             return build(self)
         found = cache.get(name)
         if found is None:
-            if not keeping():
+            if not keeping(self.indptr, self.indices):
                 return build(self)
             with torch.inference_mode(False):  # usable outside inference mode too
-                found = cache[name] = build(self)
+                found = unwrapped(lambda: build(self), self.indptr, self.indices)
+            if found is None:
+                return build(self)
+            cache[name] = found
         return found
 
     @property
@@ -386,19 +393,32 @@ _DEVICE_CACHE: dict[tuple[str, Any, torch.device], Any] = {}
 _DEVICE_CACHE_SIZE = 256
 
 
-def keeping() -> bool:
+def keeping(*tensors: torch.Tensor) -> bool:
     """Whether what a call derives now (index tensors, positions, scratch matrices, bound
-    calls) may be kept for later calls: not while torch.compile or torch.export traces (a
-    graph holds its own), while torch.func transforms run (what they build is wrapped for a
-    transform that ends) or under a FakeTensorMode (fake tensors)."""
+    calls) may be kept for later calls, from ``tensors``: not while torch.compile or
+    torch.export traces (a graph holds its own) or under a FakeTensorMode, and not from a
+    tensor subclass's tensors (FakeTensors, also outside their mode). Under torch.func
+    transforms, what is kept is built with the transforms off (:func:`unwrapped`)."""
     return not (
-        torch.compiler.is_compiling()
-        or torch._C._are_functorch_transforms_active()
-        or torch._C._get_dispatch_mode(_FAKE_MODE) is not None
-    )
+        torch.compiler.is_compiling() or torch._C._get_dispatch_mode(_FAKE_MODE) is not None
+    ) and all(type(t) in _PLAIN for t in tensors)
+
+
+def unwrapped(build: Callable[[], T], *sources: torch.Tensor) -> T | None:
+    """``build()`` as a plain tensor where torch.func transforms run, by running it with them
+    off (what a transform builds is wrapped for a transform that ends); None where a source
+    is itself a transform's tensor, as nothing built from it may be kept."""
+    if not torch._C._are_functorch_transforms_active():
+        return build()
+    if any(_is_wrapped(t) for t in sources):
+        return None
+    with torch._C._DisableFuncTorch():
+        return build()
 
 
 _FAKE_MODE = torch._C._TorchDispatchModeKey.FAKE
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
 def cached_for_device(name: str, layout: Any, device: torch.device, build: Callable[[], T]) -> T:
@@ -413,8 +433,8 @@ def cached_for_device(name: str, layout: Any, device: torch.device, build: Calla
         if len(_DEVICE_CACHE) >= _DEVICE_CACHE_SIZE:  # wirings can be large: keep a few
             _DEVICE_CACHE.clear()
         with torch.inference_mode(False):  # usable outside inference mode too
-            value = _DEVICE_CACHE[key] = build()
-    return value
+            value = _DEVICE_CACHE[key] = unwrapped(build)
+    return value  # type: ignore[return-value]
 
 
 # Cost-model units, shared by every backend: one multiply-add of a large GEMM costs 1. On

@@ -175,9 +175,14 @@ def scratch(
     writes at 256 x 256, half connected: a no-grad call at batch 64 took 327 us, not 123).
     Callers write the connections and consume the matrix at once: no autograd graph may keep
     it, and only the calling thread may use it (a backend's ``bind`` runs per thread). None
-    for large matrices, and where nothing may be kept (:func:`~torchwire.backends.keeping`:
-    while torch.compile traces, torch.func transforms run or a FakeTensorMode is active)."""
-    if structure.out_features * structure.in_features > SCRATCH_ELEMENTS or not keeping():
+    for large matrices, while torch.func transforms run, and where nothing may be kept
+    (:func:`~torchwire.backends.keeping`: while torch.compile traces, under a FakeTensorMode,
+    for a tensor subclass's ``like``)."""
+    if (
+        structure.out_features * structure.in_features > SCRATCH_ELEMENTS
+        or torch._C._are_functorch_transforms_active()
+        or not keeping(like)
+    ):
         return None
     full_key = (key, like.dtype, like.device, threading.get_ident())
     found = store.get(full_key)

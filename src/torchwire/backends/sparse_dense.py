@@ -21,6 +21,7 @@ from torchwire.backends import (
     SparseProblem,
     keeping,
     register,
+    unwrapped,
     weighted,
 )
 from torchwire.backends.block_dense import (
@@ -113,15 +114,12 @@ _KEPT = "_torchwire_dense_positions"
 
 def _kept(index: SparseIndex) -> torch.Tensor:
     indptr, indices = index.indptr, index.indices
-    if indptr.is_inference() or indices.is_inference() or not keeping():
+    if indptr.is_inference() or indices.is_inference() or not keeping(indptr, indices):
         return _positions(index)  # no version counters, or nothing may be kept
     source = (
-        indptr.data_ptr(),
+        *(_where(t) for t in (indptr, indices)),
         indptr._version,
-        indptr.shape[0],
-        indices.data_ptr(),
         indices._version,
-        indices.shape[0],
         index.in_features,
     )
     store, of_indptr = indices.untyped_storage(), indptr.untyped_storage()
@@ -129,47 +127,74 @@ def _kept(index: SparseIndex) -> torch.Tensor:
     if kept is not None and kept[0] is of_indptr and kept[1] == source:
         return kept[2]  # type: ignore[no-any-return]
     with torch.inference_mode(False):  # usable outside inference mode too
-        found = _positions(index)
+        found = unwrapped(lambda: _positions(index), indptr, indices)
+    if found is None:
+        return _positions(index)
     setattr(store, _KEPT, (of_indptr, source, found))
     return found
 
 
-def _index(indptr: torch.Tensor, indices: torch.Tensor, in_features: int) -> SparseIndex:
-    return SparseIndex(indptr, indices, in_features, indptr.shape[0] - 1, None)
+def _where(t: torch.Tensor) -> tuple[Any, ...]:
+    """Which elements of its memory ``t`` reads, and as what."""
+    return (t.data_ptr(), t.dtype, t.shape, t.stride())
+
+
+def _op_positions(
+    indptr: torch.Tensor, indices: torch.Tensor, in_features: int, kept: bool = False
+) -> torch.Tensor:
+    index = SparseIndex(indptr, indices, in_features, indptr.shape[0] - 1, None)
+    return _kept(index) if kept else _positions(index)
 
 
 def _dense_weight_op(
-    values: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, in_features: int
+    values: torch.Tensor,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    in_features: int,
+    kept: bool = False,
 ) -> torch.Tensor:
     shape = (indptr.shape[0] - 1, in_features)
-    return put_values(shape, _kept(_index(indptr, indices, in_features)), values)
+    return put_values(shape, _op_positions(indptr, indices, in_features, kept), values)
 
 
 def _connection_values_op(
-    dense: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, in_features: int
+    dense: torch.Tensor,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    in_features: int,
+    kept: bool = False,
 ) -> torch.Tensor:
-    return dense.reshape(-1).index_select(0, _kept(_index(indptr, indices, in_features)))
+    positions = _op_positions(indptr, indices, in_features, kept)
+    return dense.reshape(-1).index_select(0, positions)
 
 
 _LIBRARY = torch.library.Library("torchwire", "FRAGMENT")
-_LIBRARY.define(
-    "dense_weight(Tensor values, Tensor indptr, Tensor indices, SymInt in_features) -> Tensor"
-)
-_LIBRARY.define(
-    "connection_values(Tensor dense, Tensor indptr, Tensor indices, SymInt in_features) -> Tensor"
-)
+# ``kept``: the index tensors are a module's buffers (SparseIndex.owned), whose positions
+# may be kept with them; else (views a graph makes have version counters of their own, which
+# in-place writes of the tensor they view do not move) they are derived on every call.
+_ARGS = "Tensor indptr, Tensor indices, SymInt in_features, bool kept=False"
+_LIBRARY.define(f"dense_weight(Tensor values, {_ARGS}) -> Tensor")
+_LIBRARY.define(f"connection_values(Tensor dense, {_ARGS}) -> Tensor")
 _LIBRARY.impl("dense_weight", _dense_weight_op, "CompositeExplicitAutograd")
 _LIBRARY.impl("connection_values", _connection_values_op, "CompositeExplicitAutograd")
 
 
 def _dense_weight_fake(
-    values: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, in_features: int
+    values: torch.Tensor,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    in_features: int,
+    kept: bool = False,
 ) -> torch.Tensor:
     return values.new_empty(indptr.shape[0] - 1, in_features)
 
 
 def _connection_values_fake(
-    dense: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, in_features: int
+    dense: torch.Tensor,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    in_features: int,
+    kept: bool = False,
 ) -> torch.Tensor:
     return dense.new_empty(indices.shape[0])
 
@@ -179,21 +204,21 @@ torch.library.register_fake("torchwire::connection_values", _connection_values_f
 
 
 def _save_index(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    _, indptr, indices, in_features = inputs
+    _, indptr, indices, in_features, kept = inputs
     ctx.save_for_backward(indptr, indices)
-    ctx.in_features = in_features
+    ctx.args = (in_features, kept)
 
 
 def _dense_weight_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
     indptr, indices = ctx.saved_tensors
-    values = torch.ops.torchwire.connection_values(grad, indptr, indices, ctx.in_features)
-    return values, None, None, None
+    values = torch.ops.torchwire.connection_values(grad, indptr, indices, *ctx.args)
+    return values, None, None, None, None
 
 
 def _connection_values_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
     indptr, indices = ctx.saved_tensors
-    dense = torch.ops.torchwire.dense_weight(grad, indptr, indices, ctx.in_features)
-    return dense, None, None, None
+    dense = torch.ops.torchwire.dense_weight(grad, indptr, indices, *ctx.args)
+    return dense, None, None, None, None
 
 
 torch.library.register_autograd(
@@ -214,20 +239,26 @@ def sparse_linear_dense(
     index: SparseIndex,
     problem: SparseProblem,
 ) -> torch.Tensor:
-    if problem.compiling and problem.nnz >= _INDEX_COPY_FROM and _kept_in_graph(problem):
+    if (
+        problem.compiling
+        and index.owned
+        and problem.nnz >= _INDEX_COPY_FROM
+        and _kept_in_graph(problem)
+    ):
         dense = torch.ops.torchwire.dense_weight(
-            weight, index.indptr, index.indices, index.in_features
+            weight, index.indptr, index.indices, index.in_features, True
         )
         return F.linear(input, dense, bias)
     return F.linear(input, dense_weight(weight, index), bias)
 
 
 def _kept_in_graph(problem: SparseProblem) -> bool:
-    """Whether a traced graph may call the ops that read kept positions: under torch.compile
-    on the CPU. Not under torch.export (an exported program keeps to ATen's ops) or torch.func,
-    and not on CUDA: a CUDA graph replays the ops without running their Python, so it would
-    not see the buffers written in place (there the graph derives the positions, on the
-    device, with no host work)."""
+    """Whether a traced graph may call the ops that read kept positions (of a module's
+    buffers, :attr:`SparseIndex.owned`): under torch.compile on the CPU. Not under
+    torch.export (an exported program keeps to ATen's ops) or torch.func, and not on CUDA: a
+    CUDA graph replays the ops without running their Python, so it would not see the buffers
+    written in place (there the graph derives the positions, on the device, with no host
+    work)."""
     return (
         problem.device_type == "cpu"
         and not problem.functorch
