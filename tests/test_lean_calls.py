@@ -471,3 +471,37 @@ def test_under_torch_func_index_tensors_are_kept_plain() -> None:
     assert len(kept) == 1
     assert not torch._C._functorch.is_functorch_wrapped_tensor(kept[0])
     torch.testing.assert_close(out, layer(x))
+
+
+_TRACED = {
+    "block": lambda: tw.BlockLinear(32, 16, groups=2),
+    "block_uneven": lambda: tw.BlockLinear([16, 16], [4, 12]),
+    "sparse_dense": lambda: tw.SparseLinear(tw.Wiring.random(32, 16, density=0.5), backend="dense"),
+    "sparse_csr": lambda: tw.SparseLinear(tw.Wiring.random(32, 16, density=0.1), backend="csr"),
+    "multi": lambda: tw.MultiLinear([16, 16], 16),
+}
+
+
+@pytest.mark.parametrize("mode", ["fake", "symbolic"])
+@pytest.mark.parametrize("name", list(_TRACED))
+def test_make_fx_traces_a_layer_after_eager_calls(name: str, mode: str) -> None:
+    """make_fx (FakeTensors, symbolic sizes too) traces a layer as it traces nn.Linear
+    (through functional_call), after eager calls have kept what they derive; nothing it
+    builds is kept."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    layer = _TRACED[name]()
+    widths = layer.in_features if isinstance(layer, tw.MultiLinear) else [layer.in_features]
+    state = {**dict(layer.named_parameters()), **dict(layer.named_buffers())}
+    inputs = [torch.randn(4, w) for w in widths]
+    with torch.no_grad():
+        layer(*inputs)  # kept: plans, bound calls, index tensors
+
+        def call(state: dict[str, torch.Tensor], *xs: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = functional_call(layer, state, xs)
+            return out
+
+        graph = make_fx(call, tracing_mode=mode)(state, *inputs)
+        other = [torch.randn(4, w) for w in widths]
+        torch.testing.assert_close(graph(state, *other), layer(*other))
+        assert type(layer(*other)) is torch.Tensor

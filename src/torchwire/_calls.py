@@ -52,7 +52,9 @@ def block_call(
                 return block_call(input, weight, bias, layout, backend)
     traits = _traits("block_linear", input, weight, bias, layout.in_features, layout.out_features)
     run: Callable[..., torch.Tensor] | None
-    if torch.compiler.is_compiling():  # a traced graph takes the backend's plain function
+    if torch.compiler.is_compiling() or type(input) is not torch.Tensor:
+        # A traced graph (or a tensor subclass's input, as FakeTensors while make_fx traces)
+        # takes the backend's plain function: nothing kept is read or written.
         chosen, problem = backends.plan(
             "block_linear", backend, (layout, *traits, _functorch(), True), _block_problem
         )
@@ -113,7 +115,8 @@ def block_plan(
     run to word an error) and choose its backend (the only place that does), for the
     context it is called in (torch.compile or torch.export tracing, torch.func transforms)."""
     traits = _traits("block_linear", input, weight, bias, layout.in_features, layout.out_features)
-    key = (layout, *traits, _functorch(), torch.compiler.is_compiling())
+    traced = torch.compiler.is_compiling() or type(input) is not torch.Tensor
+    key = (layout, *traits, _functorch(), traced)
     return backends.plan("block_linear", backend, key, _block_problem)
 
 
@@ -361,7 +364,9 @@ def sparse_call(
                 return sparse_call(input, weight, index, bias, backend)
     cache = index.cache
     run: Callable[..., torch.Tensor] | None
-    if type(cache) is not IndexCache:  # nowhere to keep a bound call (as while compiling)
+    if type(cache) is not IndexCache or type(input) is not torch.Tensor:
+        # Nowhere to keep a bound call (as while compiling), or a tensor subclass's input (as
+        # FakeTensors while make_fx traces): the backend's plain function, nothing kept read.
         chosen, problem = sparse_plan(input, weight, index, bias, backend)
         run = functools.partial(chosen.fn, index=index, problem=problem)
     else:
@@ -397,7 +402,8 @@ def sparse_plan(
     """Check a sparse_linear call (integer and identity comparisons only; the full checks
     run to word an error) and choose its backend (the only place that does), for the
     context it is called in (torch.compile or torch.export tracing, torch.func transforms)."""
-    traits = (*_sparse_traits(input, weight, index, bias), torch.compiler.is_compiling())
+    traced = torch.compiler.is_compiling() or type(input) is not torch.Tensor
+    traits = (*_sparse_traits(input, weight, index, bias), traced)
     return backends.plan("sparse_linear", backend, _sparse_key(index, traits), _sparse_problem)
 
 

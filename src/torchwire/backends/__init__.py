@@ -483,7 +483,11 @@ def plan(
         built = problem(*(_example(k) for k in key)) if exporting else problem(*key)
         return select(op, built, backend), built
     memo = (op, backend, key)
-    hit = _PLANS.get(memo)
+    try:
+        hit = _PLANS.get(memo)
+    except TypeError:  # a symbolic size (make_fx's symbolic tracing): no memo, as export
+        built = problem(*(_example(k) for k in key))
+        return select(op, built, backend), built
     if hit is not None:
         return hit
     built = problem(*key)
