@@ -179,23 +179,13 @@ _LIBRARY.impl("dense_weight", _dense_weight_op, "CompositeExplicitAutograd")
 _LIBRARY.impl("connection_values", _connection_values_op, "CompositeExplicitAutograd")
 
 
-def _dense_weight_fake(
-    values: torch.Tensor,
-    indptr: torch.Tensor,
-    indices: torch.Tensor,
-    in_features: int,
-    kept: bool = False,
-) -> torch.Tensor:
+def _dense_weight_fake(values: torch.Tensor, indptr: torch.Tensor, *rest: Any) -> torch.Tensor:
+    in_features = rest[1]  # (indices, in_features, kept)
     return values.new_empty(indptr.shape[0] - 1, in_features)
 
 
-def _connection_values_fake(
-    dense: torch.Tensor,
-    indptr: torch.Tensor,
-    indices: torch.Tensor,
-    in_features: int,
-    kept: bool = False,
-) -> torch.Tensor:
+def _connection_values_fake(dense: torch.Tensor, indptr: torch.Tensor, *rest: Any) -> torch.Tensor:
+    indices = rest[0]
     return dense.new_empty(indices.shape[0])
 
 
