@@ -83,6 +83,28 @@ def fit_weights(features: Sequence[Sequence[float]], units: Sequence[float]) -> 
     return [float(f"{c:.3g}") for c in coef]
 
 
+def timed_rows(seconds: dict[tuple[str, str], float], **case: Any) -> list[dict]:
+    """One row per ``(backend, mode)`` of ``seconds`` (as :func:`medians` returns them), each
+    with the fields of its ``case``."""
+    return [{**case, "backend": b, "mode": m, "seconds": s} for (b, m), s in seconds.items()]
+
+
+def fit_by_backend(
+    rows: list[dict], unit: float, backends: Sequence[str], features: Callable[[dict], Any]
+) -> dict[str, dict[str, list[float]]]:
+    """:func:`fit_weights` per backend and mode (``fwd``, ``train``) of the timed ``rows``,
+    each row's counts from ``features(row)`` and its time in ``unit``."""
+    weights: dict[str, dict[str, list[float]]] = {}
+    for backend in backends:
+        weights[backend] = {}
+        for kind in ("fwd", "train"):
+            chosen = [r for r in rows if r["backend"] == backend and r["mode"] == kind]
+            weights[backend][kind] = fit_weights(
+                [features(r) for r in chosen], [r["seconds"] / unit for r in chosen]
+            )
+    return weights
+
+
 def training_steps(
     layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor
 ) -> dict[str, Callable[[], None]]:

@@ -71,16 +71,7 @@ def measure(rounds: int) -> list[dict]:
                 for mode, step in _script.training_steps(layer, x, grad).items():
                     steps[backend, mode] = step
             seconds = _script.medians(steps, rounds)
-            for (backend, mode), median in seconds.items():
-                rows.append(
-                    {
-                        "layout": list(args),
-                        "batch": batch,
-                        "backend": backend,
-                        "mode": mode,
-                        "seconds": median,
-                    }
-                )
+            rows += _script.timed_rows(seconds, layout=list(args), batch=batch)
             print(f"{args} batch {batch}", flush=True)
     return rows
 
@@ -106,15 +97,7 @@ def _features(row: dict) -> tuple[float, ...]:
 
 def fit(rows: list[dict], unit: float) -> dict[str, dict[str, list[float]]]:
     """Non-negative weights per backend and mode, minimising relative error."""
-    weights: dict[str, dict[str, list[float]]] = {}
-    for backend in BACKENDS:
-        weights[backend] = {}
-        for kind in ("fwd", "train"):
-            chosen = [r for r in rows if r["backend"] == backend and r["mode"] == kind]
-            weights[backend][kind] = _script.fit_weights(
-                [_features(r) for r in chosen], [r["seconds"] / unit for r in chosen]
-            )
-    return weights
+    return _script.fit_by_backend(rows, unit, BACKENDS, _features)
 
 
 def evaluate(rows: list[dict], weights: dict[str, dict[str, list[float]]]) -> str:

@@ -47,17 +47,8 @@ def measure(rounds: int) -> list[dict]:
                     for backend, layer in layers.items()
                     for mode, step in _script.training_steps(layer, x, grad).items()
                 }
-                for (backend, mode), median in _script.medians(steps, rounds).items():
-                    rows.append(
-                        {
-                            "features": n,
-                            "nnz": wiring.nnz,
-                            "batch": batch,
-                            "backend": backend,
-                            "mode": mode,
-                            "seconds": median,
-                        }
-                    )
+                seconds = _script.medians(steps, rounds)
+                rows += _script.timed_rows(seconds, features=n, nnz=wiring.nnz, batch=batch)
                 print(f"{n} features, density {density}, batch {batch}", flush=True)
     return rows
 
@@ -70,16 +61,9 @@ def _problem(row: dict) -> SparseProblem:
 
 def fit(rows: list[dict], unit: float) -> dict[str, dict[str, list[float]]]:
     """Non-negative weights per backend and mode, minimising relative error."""
-    weights: dict[str, dict[str, list[float]]] = {}
-    for backend, module in BACKENDS.items():
-        weights[backend] = {}
-        for kind in ("fwd", "train"):
-            chosen = [r for r in rows if r["backend"] == backend and r["mode"] == kind]
-            weights[backend][kind] = _script.fit_weights(
-                [module.cost_features(_problem(r)) for r in chosen],
-                [r["seconds"] / unit for r in chosen],
-            )
-    return weights
+    return _script.fit_by_backend(
+        rows, unit, list(BACKENDS), lambda r: BACKENDS[r["backend"]].cost_features(_problem(r))
+    )
 
 
 def evaluate(rows: list[dict], weights: dict[str, dict[str, list[float]]]) -> str:
