@@ -52,9 +52,7 @@ def block_call(
                 return block_call(input, weight, bias, layout, backend)
     traits = _traits("block_linear", input, weight, bias, layout.in_features, layout.out_features)
     run: Callable[..., torch.Tensor] | None
-    if torch.compiler.is_compiling() or type(input) is not torch.Tensor:
-        # A traced graph (or a tensor subclass's input, as FakeTensors while make_fx traces)
-        # takes the backend's plain function: nothing kept is read or written.
+    if _traced(input):  # the backend's plain function: nothing kept is read or written
         chosen, problem = backends.plan(
             "block_linear", backend, (layout, *traits, _functorch(), True), _block_problem
         )
@@ -88,6 +86,13 @@ _thread = threading.get_ident
 _GENERATION = backends.generation  # [count of registrations]
 
 
+def _traced(input: torch.Tensor) -> bool:
+    """Whether a call runs for a traced graph: while torch.compile or torch.export traces,
+    or on a tensor subclass's input (FakeTensors while make_fx traces), where calls take
+    their backend's plain function and nothing kept is read or written."""
+    return torch.compiler.is_compiling() or type(input) is not torch.Tensor
+
+
 def _remember(
     memo: dict[Any, Any],
     key: tuple[Any, ...],
@@ -115,8 +120,7 @@ def block_plan(
     run to word an error) and choose its backend (the only place that does), for the
     context it is called in (torch.compile or torch.export tracing, torch.func transforms)."""
     traits = _traits("block_linear", input, weight, bias, layout.in_features, layout.out_features)
-    traced = torch.compiler.is_compiling() or type(input) is not torch.Tensor
-    key = (layout, *traits, _functorch(), traced)
+    key = (layout, *traits, _functorch(), _traced(input))
     return backends.plan("block_linear", backend, key, _block_problem)
 
 
@@ -402,8 +406,7 @@ def sparse_plan(
     """Check a sparse_linear call (integer and identity comparisons only; the full checks
     run to word an error) and choose its backend (the only place that does), for the
     context it is called in (torch.compile or torch.export tracing, torch.func transforms)."""
-    traced = torch.compiler.is_compiling() or type(input) is not torch.Tensor
-    traits = (*_sparse_traits(input, weight, index, bias), traced)
+    traits = (*_sparse_traits(input, weight, index, bias), _traced(input))
     return backends.plan("sparse_linear", backend, _sparse_key(index, traits), _sparse_problem)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "SparseProblem",
     "available",
     "block_layout",
+    "built_to_keep",
     "cached_for_device",
     "equal_block_layout",
     "keeping",
@@ -52,7 +53,6 @@ __all__ = [
     "register",
     "select",
     "sparse_index",
-    "unwrapped",
     "weighted",
 ]
 
@@ -269,10 +269,7 @@ class SparseIndex(NamedTuple):
             return build(self)
         found = cache.get(name)
         if found is None:
-            if not keeping(self.indptr, self.indices):
-                return build(self)
-            with torch.inference_mode(False):  # usable outside inference mode too
-                found = unwrapped(lambda: build(self), self.indptr, self.indices)
+            found = built_to_keep(lambda: build(self), self.indptr, self.indices)
             if found is None:
                 return build(self)
             cache[name] = found
@@ -398,22 +395,26 @@ def keeping(*tensors: torch.Tensor) -> bool:
     calls) may be kept for later calls, from ``tensors``: not while torch.compile or
     torch.export traces (a graph holds its own) or under a FakeTensorMode, and not from a
     tensor subclass's tensors (FakeTensors, also outside their mode). Under torch.func
-    transforms, what is kept is built with the transforms off (:func:`unwrapped`)."""
+    transforms, what is kept is built with the transforms off (:func:`built_to_keep`)."""
     return not (
         torch.compiler.is_compiling() or torch._C._get_dispatch_mode(_FAKE_MODE) is not None
     ) and all(type(t) in _PLAIN for t in tensors)
 
 
-def unwrapped(build: Callable[[], T], *sources: torch.Tensor) -> T | None:
-    """``build()`` as a plain tensor where torch.func transforms run, by running it with them
-    off (what a transform builds is wrapped for a transform that ends); None where a source
-    is itself a transform's tensor, as nothing built from it may be kept."""
-    if not torch._C._are_functorch_transforms_active():
-        return build()
-    if any(_is_wrapped(t) for t in sources):
+def built_to_keep(build: Callable[[], T], *sources: torch.Tensor) -> T | None:
+    """``build()``, made to be kept for later calls (usable in and outside inference mode;
+    under torch.func transforms, built with them off, since what a transform builds is
+    wrapped for a transform that ends), or None where nothing built from ``sources`` may be
+    kept (:func:`keeping`, or a source that is itself a transform's tensor)."""
+    if not keeping(*sources):
         return None
-    with torch._C._DisableFuncTorch():
-        return build()
+    with torch.inference_mode(False):
+        if not torch._C._are_functorch_transforms_active():
+            return build()
+        if any(_is_wrapped(t) for t in sources):
+            return None
+        with torch._C._DisableFuncTorch():
+            return build()
 
 
 _FAKE_MODE = torch._C._TorchDispatchModeKey.FAKE
@@ -425,16 +426,16 @@ def cached_for_device(name: str, layout: Any, device: torch.device, build: Calla
     """``build()`` (index tensors of ``layout``, a hashable structure, on ``device``), cached
     per name, layout and device; rebuilt uncached where nothing may be kept
     (:func:`keeping`): while torch.compile traces, so they become graph constants."""
-    if not keeping():
-        return build()
     key = (name, layout, device)
-    value = _DEVICE_CACHE.get(key)
+    value = _DEVICE_CACHE.get(key) if keeping() else None
     if value is None:
+        value = built_to_keep(build)
+        if value is None:
+            return build()
         if len(_DEVICE_CACHE) >= _DEVICE_CACHE_SIZE:  # wirings can be large: keep a few
             _DEVICE_CACHE.clear()
-        with torch.inference_mode(False):  # usable outside inference mode too
-            value = _DEVICE_CACHE[key] = unwrapped(build)
-    return value  # type: ignore[return-value]
+        _DEVICE_CACHE[key] = value
+    return value
 
 
 # Cost-model units, shared by every backend: one multiply-add of a large GEMM costs 1. On

@@ -19,9 +19,9 @@ from torchwire.backends import (
     Backend,
     SparseIndex,
     SparseProblem,
+    built_to_keep,
     keeping,
     register,
-    unwrapped,
     weighted,
 )
 from torchwire.backends.block_dense import (
@@ -126,8 +126,7 @@ def _kept(index: SparseIndex) -> torch.Tensor:
     kept = getattr(store, _KEPT, None)
     if kept is not None and kept[0] is of_indptr and kept[1] == source:
         return kept[2]  # type: ignore[no-any-return]
-    with torch.inference_mode(False):  # usable outside inference mode too
-        found = unwrapped(lambda: _positions(index), indptr, indices)
+    found = built_to_keep(lambda: _positions(index), indptr, indices)
     if found is None:
         return _positions(index)
     setattr(store, _KEPT, (of_indptr, source, found))
@@ -229,12 +228,7 @@ def sparse_linear_dense(
     index: SparseIndex,
     problem: SparseProblem,
 ) -> torch.Tensor:
-    if (
-        problem.compiling
-        and index.owned
-        and problem.nnz >= _INDEX_COPY_FROM
-        and _kept_in_graph(problem)
-    ):
+    if problem.compiling and _kept_in_graph(problem, index):
         dense = torch.ops.torchwire.dense_weight(
             weight, index.indptr, index.indices, index.in_features, True
         )
@@ -242,15 +236,17 @@ def sparse_linear_dense(
     return F.linear(input, dense_weight(weight, index), bias)
 
 
-def _kept_in_graph(problem: SparseProblem) -> bool:
-    """Whether a traced graph may call the ops that read kept positions (of a module's
-    buffers, :attr:`SparseIndex.owned`): under torch.compile on the CPU. Not under
-    torch.export (an exported program keeps to ATen's ops) or torch.func, and not on CUDA: a
-    CUDA graph replays the ops without running their Python, so it would not see the buffers
-    written in place (there the graph derives the positions, on the device, with no host
-    work)."""
+def _kept_in_graph(problem: SparseProblem, index: SparseIndex) -> bool:
+    """Whether a traced graph calls the ops that read kept positions: for a module's buffers
+    (:attr:`SparseIndex.owned`) of ``_INDEX_COPY_FROM`` connections or more, under
+    torch.compile on the CPU. Not under torch.export (an exported program keeps to ATen's
+    ops) or torch.func, and not on CUDA: a CUDA graph replays the ops without running their
+    Python, so it would not see the buffers written in place (there the graph derives the
+    positions, on the device, with no host work)."""
     return (
-        problem.device_type == "cpu"
+        index.owned
+        and problem.nnz >= _INDEX_COPY_FROM
+        and problem.device_type == "cpu"
         and not problem.functorch
         and torch.compiler.is_dynamo_compiling()
         and not torch.compiler.is_exporting()
