@@ -158,6 +158,14 @@ def save_fit(path: str | None, rows: list[dict], unit: float, weights: dict) -> 
         )
 
 
+def picked(costs: dict[str, float], measured: dict[str, dict]) -> tuple[str, str, float]:
+    """The backend a cost model picks (the lowest of ``costs``), the fastest of the
+    ``measured`` rows, and how many times the fastest's time the pick took."""
+    pick = min(costs, key=costs.__getitem__)
+    best = min(measured, key=lambda b: measured[b]["seconds"])
+    return pick, best, measured[pick]["seconds"] / measured[best]["seconds"]
+
+
 def judged(slowdowns: list[float], misses: list[str], what: str) -> str:
     """A fit's verdict: how often the model picks the ``what`` backend (a slowdown of 1),
     the geometric mean and worst slowdown of its picks, then the ``misses``."""

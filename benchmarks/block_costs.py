@@ -117,9 +117,7 @@ def evaluate(rows: list[dict], weights: dict[str, dict[str, list[float]]]) -> st
             name: select("block_linear", problem, name).cost(problem)
             for name in available("block_linear", problem)
         }  # (not select's "auto": it memoises its choices)
-        pick = min(costs, key=costs.__getitem__)
-        best = min(measured, key=lambda b: measured[b]["seconds"])
-        ratio = measured[pick]["seconds"] / measured[best]["seconds"]
+        pick, best, ratio = _script.picked(costs, measured)
         slow.append(ratio)
         if ratio > 1.05:
             lines.append(f"  {layout} batch {batch} {kind}: {pick} {ratio:.2f}x of {best}")

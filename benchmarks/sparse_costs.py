@@ -79,9 +79,7 @@ def evaluate(rows: list[dict], weights: dict[str, dict[str, list[float]]]) -> st
     for (n, nnz, batch, kind), measured in cases.items():
         problem = _problem(next(iter(measured.values())))
         costs = {b: BACKENDS[b]._cost(problem) for b in measured}
-        pick = min(costs, key=costs.__getitem__)
-        best = min(measured, key=lambda b: measured[b]["seconds"])
-        ratio = measured[pick]["seconds"] / measured[best]["seconds"]
+        pick, _, ratio = _script.picked(costs, measured)
         slow.append(ratio)
         if ratio > 1.05:
             density = nnz / (n * n)
