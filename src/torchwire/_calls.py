@@ -50,20 +50,18 @@ def block_call(
             with torch.autocast(input.device.type, enabled=False):
                 input, weight, bias = _cast(dtype, input, weight, bias)
                 return block_call(input, weight, bias, layout, backend)
-    traits = _traits("block_linear", input, weight, bias, layout.in_features, layout.out_features)
     run: Callable[..., torch.Tensor] | None
     if _traced(input):  # the backend's plain function: nothing kept is read or written
-        chosen, problem = backends.plan(
-            "block_linear", backend, (layout, *traits, _functorch(), True), _block_problem
-        )
+        chosen, problem = block_plan(input, weight, bias, layout, backend)
         run = functools.partial(chosen.fn, problem=problem)
     else:
-        functorch = _functorch()
-        key = (layout, backend, *traits, functorch, _thread(), _GENERATION[0])
+        key = _call_key(
+            (layout, backend), input, weight, bias, layout.in_features, layout.out_features
+        )
         run = _BLOCK_CALLS.get(key)
         if run is None:
             chosen, problem = backends.plan(
-                "block_linear", backend, (layout, *traits, functorch, False), _block_problem
+                "block_linear", backend, (layout, *key[1:6], False), _block_problem
             )
             run = _remember(_BLOCK_CALLS, key, chosen.bound(problem, layout, weight), input, weight)
     if input.dim() == 2:
@@ -119,9 +117,10 @@ def block_plan(
     """Check a block_linear call (integer and identity comparisons only; the full checks
     run to word an error) and choose its backend (the only place that does), for the
     context it is called in (torch.compile or torch.export tracing, torch.func transforms)."""
-    traits = _traits("block_linear", input, weight, bias, layout.in_features, layout.out_features)
-    key = (layout, *traits, _functorch(), _traced(input))
-    return backends.plan("block_linear", backend, key, _block_problem)
+    if not isinstance(input, torch.Tensor):
+        check_is_tensor(input, weight, "block_linear")  # type: ignore[unreachable]
+    key = _call_key(layout, input, weight, bias, layout.in_features, layout.out_features, False)
+    return backends.plan("block_linear", backend, (*key, _traced(input)), _block_problem)
 
 
 def _block_problem(
@@ -136,30 +135,34 @@ def _block_problem(
     return BlockProblem(layout, rows, dtype, device.type, grad, functorch, compiling)
 
 
-def _traits(
-    op: str,
+def _call_key(
+    head: Any,
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     in_features: int,
     out_features: int,
-) -> tuple[int, torch.dtype, torch.device, bool]:
-    """The input's rows, dtype, device and whether the call records a graph, after checking
-    shapes, dtypes and devices against the weight's (comparisons only; the full checks run
-    to word an error)."""
-    if not isinstance(input, torch.Tensor):
-        check_is_tensor(input, weight, op)  # type: ignore[unreachable]
+    kept: bool = True,
+) -> tuple[Any, ...]:
+    """``(head, rows, dtype, device, grad, functorch, thread, generation)``: the key of a
+    kept call (its middle five, the plan's), after checking the input's shape, dtype and
+    device and the bias against the weight (comparisons only; the full checks run to word
+    an error). ``grad``: whether autograd records the call; ``functorch``: whether torch.func
+    transforms run; the thread, as bound calls may keep per-thread scratch memory; the
+    backend registry's generation. Without ``kept`` (for plans, which torch.compile may
+    trace) the first six only. Tensors only (the caller checks); dtypes compare by identity
+    (one object per dtype)."""
     shape = input.shape
     dtype = input.dtype
     device = input.device
     if (
         not shape
         or shape[-1] != in_features
-        or dtype != weight.dtype
+        or dtype is not weight.dtype
         or device != weight.device
         or (
             bias is not None
-            and (bias.shape != (out_features,) or bias.dtype != dtype or bias.device != device)
+            and (bias.shape != (out_features,) or bias.dtype is not dtype or bias.device != device)
         )
     ):
         _check_tensors(input, weight, bias, in_features, out_features)
@@ -167,7 +170,9 @@ def _traits(
     grad = torch.is_grad_enabled() and (
         input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
-    return rows, dtype, device, grad
+    if kept:
+        return head, rows, dtype, device, grad, _functorch(), _thread(), _GENERATION[0]
+    return head, rows, dtype, device, grad, _functorch()
 
 
 def _autocast_dtype(input: object) -> torch.dtype | None:
@@ -374,19 +379,14 @@ def sparse_call(
         chosen, problem = sparse_plan(input, weight, index, bias, backend)
         run = functools.partial(chosen.fn, index=index, problem=problem)
     else:
-        # _sparse_traits inlined into the key: this is every SparseLinear call's path, and
-        # the call and the repacked tuple measured about 5% of a batch-1 call.
         if weight.shape != index.indices.shape:  # both (nnz,)
             _wrong_sparse_weight(weight, index)
-        traits = _traits(
-            "sparse_linear", input, weight, bias, index.in_features, index.out_features
-        )
-        key = (backend, *traits, _functorch(), _thread(), _GENERATION[0])
+        key = _call_key(backend, input, weight, bias, index.in_features, index.out_features)
         memo = cache.calls
         run = memo.get(key)
         if run is None:
             chosen, problem = backends.plan(
-                "sparse_linear", backend, _sparse_key(index, (*key[1:-2], False)), _sparse_problem
+                "sparse_linear", backend, _sparse_key(index, (*key[1:6], False)), _sparse_problem
             )
             run = _remember(memo, key, chosen.bound(problem, index, weight), input, weight)
     if input.dim() == 2:
@@ -413,14 +413,14 @@ def sparse_plan(
 def _sparse_traits(
     input: torch.Tensor, weight: torch.Tensor, index: SparseIndex, bias: torch.Tensor | None
 ) -> tuple[int, torch.dtype, torch.device, bool, bool]:
-    """:func:`_traits` of a sparse_linear call after checking the weight against the
-    index, and whether torch.func transforms run."""
-    if not isinstance(weight, torch.Tensor):
+    """The plan's part of :func:`_call_key` for a sparse_linear call (rows, dtype, device,
+    grad, functorch), after checking the weight against the index."""
+    if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)):
         check_is_tensor(input, weight, "sparse_linear")  # type: ignore[unreachable]
     if weight.shape != index.indices.shape:  # both (nnz,)
         _wrong_sparse_weight(weight, index)
-    traits = _traits("sparse_linear", input, weight, bias, index.in_features, index.out_features)
-    return (*traits, _functorch())
+    key = _call_key(None, input, weight, bias, index.in_features, index.out_features, False)
+    return key[1:]
 
 
 def _wrong_sparse_weight(weight: torch.Tensor, index: SparseIndex) -> None:
