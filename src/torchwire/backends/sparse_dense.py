@@ -27,6 +27,7 @@ from torchwire.backends import (
 from torchwire.backends.block_dense import (
     _INDEX_COPY_FROM,
     linear_through,
+    linear_written,
     put_values,
     scatter,
     scratch,
@@ -272,10 +273,15 @@ def _bind(
 ) -> Callable[..., torch.Tensor] | None:
     """Without autograd, a small dense weight is written into a zero matrix the index keeps:
     one ``put_`` (or ``index_copy_``) and one GEMM a call (see
-    :func:`~torchwire.backends.block_dense.scratch`)."""
+    :func:`~torchwire.backends.block_dense.scratch`). With autograd, into a fresh one
+    (:func:`~torchwire.backends.block_dense.linear_written`), at the kept positions."""
     cache = index.cache
-    if problem.requires_grad or cache is None:
+    if cache is None:
         return None
+    if problem.requires_grad:
+        if problem.functorch or not keeping(like):
+            return None
+        return linear_written((index.out_features, index.in_features), positions(index))
     found = scratch(cache, "scratch", index, like, positions)
     return None if found is None else linear_through(*found)
 
