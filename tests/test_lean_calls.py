@@ -197,6 +197,44 @@ def test_training_calls_through_a_fresh_dense_weight_match_the_oracle(make: Any)
             layer.weight.mul_(-0.5).add_(0.25)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tw.BlockLinear(4, 6, groups=2),
+        lambda: tw.SparseLinear(tw.Wiring.random(4, 6, density=0.5, seed=0)),
+    ],
+    ids=["block", "sparse"],
+)
+def test_a_training_call_bound_in_inference_mode_keeps_nothing_of_it(make: Any) -> None:
+    """Autograd can record inside inference mode (with enable_grad): what the bound call
+    keeps must still serve training outside it (an inference tensor cannot be saved for
+    backward). Blocks share bound calls by layout, so a fresh layer meets them too."""
+    x = torch.randn(3, 4)
+    first = make()
+    with torch.inference_mode(), torch.enable_grad():
+        first(x)
+    for layer in (first, make()):
+        layer(x).sum().backward()
+        assert layer.weight.grad is not None
+
+
+def test_bound_training_calls_share_the_positions_the_structure_keeps() -> None:
+    """One bound call per batch size: they hold the positions the index keeps, not a copy
+    each (a memo of 256 row counts would otherwise keep 256 copies)."""
+    layer = tw.SparseLinear(tw.Wiring.random(16, 8, density=0.5, seed=0), backend="dense")
+    for rows in (1, 2, 3, 5):
+        layer(torch.randn(rows, 16)).sum().backward()
+    calls = layer._index().cache.calls
+    assert len(calls) == 4
+    kept = {
+        cell.cell_contents.data_ptr()
+        for run in calls.values()
+        for cell in (getattr(run, "__closure__", None) or ())
+        if isinstance(cell.cell_contents, torch.Tensor)
+    }
+    assert len(kept) == 1
+
+
 def test_block_layer_refuses_a_weight_of_another_shape() -> None:
     layer = tw.BlockLinear(4, 6, groups=2)
     layer.weight = nn.Parameter(torch.randn(2, 2, 3))  # transposed blocks, same numel

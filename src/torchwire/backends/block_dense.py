@@ -7,6 +7,7 @@ extra multiply-adds: assembling the weight is one scatter, whatever the number o
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -91,6 +92,20 @@ def _positions(layout: BlockLayout, device: torch.device) -> torch.Tensor:
     return cached_for_device("dense_positions", layout, device, build)
 
 
+def _positions_in(layout: BlockLayout, device: torch.device, transpose: bool) -> torch.Tensor:
+    """:func:`_positions`, or (``transpose``) the same entries' positions in the dense
+    matrix's transpose, kept per layout and device."""
+    if not transpose:
+        return _positions(layout, device)
+    n_in, n_out = layout.in_features, layout.out_features
+    return cached_for_device(
+        "dense_positions_t",
+        layout,
+        device,
+        lambda: transposed(_positions(layout, device), n_in, n_out),
+    )
+
+
 def block_linear_dense(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, problem: BlockProblem
 ) -> torch.Tensor:
@@ -117,7 +132,7 @@ def _bind(
         if problem.functorch or not keeping(like):
             return None
         shape = (layout.out_features, layout.in_features)
-        return linear_written(shape, _positions(layout, like.device), values)
+        return linear_written(shape, functools.partial(_positions_in, layout, like.device), values)
     found = scratch(_SCRATCH, layout, layout, like, _positions)
     return None if found is None else linear_through(*found, values)
 
@@ -154,30 +169,33 @@ def linear_through(
 
 def linear_written(
     shape: tuple[int, int],
-    positions: torch.Tensor,
+    positions: Callable[[bool], torch.Tensor],
     values: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Callable[..., torch.Tensor]:
     """A call computing ``input @ W.T + bias`` with autograd, through a fresh dense weight:
-    :func:`put_values` writes the weight (or ``values(weight)``) at the flat ``positions``
-    of ``W``, of ``shape`` ``(out, in)``. Few connections are written into ``W.T`` instead,
-    the GEMM's operand, so that backward reads their gradient from a contiguous matrix and
-    no transpose runs (a training step at 4 -> 6 features took 0.88-0.90x the time of one
-    through ``W``); many into ``W``, in order (see :func:`scratch`)."""
-    n_out, n_in = shape
-    if positions.numel() >= _INDEX_COPY_FROM:
+    :func:`put_values` writes the weight (or ``values(weight)``) into ``W``, of ``shape``
+    ``(out, in)``, at ``positions(False)``, its connections' flat positions. Few connections
+    are written into ``W.T`` instead, at ``positions(True)``: the GEMM's operand, so that
+    backward reads their gradient from a contiguous matrix and no transpose runs (a training
+    step at 4 -> 6 features took 0.88-0.90x the time of one through ``W``); many into ``W``,
+    in order (see :func:`scratch`). The positions are the ones the structure keeps: the
+    call, memoised per batch size, holds no copy of its own."""
+    at = positions(False)
+    if at.numel() >= _INDEX_COPY_FROM:
 
         def run(
             input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         ) -> torch.Tensor:
             connections = weight if values is None else values(weight)
-            return F.linear(input, put_values(shape, positions, connections), bias)
+            return F.linear(input, put_values(shape, at, connections), bias)
 
         return run
-    at = transposed(positions, n_in, n_out)
+    at_t = positions(True)
+    shape_t = (shape[1], shape[0])
 
     def run_t(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         connections = weight if values is None else values(weight)
-        operand = put_values((n_in, n_out), at, connections)
+        operand = put_values(shape_t, at_t, connections)
         return torch.mm(input, operand) if bias is None else torch.addmm(bias, input, operand)
 
     return run_t

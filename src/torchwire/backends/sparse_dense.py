@@ -8,6 +8,7 @@ temporary of each call; the layer never keeps it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,7 @@ from torchwire.backends.block_dense import (
     put_values,
     scatter,
     scratch,
+    transposed,
 )
 
 # Cost model, in units of one multiply-add of a large GEMM (shared by every backend). CPU: a
@@ -76,6 +78,17 @@ def positions(index: SparseIndex, device: object = None) -> torch.Tensor:
     if index.cache is None:
         return _positions(index)
     found: torch.Tensor = index.derived("dense_positions", _kept)
+    return found
+
+
+def _positions_in(index: SparseIndex, transpose: bool) -> torch.Tensor:
+    """:func:`positions`, or (``transpose``) the same connections' positions in the dense
+    matrix's transpose, kept with the index."""
+    if not transpose:
+        return positions(index)
+    found: torch.Tensor = index.derived(
+        "dense_positions_t", lambda i: transposed(positions(i), i.in_features, i.out_features)
+    )
     return found
 
 
@@ -281,7 +294,8 @@ def _bind(
     if problem.requires_grad:
         if problem.functorch or not keeping(like):
             return None
-        return linear_written((index.out_features, index.in_features), positions(index))
+        shape = (index.out_features, index.in_features)
+        return linear_written(shape, functools.partial(_positions_in, index))
     found = scratch(cache, "scratch", index, like, positions)
     return None if found is None else linear_through(*found)
 
