@@ -483,6 +483,8 @@ def test_functional_validates_group_sizes() -> None:
         tw.functional.block_linear(x, torch.randn(8), in_sizes=[4, 0], out_sizes=[2, 2])
     with pytest.raises(TypeError, match="expected weight to be a Tensor, got list"):
         tw.functional.block_linear(x, [1.0, 2.0])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected bias to be a Tensor or None, got list"):
+        tw.functional.block_linear(x, torch.randn(2, 3, 2), [0.0] * 6)  # type: ignore[arg-type]
 
 
 def test_construction_validates_every_argument() -> None:

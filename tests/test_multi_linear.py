@@ -41,6 +41,8 @@ def test_functional_errors_name_expected_and_received() -> None:
         tw.functional.multi_linear([torch.randn(2, 5)], w)
     with pytest.raises(TypeError, match=r"input 1 to be a Tensor, got list"):
         tw.functional.multi_linear([torch.randn(2, 5), [1.0]], w)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="expected bias to be a Tensor or None, got list"):
+        tw.functional.multi_linear([torch.randn(2, 5), torch.randn(2, 3)], w, [0.0] * 4)  # type: ignore[arg-type]
 
 
 def test_two_input_two_head_network_traces_compiles_and_trains() -> None:

@@ -821,6 +821,8 @@ def test_functional_sparse_linear_errors_say_what_was_expected() -> None:
         sl(x, w, wiring.mask())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="expected weight to be a Tensor, got list"):
         sl(x, w.tolist(), wiring)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected bias to be a Tensor or None, got list"):
+        sl(x, w, wiring, [0.0] * 4)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"unknown backend 'nope' for sparse_linear"):
         sl(x, w, wiring, backend="nope")
 

@@ -25,6 +25,7 @@ from torchwire.wiring import Wiring
 __all__ = [
     "block_call",
     "block_plan",
+    "check_bias",
     "check_is_tensor",
     "group_sizes",
     "index_of",
@@ -189,7 +190,15 @@ def _cast(
     return input.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
-def check_is_tensor(input: object, weight: object, op: str) -> None:
+def check_bias(bias: object, op: str) -> None:
+    """A TypeError unless ``bias`` is a tensor or None."""
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{op} expected bias to be a Tensor or None, got {type(bias).__name__}")
+
+
+def check_is_tensor(input: object, weight: object, op: str, bias: object = None) -> None:
+    """A TypeError unless ``input`` and ``weight`` are tensors and ``bias`` one or None."""
+    check_bias(bias, op)
     for name, value in (("input", input), ("weight", weight)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(
@@ -207,11 +216,12 @@ def check_is_tensor(input: object, weight: object, op: str) -> None:
 def layout_of(
     input: torch.Tensor,
     weight: torch.Tensor,
+    bias: torch.Tensor | None,
     in_sizes: Sequence[int] | None,
     out_sizes: Sequence[int] | None,
     groups: int | None,
 ) -> BlockLayout:
-    check_is_tensor(input, weight, "block_linear")
+    check_is_tensor(input, weight, "block_linear", bias)
     if weight.dim() == 3:
         blocks, out_g, in_g = weight.shape
         if in_sizes is not None or out_sizes is not None:

@@ -60,7 +60,11 @@ def block_linear(
         torch.Size([5, 4])
     """
     return _calls.block_call(
-        input, weight, bias, _calls.layout_of(input, weight, in_sizes, out_sizes, groups), backend
+        input,
+        weight,
+        bias,
+        _calls.layout_of(input, weight, bias, in_sizes, out_sizes, groups),
+        backend,
     )
 
 
@@ -102,7 +106,7 @@ def sparse_linear(
         >>> sparse_linear(x, torch.tensor([10.0, 1.0, 5.0]), w)  # y0 = 10 x0 + x2, y1 = 5 x1
         tensor([[13., 10.]])
     """
-    _calls.check_is_tensor(input, weight, "sparse_linear")
+    _calls.check_is_tensor(input, weight, "sparse_linear", bias)
     return _calls.sparse_call(input, weight, _calls.index_of(wiring, weight), bias, backend)
 
 
@@ -139,6 +143,7 @@ def multi_linear(
             f"multi_linear expected one weight per input (at least one), got {count} "
             f"inputs and {len(weights)} weights"
         )
+    _calls.check_bias(bias, "multi_linear")
     return _calls.multi_call(inputs, weights, bias)
 
 
