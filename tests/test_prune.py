@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -234,6 +235,29 @@ def test_global_edges_filter_random_and_shared_modules() -> None:
         tw.prune.global_edges(nn.Sequential(nn.ReLU()), amount=0.5)
     with pytest.raises(ValueError, match="or filter selected none"):
         tw.prune.global_edges(model, amount=0.5, filter=lambda n, m: n == "1")
+
+
+def test_pruning_that_would_grow_a_layer_says_so() -> None:
+    """A connection costs a value and an int32 index: kept at high density, a SparseLinear
+    holds more bytes than the dense layer it replaces (float32: above half the
+    connections), which pruning promises to shrink."""
+    dense = nn.Linear(32, 16)
+    with pytest.warns(UserWarning, match=r"SparseLinear, Linear\(32, 16\) grows") as record:
+        grown = tw.prune.edges(dense, amount=0.1)
+    assert _nbytes(grown) > _nbytes(dense)
+    assert f"from {_nbytes(dense):,} to {_nbytes(grown):,} bytes" in str(record[0].message)
+    assert record[0].filename == __file__  # points at the call that pruned
+    with pytest.warns(UserWarning, match=r"density below 0\.5"):
+        tw.sparsify(nn.Sequential(nn.Linear(32, 16)), density=0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shrunk = tw.prune.edges(dense, amount=0.6)
+        tw.prune.edges(shrunk, amount=0.1)  # fewer connections than before: never larger
+    assert _nbytes(shrunk) < _nbytes(dense)
+
+
+def _nbytes(module: nn.Module) -> int:
+    return sum(t.nbytes for t in itertools.chain(module.parameters(), module.buffers()))
 
 
 def test_sparsify_keeps_the_largest_weights_and_skips_linear_subclasses() -> None:

@@ -24,6 +24,7 @@ since the new layer would lose them; ``torch.nn.utils.prune`` masks are read thr
 from __future__ import annotations
 
 import copy
+import itertools
 import numbers
 import warnings
 from collections.abc import Callable
@@ -89,6 +90,11 @@ def edges(
     Raises:
         ValueError: the module has hooks or parametrizations (``torch.nn.utils.prune``
             masks are read through), which the new layer would lose.
+
+    Warns:
+        UserWarning: the result holds more bytes than the module: each connection costs a
+            value and an int32 index, so in float32 a dense layer that keeps more than half
+            its connections grows (``sparsify``, ``global_edges`` warn alike).
 
     Examples::
 
@@ -738,7 +744,35 @@ def _check_plain(m: nn.Module, name: str, operation: str) -> None:
 def _sparse_with(module: Any, wiring: Wiring, values: torch.Tensor) -> SparseLinear:
     bias = None if module.bias is None else module.bias.detach()
     layer = _surgery.rewired(module, wiring, values, bias, kind=SparseLinear)
-    return cast(SparseLinear, _surgery.rebuilt(layer, module))
+    result = cast(SparseLinear, _surgery.rebuilt(layer, module))
+    _warn_if_larger(module, result)
+    return result
+
+
+def _warn_if_larger(module: nn.Module, layer: SparseLinear) -> None:
+    """A UserWarning where pruning ``module`` into ``layer`` grows it: each connection costs
+    a value and an index, so few removed connections cost more than a dense weight."""
+    before, after = _nbytes(module), _nbytes(layer)
+    if after <= before:
+        return
+    value, index = layer.weight.element_size(), layer.indices.element_size()
+    density = layer.nnz / (layer.in_features * layer.out_features)
+    warnings.warn(
+        f"pruned into a SparseLinear, {_describe(module)} grows from {before:,} to {after:,} "
+        f"bytes of parameters and buffers: a connection costs a value and an index "
+        f"({value + index} bytes), a dense weight {value} bytes an entry, so above a density "
+        f"of {value / (value + index):.2g} (here {density:.2f}) the layer grows. Keep it "
+        f"dense, or prune to a density below {value / (value + index):.2g}.",
+        stacklevel=4,
+    )
+
+
+def _nbytes(module: nn.Module) -> int:
+    return sum(t.nbytes for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+def _describe(module: nn.Module) -> str:
+    return f"{type(module).__name__}({module.in_features}, {module.out_features})"
 
 
 def _copy(model: nn.Module) -> nn.Module:
