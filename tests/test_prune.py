@@ -240,19 +240,26 @@ def test_global_edges_filter_random_and_shared_modules() -> None:
 def test_pruning_that_would_grow_a_layer_says_so() -> None:
     """A connection costs a value and an int32 index: kept at high density, a SparseLinear
     holds more bytes than the dense layer it replaces (float32: above half the
-    connections), which pruning promises to shrink."""
+    connections), which pruning promises to shrink. The warning points at the caller."""
     dense = nn.Linear(32, 16)
     with pytest.warns(UserWarning, match=r"SparseLinear, Linear\(32, 16\) grows") as record:
         grown = tw.prune.edges(dense, amount=0.1)
     assert _nbytes(grown) > _nbytes(dense)
     assert f"from {_nbytes(dense):,} to {_nbytes(grown):,} bytes" in str(record[0].message)
-    assert record[0].filename == __file__  # points at the call that pruned
-    with pytest.warns(UserWarning, match=r"density below 0\.5"):
-        tw.sparsify(nn.Sequential(nn.Linear(32, 16)), density=0.9)
+    assert "keeps 461 of its 512 connections" in str(record[0].message)
+    assert record[0].filename == __file__
+    model = nn.Sequential(nn.ReLU(), nn.Linear(32, 16))
+    for prune in (
+        lambda: tw.sparsify(model, density=0.9),
+        lambda: tw.prune.global_edges(model, amount=0.1),
+    ):
+        with pytest.warns(UserWarning, match=r"layer '1' \(Linear\(32, 16\)\) grows") as record:
+            prune()
+        assert record[0].filename == __file__  # the call that pruned, not torchwire's
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         shrunk = tw.prune.edges(dense, amount=0.6)
-        tw.prune.edges(shrunk, amount=0.1)  # fewer connections than before: never larger
+        tw.prune.edges(shrunk, amount=0.1)  # above density 1/6, fewer connections: fewer bytes
     assert _nbytes(shrunk) < _nbytes(dense)
 
 

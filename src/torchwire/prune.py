@@ -93,8 +93,8 @@ def edges(
 
     Warns:
         UserWarning: the result holds more bytes than the module: each connection costs a
-            value and an int32 index, so in float32 a dense layer that keeps more than half
-            its connections grows (``sparsify``, ``global_edges`` warn alike).
+            value and an int32 index, so a float32 ``nn.Linear`` that keeps more than about
+            half its connections grows (``sparsify``, ``global_edges`` warn alike).
 
     Examples::
 
@@ -107,7 +107,6 @@ def edges(
     """
     _check_linear(module, "prune.edges")
     _check_plain(module, "", "prune.edges")
-    wiring, values = _surgery.edges(module)
     if (amount is None) == (threshold is None):
         raise ValueError(
             "prune.edges takes exactly one of amount (fraction or count of connections) and "
@@ -115,6 +114,21 @@ def edges(
         )
     score = renamed("torchwire.prune.edges", deprecated, "method", "score", score, "magnitude")
     _check_score(score, ("magnitude", "random"))
+    return _edges(module, amount, threshold, score, seed, "", stacklevel=4)
+
+
+def _edges(
+    module: nn.Module,
+    amount: int | float | None,
+    threshold: float | None,
+    score: str,
+    seed: int | None,
+    name: str,
+    stacklevel: int,
+) -> SparseLinear:
+    """:func:`edges` of a checked module and arguments (``name``, ``stacklevel``: as
+    :func:`_sparse_with` takes them)."""
+    wiring, values = _surgery.edges(module)
     if threshold is not None:
         if score != "magnitude":
             raise ValueError("threshold only applies to score='magnitude'")
@@ -124,7 +138,8 @@ def edges(
         count = _amount_count(amount, wiring.nnz)
         keep = torch.ones(wiring.nnz, dtype=torch.bool)
         keep[_surgery.lowest(_scores(values, score, seed), count)] = False
-    return _sparse_with(module, wiring.select_edges(keep), values[keep.to(values.device)])
+    kept = values[keep.to(values.device)]
+    return _sparse_with(module, wiring.select_edges(keep), kept, name, stacklevel)
 
 
 def global_edges(
@@ -180,7 +195,8 @@ def global_edges(
         start += wiring.nnz
         if not bool(mine.all()):
             old = new.get_submodule(name)
-            pruned = _sparse_with(old, wiring.select_edges(mine), values[mine.to(values.device)])
+            kept = values[mine.to(values.device)]
+            pruned = _sparse_with(old, wiring.select_edges(mine), kept, name, stacklevel=3)
             new = _replace(new, old, pruned)
     return new
 
@@ -217,7 +233,9 @@ def sparsify(model: nn.Module, density: float, *, filter: Filter | None = None) 
     for name, module in layers:
         total = module.in_features * module.out_features
         old = new.get_submodule(name)
-        new = _replace(new, old, edges(old, amount=total - round(float(density) * total)))
+        amount = total - round(float(density) * total)
+        pruned = _edges(old, amount, None, "magnitude", None, name, stacklevel=4)
+        new = _replace(new, old, pruned)
     return new
 
 
@@ -741,38 +759,33 @@ def _check_plain(m: nn.Module, name: str, operation: str) -> None:
     _surgery.check_plain(m, label, operation, prune_masks=True)
 
 
-def _sparse_with(module: Any, wiring: Wiring, values: torch.Tensor) -> SparseLinear:
+def _sparse_with(
+    module: Any, wiring: Wiring, values: torch.Tensor, name: str = "", stacklevel: int = 3
+) -> SparseLinear:
+    """``module`` rebuilt as a SparseLinear of ``wiring`` and ``values``; a UserWarning
+    where that grows it, naming it by ``name`` (its path in the model, if any), for the
+    frame ``stacklevel`` up (as ``warnings.warn`` counts from here: the user's call)."""
     bias = None if module.bias is None else module.bias.detach()
     layer = _surgery.rewired(module, wiring, values, bias, kind=SparseLinear)
     result = cast(SparseLinear, _surgery.rebuilt(layer, module))
-    _warn_if_larger(module, result)
+    before, after = _nbytes(module), _nbytes(result)
+    if after > before:
+        what = f"{type(module).__name__}({module.in_features}, {module.out_features})"
+        connections = _surgery.edges(module)[0].nnz
+        who = f"layer {name!r} ({what})" if name else what
+        warnings.warn(
+            f"pruned into a SparseLinear, {who} grows from {before:,} to {after:,} bytes of "
+            f"parameters and buffers: it keeps {result.nnz:,} of its {connections:,} "
+            "connections, and each costs a value and an int32 index (at density 1/6 or "
+            "less, two more int32 for the transposed structure). Keep fewer connections, or "
+            "leave this layer as it is.",
+            stacklevel=stacklevel,
+        )
     return result
-
-
-def _warn_if_larger(module: nn.Module, layer: SparseLinear) -> None:
-    """A UserWarning where pruning ``module`` into ``layer`` grows it: each connection costs
-    a value and an index, so few removed connections cost more than a dense weight."""
-    before, after = _nbytes(module), _nbytes(layer)
-    if after <= before:
-        return
-    value, index = layer.weight.element_size(), layer.indices.element_size()
-    density = layer.nnz / (layer.in_features * layer.out_features)
-    warnings.warn(
-        f"pruned into a SparseLinear, {_describe(module)} grows from {before:,} to {after:,} "
-        f"bytes of parameters and buffers: a connection costs a value and an index "
-        f"({value + index} bytes), a dense weight {value} bytes an entry, so above a density "
-        f"of {value / (value + index):.2g} (here {density:.2f}) the layer grows. Keep it "
-        f"dense, or prune to a density below {value / (value + index):.2g}.",
-        stacklevel=4,
-    )
 
 
 def _nbytes(module: nn.Module) -> int:
     return sum(t.nbytes for t in itertools.chain(module.parameters(), module.buffers()))
-
-
-def _describe(module: nn.Module) -> str:
-    return f"{type(module).__name__}({module.in_features}, {module.out_features})"
 
 
 def _copy(model: nn.Module) -> nn.Module:
