@@ -15,6 +15,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import _script
 import torch
@@ -60,6 +61,10 @@ def _steps(
 
     def fwd_bwd() -> None:
         begin()
+        # Fresh gradients each step, as an optimizer's zero_grad() leaves them: with CUDA
+        # graphs, an accumulated .grad would live in memory the next replay overwrites.
+        module.zero_grad(set_to_none=True)
+        xg.grad = None
         module(xg).backward(grad)
 
     return {"fwd": fwd, "fwd_bwd": fwd_bwd}
@@ -140,6 +145,8 @@ def main() -> None:
         r = measure(make, args.rounds, args.calls, device, args.mode)
         cells = [f"{r[m][0]:.2f} ({r[m][1]:+.0f} us)" for m in ("fwd", "fwd_bwd")]
         lines.append(f"| {name} | {backends} | {cells[0]} | {cells[1]} |")
+        if args.markdown:  # each row as it is measured: a run cut short keeps what it has
+            Path(args.markdown).write_text("\n".join(lines) + "\n")
     _script.publish("\n".join(lines) + "\n", args.markdown)
 
 
