@@ -739,6 +739,23 @@ def test_a_failed_load_leaves_the_layer_consistent() -> None:
         torch.testing.assert_close(target(x), _oracle(target, x))
 
 
+def test_a_load_of_invalid_connections_leaves_the_layer_consistent() -> None:
+    # Shapes that match, connections that are no wiring: the load raises, and the buffers
+    # (copied in by then) describe the layer's own wiring again before anything reads them.
+    wiring = tw.Wiring.random(6, 4, nnz=12, seed=1)
+    target = tw.SparseLinear(wiring, dtype=F64)
+    state = {name: tensor.clone() for name, tensor in target.state_dict().items()}
+    state["indices"][0] = 99
+    with pytest.raises(ValueError, match="not a valid wiring"):
+        target.load_state_dict(state)
+    assert target.wiring == wiring
+    assert torch.equal(target.indices, tw.backends.sparse_index(wiring).indices)
+    x = torch.randn(3, 6, dtype=F64)
+    for backend in ("dense", "csr"):
+        target.backend = backend
+        torch.testing.assert_close(target(x), _oracle(target, x))
+
+
 def test_names_of_a_failed_load_are_not_applied_by_a_later_load() -> None:
     target = tw.SparseLinear(tw.Wiring.random(3, 2, nnz=4, seed=0))
     saved = {k: v.clone() for k, v in target.state_dict().items() if isinstance(v, torch.Tensor)}

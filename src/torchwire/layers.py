@@ -806,6 +806,7 @@ class SparseLinear(nn.Module):
                 output_names=names[1],
             )
         except ValueError as error:
+            self._copy_index(self._wiring)  # the buffers describe the layer's wiring again
             raise ValueError(
                 f"the checkpoint's connections are not a valid wiring: {error}"
             ) from None
