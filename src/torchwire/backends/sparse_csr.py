@@ -181,6 +181,14 @@ csr_linear = torch.ops.torchwire.csr_linear.default
 csr_sampled = torch.ops.torchwire.csr_sampled.default
 
 
+def _column_major(x: Tensor) -> Tensor:
+    """``x`` stored column-major, as the kernels read it: copied once where it is not (in
+    the dtypes they compute in; the others are converted anyway)."""
+    if x.dtype in _NATIVE and not x.t().is_contiguous():
+        return x.t().contiguous().t()
+    return x
+
+
 class _CsrLinear(torch.autograd.Function):
     """:func:`csr_linear` with the bias fused, in eager mode: the same kernels and
     derivatives without the ops' dispatch (tens of microseconds a call with autograd, three
@@ -196,10 +204,9 @@ class _CsrLinear(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, values: Tensor, bias: Tensor | None, *index: Tensor) -> Tensor:
         ctx.save_for_backward(x, values, *index)  # the input itself, for double backward
         ctx.transpose = False
-        ctx.columns = None
-        if x.dtype in _NATIVE and not x.t().is_contiguous():
-            ctx.columns = x = x.t().contiguous().t()  # an intermediate: kept on ctx
-        return _addmm(x, values, index[0], index[1], index[2].shape[0] - 1, bias)
+        columns = _column_major(x)
+        ctx.columns = None if columns is x else columns  # an intermediate: kept on ctx
+        return _addmm(columns, values, index[0], index[1], index[2].shape[0] - 1, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -270,9 +277,7 @@ def sparse_linear_csr(
             return out
         return _addmm(input, weight, index.indptr, index.indices, index.in_features, bias)
     if problem.compiling:  # graphs keep the op, an opaque call
-        if input.dtype in _NATIVE and not input.t().is_contiguous():
-            input = input.t().contiguous().t()  # column-major, as _CsrLinear's (see there)
-        y: Tensor = csr_linear(input, weight, *index.tensors, False)
+        y: Tensor = csr_linear(_column_major(input), weight, *index.tensors, False)
         return y if bias is None else y + bias
     fused: Tensor = _CsrLinear.apply(input, weight, bias, *index.tensors)
     return fused
